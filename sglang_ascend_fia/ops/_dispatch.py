@@ -55,7 +55,7 @@ def _is_npu(tensor: torch.Tensor | None) -> bool:
 
 
 def _npu_kernel(npu_name: str) -> Callable[..., Any]:
-    import torch_npu  # noqa: PLC0415 - only reached with an NPU tensor in hand
+    import torch_npu  # only reached with an NPU tensor in hand
 
     return getattr(torch_npu, npu_name)
 

@@ -1,0 +1,177 @@
+"""``activate()`` / ``deactivate()``: the plugin's lifecycle, called by sglang's plugin loader.
+
+sglang 0.5.23 calls every ``sglang.srt.plugins`` entry point once in each process it starts
+(main, each scheduler rank, the detokenizer; ``sglang/srt/plugins/__init__.py:103-141``).
+``activate()`` reads ``ASCEND_USE_FIA``; when it is on, it registers one ``wrapt`` post-import
+hook per patched module, so a target is patched the moment sglang imports it and nothing is
+imported early. sglang's own ``HookRegistry`` is not used: it imports every target when hooks
+are applied (the in-tree Ascend backend cannot even be imported without ``torch_npu``) and it
+has no way to undo a patch.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Literal
+
+import wrapt
+from packaging.version import InvalidVersion, Version
+
+from sglang_ascend_fia import config, patcher
+from sglang_ascend_fia.manifest import PatchEntry, load_manifest
+
+logger = logging.getLogger("sglang_ascend_fia")
+
+State = Literal["applied", "pending", "skipped", "failed", "inactive"]
+
+
+@dataclass(frozen=True)
+class PatchStatus:
+    entry: PatchEntry
+    state: State
+    reason: str = ""
+
+
+_lock = threading.RLock()
+_active = False
+_manifest_dir: Path | None = None  # tests point this at fixture manifests
+_entries: list[PatchEntry] = []
+_applied: dict[str, patcher.AppliedPatch] = {}
+_status: dict[str, PatchStatus] = {}
+_hooked_modules: set[str] = set()
+
+
+def sglang_version() -> Version | None:
+    try:
+        return Version(importlib.metadata.version("sglang"))
+    except (importlib.metadata.PackageNotFoundError, InvalidVersion):
+        return None
+
+
+def module_file_exists(module: str) -> bool:
+    """Whether ``module`` exists in the installed sglang, found on disk without importing it."""
+    top, _, rest = module.partition(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    for root in spec.submodule_search_locations:
+        base = Path(root).joinpath(*rest.split("."))
+        if base.with_suffix(".py").is_file() or (base / "__init__.py").is_file():
+            return True
+    return False
+
+
+def _skip_reason(entry: PatchEntry, version: Version | None) -> str | None:
+    if version is None:
+        return "sglang is not installed"
+    if not entry.sglang.contains(version, prereleases=True):
+        return f"sglang {version} is outside this patch's range {entry.sglang}"
+    if not module_file_exists(entry.module):
+        return f"module {entry.module} is missing from the installed sglang {version}"
+    return None
+
+
+def _skip(entry: PatchEntry, reason: str) -> None:
+    logger.warning(
+        "sglang-ascend-fia: skipping patch %s (%s): %s; sglang keeps its own %s",
+        entry.name,
+        entry.qualified_target,
+        reason,
+        entry.target,
+    )
+    _status[entry.name] = PatchStatus(entry, "skipped", reason)
+
+
+def _on_import(module: ModuleType) -> None:
+    """The post-import hook: patch every pending entry that targets ``module``."""
+    with _lock:
+        if not _active:
+            # wrapt cannot unregister a post-import hook; after deactivate() it must do nothing.
+            return
+        for entry in _entries:
+            if entry.module != module.__name__ or entry.name in _applied:
+                continue
+            if _status.get(entry.name, PatchStatus(entry, "pending")).state != "pending":
+                continue
+            try:
+                _applied[entry.name] = patcher.apply(entry, module)
+            except patcher.TargetMissing as exc:
+                _skip(entry, str(exc))
+                continue
+            except Exception as exc:
+                # A broken hook is our bug: fail loudly instead of running half-patched.
+                _status[entry.name] = PatchStatus(entry, "failed", f"{type(exc).__name__}: {exc}")
+                logger.error("sglang-ascend-fia: patch %s failed: %s", entry.name, exc)
+                raise
+            _status[entry.name] = PatchStatus(entry, "applied")
+            logger.debug("sglang-ascend-fia: applied %s", entry.name)
+
+
+def activate() -> None:
+    """Entry point for sglang's plugin loader. Idempotent.
+
+    Raises :class:`config.ToggleError` (a ``SystemExit``) on an invalid ``ASCEND_USE_FIA``.
+    """
+    global _active, _entries
+    settings = config.resolve()
+    with _lock:
+        if not settings.use_fia or _active:
+            return
+        _active = True
+        _entries = load_manifest(_manifest_dir)
+        version = sglang_version()
+        _status.clear()
+        for entry in _entries:
+            if entry.name in _applied:
+                continue
+            reason = _skip_reason(entry, version)
+            if reason is not None:
+                _skip(entry, reason)
+            else:
+                _status[entry.name] = PatchStatus(entry, "pending")
+        modules = {e.module for e in _entries if _status[e.name].state == "pending"}
+        for module in sorted(modules):
+            if module in _hooked_modules and module in sys.modules:
+                _on_import(sys.modules[module])  # re-activation: the hook already fired
+            elif module not in _hooked_modules:
+                _hooked_modules.add(module)
+                # Runs _on_import at once if the module is already imported.
+                wrapt.register_post_import_hook(_on_import, module)
+        registered = sum(1 for s in _status.values() if s.state != "skipped")
+        logger.info(
+            "sglang-ascend-fia: %s; %d of %d patch(es) registered for sglang %s",
+            settings.describe(),
+            registered,
+            len(_entries),
+            version,
+        )
+
+
+def deactivate() -> None:
+    """Restore every patched original exactly, newest first. Safe to call when inactive."""
+    global _active
+    with _lock:
+        for name in reversed(list(_applied)):
+            _applied.pop(name).restore()
+        _status.clear()
+        _active = False
+
+
+def is_active() -> bool:
+    return _active
+
+
+def status() -> list[PatchStatus]:
+    """Live status of every manifest entry in this process."""
+    with _lock:
+        if not _active:
+            entries = load_manifest(_manifest_dir)
+            return [PatchStatus(e, "inactive", "plugin not active") for e in entries]
+        return [_status[e.name] for e in _entries]
