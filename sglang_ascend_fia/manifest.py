@@ -35,7 +35,7 @@ _ENTRY_KEYS = {"name", "target", "kind", "hook", "sglang", "why", "remove_when"}
 _TARGET_RE = re.compile(
     r"^(?P<attrs>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(?:\[(?P<quote>['\"])(?P<key>[^'\"]+)(?P=quote)\])?$"
 )
-_HOOK_RE = re.compile(r"^sglang_ascend_fia(?:\.\w+)+:[A-Za-z_]\w*$")
+_HOOK_RE = re.compile(r"^[A-Za-z_]\w*(?:\.\w+)*:[A-Za-z_]\w*$")
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
 
@@ -126,9 +126,7 @@ def _parse_entry(raw: object, module: str, where: str, source: str) -> PatchEntr
         raise ManifestError(f"{where}: 'kind' {kind!r} is not one of {list(KINDS)}")
     hook = _require_str(raw, "hook", where)
     if not _HOOK_RE.match(hook):
-        raise ManifestError(
-            f"{where}: 'hook' {hook!r} must be 'sglang_ascend_fia.<module>:<attribute>'"
-        )
+        raise ManifestError(f"{where}: 'hook' {hook!r} must be '<dotted.module>:<attribute>'")
     spec_text = _require_str(raw, "sglang", where)
     try:
         spec = SpecifierSet(spec_text)

@@ -11,21 +11,23 @@ has no way to undo a patch.
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import logging
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import wrapt
-from packaging.version import InvalidVersion, Version
+from sglang_ascend_fia import config
 
-from sglang_ascend_fia import config, patcher
-from sglang_ascend_fia.manifest import PatchEntry, load_manifest
+# With the toggle off the plugin must import nothing beyond this module and ``config``; the
+# patching machinery (wrapt, packaging, the manifest reader) is imported inside ``activate()``.
+if TYPE_CHECKING:
+    from packaging.version import Version
+
+    from sglang_ascend_fia.manifest import PatchEntry
+    from sglang_ascend_fia.patcher import AppliedPatch
 
 logger = logging.getLogger("sglang_ascend_fia")
 
@@ -43,12 +45,16 @@ _lock = threading.RLock()
 _active = False
 _manifest_dir: Path | None = None  # tests point this at fixture manifests
 _entries: list[PatchEntry] = []
-_applied: dict[str, patcher.AppliedPatch] = {}
+_applied: dict[str, AppliedPatch] = {}
 _status: dict[str, PatchStatus] = {}
 _hooked_modules: set[str] = set()
 
 
 def sglang_version() -> Version | None:
+    import importlib.metadata
+
+    from packaging.version import InvalidVersion, Version
+
     try:
         return Version(importlib.metadata.version("sglang"))
     except (importlib.metadata.PackageNotFoundError, InvalidVersion):
@@ -57,6 +63,8 @@ def sglang_version() -> Version | None:
 
 def module_file_exists(module: str) -> bool:
     """Whether ``module`` exists in the installed sglang, found on disk without importing it."""
+    import importlib.util
+
     top, _, rest = module.partition(".")
     spec = importlib.util.find_spec(top)
     if spec is None or not spec.submodule_search_locations:
@@ -91,6 +99,8 @@ def _skip(entry: PatchEntry, reason: str) -> None:
 
 def _on_import(module: ModuleType) -> None:
     """The post-import hook: patch every pending entry that targets ``module``."""
+    from sglang_ascend_fia import patcher
+
     with _lock:
         if not _active:
             # wrapt cannot unregister a post-import hook; after deactivate() it must do nothing.
@@ -124,6 +134,10 @@ def activate() -> None:
     with _lock:
         if not settings.use_fia or _active:
             return
+        import wrapt
+
+        from sglang_ascend_fia.manifest import load_manifest
+
         _active = True
         _entries = load_manifest(_manifest_dir)
         version = sglang_version()
@@ -164,12 +178,23 @@ def deactivate() -> None:
         _active = False
 
 
+def mark_unimportable(module: str, reason: str) -> None:
+    """Record that ``module`` cannot be imported in this process (e.g. it needs ``torch_npu``):
+    its pending entries can never apply here. Used by ``doctor``."""
+    with _lock:
+        for entry in _entries:
+            if entry.module == module and _status[entry.name].state == "pending":
+                _status[entry.name] = PatchStatus(entry, "skipped", reason)
+
+
 def is_active() -> bool:
     return _active
 
 
 def status() -> list[PatchStatus]:
     """Live status of every manifest entry in this process."""
+    from sglang_ascend_fia.manifest import load_manifest
+
     with _lock:
         if not _active:
             entries = load_manifest(_manifest_dir)

@@ -55,6 +55,9 @@ def testbed_env(**overrides: str | None) -> dict[str, str]:
     return env
 
 
+testbed_env.__test__ = False  # type: ignore[attr-defined]  # not a pytest test, despite its name
+
+
 class EngineError(RuntimeError):
     pass
 

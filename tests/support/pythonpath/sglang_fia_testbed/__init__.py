@@ -10,11 +10,20 @@ The fix: sglang 0.5.23 registers no DeepSeek attention handler for ``torch_nativ
 crashes (``Expected size for first two dimensions of batch2 tensor``). Registering the plain MLA
 dispatcher for ``torch_native`` makes the stock backend a usable DeepSeek oracle. The hook is
 lazy (``wrapt``), so this plugin imports no model module before sglang does.
+
+It also records, when ``FIA_TESTBED_PROCESS_LOG`` names a file, one JSON line per sglang process
+saying which sglang function loaded the plugins there and whether ``ascend_fia`` is active. It
+does so from ``HookRegistry.apply_hooks``, which ``load_plugins()`` calls after *every* plugin has
+run, so the order in which plugins are called does not matter.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
+import os
 from types import ModuleType
+from typing import Any
 
 import wrapt
 
@@ -28,5 +37,34 @@ def _register_torch_native_handler(module: ModuleType) -> None:
     module.AttentionBackendRegistry.register("torch_native", handle_torch_native)
 
 
+_LOADERS = ("run_scheduler_process", "run_detokenizer_process", "__init__", "launch_server")
+
+
+def _record_process(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    result = wrapped(*args, **kwargs)
+    path = os.environ.get("FIA_TESTBED_PROCESS_LOG")
+    if path:
+        from sglang_ascend_fia import plugin
+
+        # The first frame, outside the plugin machinery, that called load_plugins().
+        caller = next(
+            (
+                f"{os.path.basename(f.filename)}:{f.function}"
+                for f in inspect.stack()[2:]
+                if f.function in _LOADERS and "plugins" not in f.filename
+            ),
+            "unknown",
+        )
+        with open(path, "a") as fh:
+            fh.write(
+                json.dumps({"pid": os.getpid(), "caller": caller, "active": plugin.is_active()})
+                + "\n"
+            )
+    return result
+
+
 def register() -> None:
     wrapt.register_post_import_hook(_register_torch_native_handler, _HANDLER_MODULE)
+    wrapt.wrap_function_wrapper(
+        "sglang.srt.plugins.hook_registry", "HookRegistry.apply_hooks", _record_process
+    )

@@ -1,0 +1,46 @@
+# sglang-ascend-fia: `make test`, `make demo`, `make bench`. Each creates .venv on first use and
+# installs what it needs; re-running is cheap (a stamp file records the last install).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SGLANG_VERSION := 0.5.23
+# Test-only helpers (sgl_kernel stand-in, torchvision fix, test-bed plugin, model builders).
+TESTBED_PATH := $(CURDIR)/tests/support/pythonpath:$(CURDIR)/tests/support
+RUN := PYTHONPATH=$(TESTBED_PATH) SGLANG_USE_CPU_ENGINE=1 TORCHDYNAMO_DISABLE=1 \
+       HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY)
+
+.PHONY: install test lint demo bench doctor clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) requirements/cpu-testbed.txt requirements/dev.txt pyproject.toml
+	$(PY) -m pip install --quiet -r requirements/cpu-testbed.txt -r requirements/dev.txt
+	# sglang's declared dependencies are CUDA-only; the CPU set is installed above.
+	$(PY) -m pip install --quiet --no-deps sglang==$(SGLANG_VERSION)
+	$(PY) -m pip install --quiet -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: $(STAMP) lint
+	$(RUN) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(RUN) -m sglang_ascend_fia.cli doctor
+
+bench: $(STAMP)
+	$(RUN) -m bench.run
+
+doctor: $(STAMP)
+	$(RUN) -m sglang_ascend_fia.cli doctor
+
+clean:
+	rm -rf $(VENV) .cache dist build bench-results.json

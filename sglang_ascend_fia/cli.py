@@ -1,0 +1,150 @@
+"""``sglang-ascend-fia doctor | verify-ops``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import json
+import sys
+from typing import Any
+
+from sglang_ascend_fia import config, plugin
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _device() -> str:
+    """The accelerator this process would run on, found without side effects on CPU hosts."""
+    import torch
+
+    try:
+        import torch_npu  # noqa: F401 - registers torch.npu
+    except ImportError:
+        pass
+    else:
+        npu = getattr(torch, "npu", None)
+        if npu is not None and npu.is_available():
+            return f"npu ({npu.device_count()} x {npu.get_device_name(0)})"
+        return "cpu (torch_npu is installed but no NPU is visible)"
+    if torch.cuda.is_available():
+        return (
+            f"cuda ({torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}; reference ops)"
+        )
+    return "cpu (reference ops)"
+
+
+def _exercise_targets() -> None:
+    """Import each patched module so its hooks fire, recording import failures as skips."""
+    for status in plugin.status():
+        if status.state != "pending":
+            continue
+        try:
+            importlib.import_module(status.entry.module)
+        except ImportError as exc:
+            plugin.mark_unimportable(status.entry.module, f"cannot import here: {exc}")
+        except Exception:
+            pass  # a failing hook has already recorded itself as failed
+
+
+def collect() -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "versions": {
+            "sglang-ascend-fia": _version("sglang-ascend-fia"),
+            "sglang": _version("sglang"),
+            "torch": _version("torch"),
+            "torch_npu": _version("torch-npu"),
+        },
+        "device": _device(),
+    }
+    try:
+        settings = config.resolve()
+    except config.ToggleError as exc:
+        report["toggle"] = {"value": None, "error": exc.message}
+        report["patches"] = [
+            {**_entry_fields(s.entry), "status": "inactive", "reason": "invalid toggle"}
+            for s in plugin.status()
+        ]
+        return report
+    report["toggle"] = {
+        "env": config.TOGGLE_ENV,
+        "raw": settings.raw_toggle,
+        "value": settings.use_fia,
+    }
+    if settings.use_fia:
+        plugin.activate()
+        _exercise_targets()
+    report["patches"] = [
+        {
+            **_entry_fields(s.entry),
+            "status": s.state,
+            "reason": s.reason or ("ASCEND_USE_FIA is off" if s.state == "inactive" else ""),
+        }
+        for s in plugin.status()
+    ]
+    return report
+
+
+def _entry_fields(entry: Any) -> dict[str, str]:
+    return {
+        "name": entry.name,
+        "target": entry.qualified_target,
+        "sglang": str(entry.sglang),
+        "why": entry.why,
+        "remove_when": entry.remove_when,
+    }
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    print("sglang-ascend-fia doctor")
+    for name, version in report["versions"].items():
+        print(f"  {name:<18} {version}")
+    print(f"  {'device':<18} {report['device']}")
+    toggle = report["toggle"]
+    if "error" in toggle:
+        print(f"  {'ASCEND_USE_FIA':<18} INVALID: {toggle['error']}")
+    else:
+        shown = "unset" if toggle["raw"] is None else repr(toggle["raw"])
+        print(f"  {'ASCEND_USE_FIA':<18} {shown} -> {'on' if toggle['value'] else 'off'}")
+    print(f"\npatches ({len(report['patches'])}):")
+    width = max((len(p["name"]) for p in report["patches"]), default=4)
+    for p in report["patches"]:
+        line = f"  {p['name']:<{width}}  {p['status']:<8}  {p['target']}  [sglang {p['sglang']}]"
+        print(line)
+        if p["reason"]:
+            print(f"  {'':<{width}}  reason: {p['reason']}")
+
+
+def doctor(as_json: bool) -> int:
+    report = collect()
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_report(report)
+    bad = "error" in report["toggle"] or any(p["status"] == "failed" for p in report["patches"])
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sglang-ascend-fia")
+    sub = parser.add_subparsers(dest="command", required=True)
+    doc = sub.add_parser("doctor", help="versions, device, toggle and every patch's live status")
+    doc.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("verify-ops", help="compare every NPU op against its reference (needs an NPU)")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "doctor":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return doctor(args.json)
+    from sglang_ascend_fia import verify_ops
+
+    return verify_ops.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

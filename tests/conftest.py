@@ -1,0 +1,21 @@
+"""Shared test set-up: the CPU test bed is on the path of this process and of every child."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+SUPPORT = Path(__file__).resolve().parent / "support"
+for path in (SUPPORT / "pythonpath", SUPPORT):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+# Children (sglang schedulers, subprocess tests) inherit the test bed through the environment.
+_parts = [str(SUPPORT / "pythonpath"), str(SUPPORT), *filter(None, [os.environ.get("PYTHONPATH")])]
+os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(_parts))
+os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# A developer's shell may have the toggle set; every test states the value it needs.
+os.environ.pop("ASCEND_USE_FIA", None)
