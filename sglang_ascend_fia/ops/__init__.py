@@ -5,5 +5,27 @@ On an NPU tensor each op calls ``torch_npu``; anywhere else it runs the referenc
 """
 
 from sglang_ascend_fia.ops._dispatch import launch_counts, npu_op, reset_launch_counts
+from sglang_ascend_fia.ops.moe import (
+    grouped_matmul,
+    moe_finalize_routing,
+    moe_gating_top_k,
+    moe_gating_top_k_softmax,
+    moe_init_routing_v2,
+    swiglu,
+)
+from sglang_ascend_fia.ops.quant import dequant_swiglu_quant, dynamic_quant, quant_matmul
 
-__all__ = ["launch_counts", "npu_op", "reset_launch_counts"]
+__all__ = [
+    "dequant_swiglu_quant",
+    "dynamic_quant",
+    "grouped_matmul",
+    "launch_counts",
+    "moe_finalize_routing",
+    "moe_gating_top_k",
+    "moe_gating_top_k_softmax",
+    "moe_init_routing_v2",
+    "npu_op",
+    "quant_matmul",
+    "reset_launch_counts",
+    "swiglu",
+]
