@@ -83,7 +83,7 @@ def collect() -> dict[str, Any]:
         {
             **_entry_fields(s.entry),
             "status": s.state,
-            "reason": s.reason or ("ASCEND_USE_FIA is off" if s.state == "inactive" else ""),
+            "reason": "ASCEND_USE_FIA is off" if s.state == "inactive" else s.reason,
         }
         for s in plugin.status()
     ]

@@ -1,0 +1,213 @@
+"""The patch manifest: consistency with the code and sglang, parsing errors, and skips."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import logging
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+import sglang_ascend_fia
+from sglang_ascend_fia import config, plugin
+from sglang_ascend_fia.manifest import ManifestError, load_file, load_manifest
+from sglang_ascend_fia.patcher import load_hook, resolve_container
+
+ENTRIES = load_manifest()
+
+
+def _package_modules() -> list[str]:
+    return [
+        m.name
+        for m in pkgutil.walk_packages(sglang_ascend_fia.__path__, "sglang_ascend_fia.")
+        if not m.name.endswith("__main__")
+    ]
+
+
+def test_manifest_is_not_empty_and_names_are_unique() -> None:
+    assert ENTRIES
+    assert len({e.name for e in ENTRIES}) == len(ENTRIES)
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.name)
+def test_every_hook_exists_and_lives_in_the_plugin(entry) -> None:  # type: ignore[no-untyped-def]
+    assert entry.hook_module.startswith("sglang_ascend_fia."), entry.hook
+    assert callable(load_hook(entry))
+
+
+def test_every_hook_module_is_named_by_the_manifest() -> None:
+    """A module declares the entries it serves in ``__sglang_patches__``; both sides must agree."""
+    declared: dict[str, set[str]] = {}
+    for name in _package_modules():
+        module = importlib.import_module(name)
+        names = getattr(module, "__sglang_patches__", None)
+        if names is not None:
+            declared[name] = set(names)
+    by_manifest: dict[str, set[str]] = {}
+    for entry in ENTRIES:
+        by_manifest.setdefault(entry.hook_module, set()).add(entry.name)
+    assert declared == by_manifest
+
+
+def _top_level_names(module: str) -> set[str]:
+    """Names a module defines, read from its source: works for modules that need torch_npu."""
+    spec = importlib.util.find_spec(module.rpartition(".")[0])
+    assert spec is not None and spec.submodule_search_locations
+    path = Path(next(iter(spec.submodule_search_locations))) / f"{module.rpartition('.')[2]}.py"
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.ImportFrom | ast.Import):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.name)
+def test_every_target_exists_in_installed_sglang(entry) -> None:  # type: ignore[no-untyped-def]
+    assert plugin.module_file_exists(entry.module), entry.module
+    assert entry.attr_path[0] in _top_level_names(entry.module)
+    try:
+        module = importlib.import_module(entry.module)
+    except ImportError:
+        return  # e.g. needs torch_npu; the source check above is what this machine can do
+    resolve_container(entry, module)
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.name)
+def test_every_entry_explains_itself(entry) -> None:  # type: ignore[no-untyped-def]
+    assert ".py:" in entry.why, "why must cite the upstream file:line"
+    assert len(entry.remove_when) > 20
+    assert entry.sglang.contains("0.5.23")
+
+
+# --- parsing errors --------------------------------------------------------------------------
+
+GOOD = """module = "sglang.version"
+
+[[patch]]
+name = "fixture-entry"
+target = "__version__"
+kind = "replace"
+hook = "foundation.hook_fixtures:REPLACED_VERSION"
+sglang = ">=0.5.23"
+why = "fixture (version.py:1)"
+remove_when = "never: a test fixture only"
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "fixture.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            'kind = "replace"',
+            'kind = "monkey"',
+            r"'kind' 'monkey' is not one of \['replace', 'wrap'\]",
+        ),
+        ('sglang = ">=0.5.23"', 'sglang = "newest"', r"'sglang' 'newest' is not a PEP 440 range"),
+        (
+            'target = "__version__"',
+            'target = "a[b]"',
+            r"'target' 'a\[b\]' must be an attribute path",
+        ),
+        (
+            'hook = "foundation.hook_fixtures:REPLACED_VERSION"',
+            'hook = "nocolon"',
+            r"'hook' 'nocolon'",
+        ),
+        ('why = "fixture (version.py:1)"', 'why = ""', r"'why' must be a non-empty string"),
+        ('remove_when = "never: a test fixture only"', "", r"'remove_when' must be a non-empty"),
+        ('name = "fixture-entry"', 'name = "Fixture_Entry"', r"'name' must be kebab-case"),
+        ('module = "sglang.version"', 'module = "os.path"', r"'os.path' is not an sglang module"),
+        ("[[patch]]", "[[patch]]\nextra = 1", r"unknown key\(s\) \['extra'\]"),
+    ],
+)
+def test_malformed_entries_are_named(tmp_path: Path, old: str, new: str, message: str) -> None:
+    assert old in GOOD
+    with pytest.raises(ManifestError, match=message) as info:
+        load_file(_write(tmp_path, GOOD.replace(old, new)))
+    assert str(info.value).startswith("fixture.toml")
+
+
+def test_duplicate_module_files_are_refused(tmp_path: Path) -> None:
+    _write(tmp_path, GOOD, "a.toml")
+    _write(tmp_path, GOOD.replace("fixture-entry", "other-entry"), "b.toml")
+    expected = r"already patched by a\.toml; keep one file per module"
+    with pytest.raises(ManifestError, match=expected):
+        load_manifest(tmp_path)
+
+
+# --- skips: out of range, module missing, target missing ----------------------------------
+
+
+@pytest.fixture
+def fixture_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(plugin, "_manifest_dir", tmp_path)
+    monkeypatch.setattr(config, "resolve", lambda: config.Settings(use_fia=True, raw_toggle="1"))
+    yield tmp_path
+    plugin.deactivate()
+
+
+def _statuses() -> dict[str, plugin.PatchStatus]:
+    return {s.entry.name: s for s in plugin.status()}
+
+
+def test_fixture_entry_applies_and_restores(fixture_plugin: Path) -> None:
+    import sglang.version
+
+    original = sglang.version.__version__
+    _write(fixture_plugin, GOOD)
+    plugin.activate()
+    assert _statuses()["fixture-entry"].state == "applied"
+    assert sglang.version.__version__ == "0.0.0-patched-by-a-fixture"
+    plugin.deactivate()
+    assert sglang.version.__version__ is original
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "reason"),
+    [
+        (
+            'sglang = ">=0.5.23"',
+            'sglang = "<0.5"',
+            "sglang 0.5.23 is outside this patch's range <0.5",
+        ),
+        (
+            'module = "sglang.version"',
+            'module = "sglang.srt.no_such_module"',
+            "module sglang.srt.no_such_module is missing from the installed sglang 0.5.23",
+        ),
+        (
+            'target = "__version__"',
+            'target = "no_such_attribute"',
+            "sglang.version has no attribute 'no_such_attribute'",
+        ),
+    ],
+)
+def test_unusable_entries_are_skipped_with_one_warning(
+    fixture_plugin: Path, caplog: pytest.LogCaptureFixture, old: str, new: str, reason: str
+) -> None:
+    import sglang.version
+
+    original = sglang.version.__version__
+    _write(fixture_plugin, GOOD.replace(old, new))
+    with caplog.at_level(logging.WARNING, logger="sglang_ascend_fia"):
+        plugin.activate()
+    status = _statuses()["fixture-entry"]
+    assert (status.state, status.reason) == ("skipped", reason)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "skipping patch fixture-entry" in warnings[0] and reason in warnings[0]
+    assert sglang.version.__version__ is original  # sglang keeps running stock
