@@ -5,6 +5,13 @@ On an NPU tensor each op calls ``torch_npu``; anywhere else it runs the referenc
 """
 
 from sglang_ascend_fia.ops._dispatch import launch_counts, npu_op, reset_launch_counts
+from sglang_ascend_fia.ops._fia_rules import check_block_size, check_page_size, legal_page_sizes
+from sglang_ascend_fia.ops.attention import (
+    fused_infer_attention_score,
+    fused_infer_attention_score_v2,
+)
+from sglang_ascend_fia.ops.helpers import add_rms_norm, attention_update, interleave_rope
+from sglang_ascend_fia.ops.kv_cache import scatter_nd_update_, scatter_pa_kv_cache
 from sglang_ascend_fia.ops.moe import (
     grouped_matmul,
     moe_finalize_routing,
@@ -16,10 +23,18 @@ from sglang_ascend_fia.ops.moe import (
 from sglang_ascend_fia.ops.quant import dequant_swiglu_quant, dynamic_quant, quant_matmul
 
 __all__ = [
+    "add_rms_norm",
+    "attention_update",
+    "check_block_size",
+    "check_page_size",
     "dequant_swiglu_quant",
     "dynamic_quant",
+    "fused_infer_attention_score",
+    "fused_infer_attention_score_v2",
     "grouped_matmul",
+    "interleave_rope",
     "launch_counts",
+    "legal_page_sizes",
     "moe_finalize_routing",
     "moe_gating_top_k",
     "moe_gating_top_k_softmax",
@@ -27,5 +42,7 @@ __all__ = [
     "npu_op",
     "quant_matmul",
     "reset_launch_counts",
+    "scatter_nd_update_",
+    "scatter_pa_kv_cache",
     "swiglu",
 ]
