@@ -55,7 +55,12 @@ def check_tensor(
     if not isinstance(t, torch.Tensor):
         fail(op, arg, t, "must be a torch.Tensor")
     if dims is not None and t.dim() not in dims:
-        fail(op, arg, t, f"must have {' or '.join(map(str, sorted(dims)))} dimensions")
+        ordered = sorted(dims)
+        if len(ordered) > 2 and ordered == list(range(ordered[0], ordered[-1] + 1)):
+            wanted = f"{ordered[0]} to {ordered[-1]}"
+        else:
+            wanted = " or ".join(map(str, ordered))
+        fail(op, arg, t, f"must have {wanted} dimensions")
     if dtypes is not None and t.dtype not in dtypes:
         names = ", ".join(str(d) for d in dtypes)
         fail(op, arg, t, f"must have dtype in ({names})")
