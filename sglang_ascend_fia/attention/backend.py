@@ -1,0 +1,360 @@
+"""The FIA attention backend for MHA/GQA models: one fused kernel launch per layer per forward.
+
+``init_forward_metadata`` does all host-side work once per batch, from the ``*_cpu`` mirrors
+sglang already keeps. A layer's forward then writes its K/V through ``ops`` and makes exactly one
+``fused_infer_attention_score`` call:
+
+- extend / mixed: TND queries over the whole batch, paged KV, cumulative query lengths and
+  per-request full KV lengths (so a radix-cached or chunked prefix is attended), causal
+  ``sparse_mode=3`` aligned bottom-right;
+- decode: BSND queries ``[B, 1, N, D]``, paged KV, no mask.
+
+Compared with sglang 0.5.23's in-tree ``AscendAttnBackend`` this never loops over requests and
+never syncs with the device inside a layer (``ascend_backend.py:1929, 3240`` call
+``.cpu().tolist()`` per layer; 541/567 sync on ``seq_lens.max()`` per batch).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import TYPE_CHECKING, Any
+
+import torch
+from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
+
+from sglang_ascend_fia import ops
+from sglang_ascend_fia.attention.kv_write import paged_view, write_kv
+from sglang_ascend_fia.attention.metadata import FIAMetadata
+from sglang_ascend_fia.ops._fia_rules import MASK_TEMPLATE_SIZE, MAX_3D_CACHE_HIDDEN, MAX_GQA_RATIO
+
+if TYPE_CHECKING:
+    from sglang.srt.layers.radix_attention import RadixAttention
+    from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+    from sglang.srt.model_executor.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+# FIA's sparse modes 2-4 read a fixed 2048 x 2048 causal template (True = masked); the real
+# mask is derived from the lengths. sglang builds the same tensor (ascend_backend.py:146-153).
+_SPARSE_RIGHT_DOWN_CAUSAL = 3
+
+
+class UnsupportedConfiguration(ValueError):
+    """Startup-time refusal: this backend cannot serve the requested configuration."""
+
+
+def _refusal(runner: ModelRunner) -> str | None:
+    """Why this backend cannot serve ``runner``'s configuration, or None."""
+    from sglang.srt.runtime_context import get_parallel
+
+    if runner.use_mla_backend:
+        return "the model uses MLA; this backend serves MHA/GQA models"
+    if not runner.spec_algorithm.is_none() or runner.is_draft_worker:
+        return (
+            "speculative decoding (target-verify / draft modes) is not implemented by the FIA "
+            "backend yet; run without --speculative-algorithm"
+        )
+    if runner.model_config.is_encoder_decoder:
+        return "encoder-decoder (cross) attention is not implemented by the FIA backend"
+    if runner.is_hybrid_swa or runner.sliding_window_size is not None:
+        return "sliding-window attention is not implemented by the FIA backend"
+    parallel = get_parallel()
+    if parallel.attn_cp_size > 1 or parallel.dcp_enabled:
+        return "context parallel attention is not implemented by the FIA backend"
+    pool = runner.token_to_kv_pool
+    if not all(hasattr(pool, a) for a in ("head_num", "head_dim", "v_head_dim")):
+        return f"the KV pool {type(pool).__name__} is not an MHA token-to-KV pool"
+    if getattr(pool, "use_hnd", False):
+        return "the HND KV-cache layout (SGLANG_USE_HND_KVCACHE) is not paged the way FIA reads"
+    if getattr(pool, "is_quantized_kv_cache", False):
+        return "quantized KV caches are not implemented by the FIA backend"
+    return None
+
+
+class AscendFIABackend(AttentionBackend):
+    """sglang ``AttentionBackend`` running MHA/GQA attention through FIA via ``ops``."""
+
+    def __init__(self, model_runner: ModelRunner) -> None:
+        super().__init__()
+        reason = _refusal(model_runner)
+        if reason is not None:
+            raise UnsupportedConfiguration(
+                f"sglang-ascend-fia: the 'ascend' attention backend cannot start: {reason} "
+                "(set ASCEND_USE_FIA=0 to use sglang's own backend)"
+            )
+        self.device = model_runner.device
+        self.page_size: int = model_runner.page_size
+        self.req_to_token: torch.Tensor = model_runner.req_to_token_pool.req_to_token
+        self.token_to_kv_pool = model_runner.token_to_kv_pool
+        pool = self.token_to_kv_pool
+        self.kv_heads: int = pool.head_num
+        self.head_dim: int = pool.head_dim
+        self.v_head_dim: int = pool.v_head_dim
+        self.data_type = model_runner.dtype
+        self.kv_cache_dtype = model_runner.kv_cache_dtype
+        from sglang.srt.runtime_context import get_parallel
+
+        self._validate_shapes(
+            model_runner.model_config.get_num_attention_heads(get_parallel().attn_tp_size)
+        )
+        self.mask_template = torch.triu(
+            torch.ones(
+                MASK_TEMPLATE_SIZE, MASK_TEMPLATE_SIZE, dtype=torch.bool, device=self.device
+            ),
+            diagonal=1,
+        )
+        self.forward_metadata: FIAMetadata | None = None
+        # Graph mode: static block-table buffer and the per-batch-size metadata bound at capture.
+        self._graph_block_table: torch.Tensor | None = None
+        self._graph_metadata: dict[int, FIAMetadata] = {}
+        self._max_context_len: int = model_runner.model_config.context_len
+        logger.info(
+            "sglang-ascend-fia: FIA attention backend (page_size=%d, kv_heads=%d, head_dim=%d)",
+            self.page_size,
+            self.kv_heads,
+            self.head_dim,
+        )
+
+    def _validate_shapes(self, q_heads: int) -> None:
+        """Refuse at startup what FIA would reject in kernel tiling (notes §2.4, §3.1)."""
+        problems: list[str] = []
+        try:
+            # Prompt calls need a multiple of 128 in [128, 512]; decode calls 16-aligned <= 512.
+            ops.check_page_size(self.page_size, mla=False)
+        except ValueError as exc:
+            problems.append(str(exc))
+        if q_heads % self.kv_heads or q_heads // self.kv_heads > MAX_GQA_RATIO:
+            problems.append(
+                f"{q_heads} query heads over {self.kv_heads} KV heads is not a GQA ratio FIA "
+                f"takes (an integer <= {MAX_GQA_RATIO})"
+            )
+        for dim in {self.head_dim, self.v_head_dim}:
+            if self.kv_heads * dim > MAX_3D_CACHE_HIDDEN:
+                problems.append(
+                    f"KV heads x head_dim = {self.kv_heads * dim} exceeds FIA's paged-cache "
+                    f"limit {MAX_3D_CACHE_HIDDEN}"
+                )
+        if problems:
+            raise UnsupportedConfiguration(
+                "sglang-ascend-fia: the 'ascend' attention backend cannot start: "
+                + "; ".join(problems)
+                + f" (this model: {q_heads} query / {self.kv_heads} KV heads per rank, "
+                f"head_dim {self.head_dim})"
+            )
+
+    # ----------------------------------------------------------------- per-batch host work
+    def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
+        """Build the block table and FIA's host length lists, once per batch."""
+        mode = forward_batch.forward_mode
+        if mode.is_target_verify() or mode.is_draft_extend_v2():
+            raise UnsupportedConfiguration(
+                f"sglang-ascend-fia: forward mode {mode.name} is not supported by the FIA backend"
+            )
+        kv_lens = self._kv_lens(forward_batch)
+        bs = len(kv_lens)
+        max_len = max(kv_lens, default=0)
+        # Device-side gather with a host-known bound: no sync (ascend_backend.py:567 syncs on
+        # seq_lens.max()). Column j holds the slot of token j*page, whose page id is slot//page.
+        block_table = (
+            self.req_to_token[
+                forward_batch.req_pool_indices[:bs], : max(max_len, 1) : self.page_size
+            ]
+            // self.page_size
+        ).to(torch.int32)
+        if mode.is_decode_or_idle():
+            cum_q_lens = None
+            num_tokens = bs
+        else:
+            cum_q_lens = list(itertools.accumulate(forward_batch.extend_seq_lens_cpu))
+            num_tokens = cum_q_lens[-1] if cum_q_lens else 0
+        self.forward_metadata = FIAMetadata(block_table, kv_lens, cum_q_lens, num_tokens)
+
+    @staticmethod
+    def _kv_lens(forward_batch: ForwardBatch) -> list[int]:
+        seq_lens_cpu = forward_batch.seq_lens_cpu
+        if seq_lens_cpu is None:
+            # Only a mirrorless batch gets here (needs_cpu_seq_lens keeps the mirror on): one
+            # copy per batch, never per layer.
+            seq_lens_cpu = forward_batch.seq_lens.cpu()
+        return seq_lens_cpu.tolist()
+
+    # ------------------------------------------------------------------------ graph mode
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:
+        """Allocate the static block table every captured graph reads."""
+        max_blocks = (self._max_context_len + self.page_size - 1) // self.page_size
+        self._graph_block_table = torch.zeros(
+            (max_bs, max_blocks), dtype=torch.int32, device=self.device
+        )
+        self._graph_metadata.clear()
+
+    def get_cuda_graph_seq_len_fill_value(self) -> int:
+        # Padded rows get KV length 0, as NPUGraphRunner pads its replay list with zeros
+        # (npu_graph_runner.py:395-403).
+        return 0
+
+    def init_forward_metadata_out_graph(
+        self, forward_batch: ForwardBatch, in_capture: bool = False
+    ) -> None:
+        """Capture/replay metadata for decode graphs.
+
+        The FIA call captured in a graph keeps the ``actual_seq_lengths_kv`` list bound at
+        capture; ``NPUGraphRunner`` replays with ``graph.update(cpu_update_input=
+        [{"actual_seq_lengths_kv": lens}])``. Tensors must keep their addresses, so the block
+        table is refreshed in place.
+        """
+        if self._graph_block_table is None:
+            raise RuntimeError("init_cuda_graph_state() must run before graph capture")
+        mode = forward_batch.forward_mode
+        if not mode.is_decode_or_idle():
+            raise UnsupportedConfiguration(
+                f"sglang-ascend-fia: graph capture of {mode.name} batches is not supported"
+            )
+        bs = forward_batch.batch_size
+        kv_lens = self._kv_lens(forward_batch)[:bs]
+        if in_capture or bs not in self._graph_metadata:
+            self._graph_metadata[bs] = FIAMetadata(
+                block_table=self._graph_block_table[:bs],
+                kv_lens=kv_lens,
+                cum_q_lens=None,
+                num_tokens=bs,
+                graph_mode=True,
+            )
+        metadata = self._graph_metadata[bs]
+        if not in_capture:
+            # Eager view of the same lengths; a real replay rebinds them via graph.update.
+            metadata.kv_lens[:] = kv_lens
+        table = metadata.block_table
+        max_len = max(kv_lens, default=0)
+        blocks = (max_len + self.page_size - 1) // self.page_size
+        table[:, blocks:].zero_()
+        if blocks:
+            table[:, :blocks].copy_(
+                self.req_to_token[forward_batch.req_pool_indices[:bs], : max_len : self.page_size]
+                // self.page_size
+            )
+        self.forward_metadata = metadata
+
+    # --------------------------------------------------------------------------- forward
+    def _kv_caches(self, layer: RadixAttention) -> tuple[torch.Tensor, torch.Tensor]:
+        pool = self.token_to_kv_pool
+        return pool.get_key_buffer(layer.layer_id), pool.get_value_buffer(layer.layer_id)
+
+    def _save_kv(
+        self,
+        layer: RadixAttention,
+        forward_batch: ForwardBatch,
+        k: torch.Tensor | None,
+        v: torch.Tensor | None,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+    ) -> None:
+        if k is None or v is None:
+            return
+        write_kv(k_cache, v_cache, forward_batch.out_cache_loc, k, v)
+
+    def forward_extend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor | None,
+        v: torch.Tensor | None,
+        layer: RadixAttention,
+        forward_batch: ForwardBatch,
+        save_kv_cache: bool = True,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Prefill, chunked prefill and prefix-cached extend: one TND paged FIA call."""
+        _reject_kwargs(kwargs)
+        metadata = self._metadata()
+        k_cache, v_cache = self._kv_caches(layer)
+        if save_kv_cache:
+            self._save_kv(layer, forward_batch, k, v, k_cache, v_cache)
+        rows = q.shape[0]
+        query = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)[: metadata.num_tokens]
+        out, _ = ops.fused_infer_attention_score(
+            query,
+            paged_view(k_cache, self.page_size, layer.tp_k_head_num, layer.qk_head_dim),
+            paged_view(v_cache, self.page_size, layer.tp_v_head_num, layer.v_head_dim),
+            atten_mask=self.mask_template,
+            actual_seq_lengths=metadata.cum_q_lens,
+            actual_seq_lengths_kv=metadata.kv_lens,
+            block_table=metadata.block_table,
+            num_heads=layer.tp_q_head_num,
+            scale=layer.scaling,
+            input_layout="TND",
+            num_key_value_heads=layer.tp_k_head_num,
+            sparse_mode=_SPARSE_RIGHT_DOWN_CAUSAL,
+            block_size=self.page_size,
+        )
+        out = out.reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
+        return _pad_rows(out, rows)
+
+    def forward_mixed(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor | None,
+        v: torch.Tensor | None,
+        layer: RadixAttention,
+        forward_batch: ForwardBatch,
+        save_kv_cache: bool = True,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Mixed chunked-prefill + decode batches: decode rows are extends of length 1."""
+        return self.forward_extend(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
+
+    def forward_decode(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor | None,
+        v: torch.Tensor | None,
+        layer: RadixAttention,
+        forward_batch: ForwardBatch,
+        save_kv_cache: bool = True,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """One BSND paged FIA call, no mask (a decode mask cost ~10% in vllm-ascend)."""
+        _reject_kwargs(kwargs)
+        metadata = self._metadata()
+        k_cache, v_cache = self._kv_caches(layer)
+        if save_kv_cache:
+            self._save_kv(layer, forward_batch, k, v, k_cache, v_cache)
+        rows = q.shape[0]
+        bs = metadata.num_tokens
+        query = q.reshape(rows, layer.tp_q_head_num, layer.qk_head_dim)[:bs]
+        out, _ = ops.fused_infer_attention_score(
+            query.unsqueeze(1),
+            paged_view(k_cache, self.page_size, layer.tp_k_head_num, layer.qk_head_dim),
+            paged_view(v_cache, self.page_size, layer.tp_v_head_num, layer.v_head_dim),
+            actual_seq_lengths_kv=metadata.kv_lens,
+            block_table=metadata.block_table,
+            num_heads=layer.tp_q_head_num,
+            scale=layer.scaling,
+            input_layout="BSND",
+            num_key_value_heads=layer.tp_k_head_num,
+            block_size=self.page_size,
+        )
+        out = out.reshape(bs, layer.tp_q_head_num * layer.v_head_dim)
+        return _pad_rows(out, rows)
+
+    def _metadata(self) -> FIAMetadata:
+        if self.forward_metadata is None:
+            raise RuntimeError("init_forward_metadata() was not called before the forward")
+        return self.forward_metadata
+
+    def support_triton(self) -> bool:
+        return False
+
+
+def _reject_kwargs(kwargs: dict[str, Any]) -> None:
+    # q_rope/k_rope (MLA), sinks, topk indices, LSE requests: none reach an MHA/GQA model.
+    if kwargs:
+        raise NotImplementedError(
+            f"sglang-ascend-fia: the FIA backend does not take {sorted(kwargs)}"
+        )
+
+
+def _pad_rows(out: torch.Tensor, rows: int) -> torch.Tensor:
+    """Zero rows for padded query tokens (graph / DP padding), as sglang's backend does."""
+    if out.shape[0] == rows:
+        return out
+    return torch.cat([out, out.new_zeros(rows - out.shape[0], out.shape[1])])

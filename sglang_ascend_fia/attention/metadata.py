@@ -1,0 +1,30 @@
+"""Per-batch metadata of the FIA backend: everything a layer needs, built once per forward.
+
+Every field is either a device tensor a kernel reads or a Python list FIA takes as a host
+``IntArray``. Layers read these and do no host work of their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class FIAMetadata:
+    """What ``init_forward_metadata`` hands to every layer of one forward."""
+
+    # int32 [batch, >= max blocks per request]: block ids into the pool viewed as
+    # (blocks, page_size, heads * head_dim). In graph mode a row-slice of a static buffer.
+    block_table: torch.Tensor
+    # Full KV length of each request (cached prefix + this step's tokens): FIA's
+    # ``actual_seq_lengths_kv`` for paged KV. In graph mode this exact list object is the one
+    # bound at capture, and NPUGraphRunner rebinds it on replay.
+    kv_lens: list[int]
+    # Cumulative new-token counts per request: FIA's TND ``actual_seq_lengths``. None on decode.
+    cum_q_lens: list[int] | None
+    # Query rows that belong to real requests; rows past it are padding.
+    num_tokens: int
+    # True when the tensors above are views of the capture-time buffers.
+    graph_mode: bool = False

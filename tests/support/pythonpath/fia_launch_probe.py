@@ -1,0 +1,47 @@
+"""TEST-ONLY sglang plugin: logs ``ops.launch_counts()`` per model forward inside the scheduler.
+
+The engine runs in a child process and the model in a scheduler spawned from it, so a test can
+not read the scheduler's launch counters directly. When ``FIA_LAUNCH_LOG`` names a file, this
+plugin (discovered through the ``fia_launch_probe-0.0.0.dist-info`` entry point beside it on the
+test ``PYTHONPATH``) wraps ``ModelRunner.forward`` and appends one JSON line per forward: the
+forward mode, batch size, token count and the ops launched during that forward. Without the
+variable it does nothing. Never shipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import wrapt
+
+ENV = "FIA_LAUNCH_LOG"
+
+
+def _forward_probe(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    from sglang_ascend_fia import ops
+
+    forward_batch = args[0] if args else kwargs["forward_batch"]
+    ops.reset_launch_counts()
+    result = wrapped(*args, **kwargs)
+    record = {
+        "pid": os.getpid(),
+        "mode": forward_batch.forward_mode.name,
+        "batch_size": int(forward_batch.batch_size),
+        "num_tokens": int(forward_batch.input_ids.shape[0]),
+        "num_layers": int(instance.model_config.num_hidden_layers),
+        "launches": ops.launch_counts(),
+    }
+    with open(os.environ[ENV], "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    return result
+
+
+def _patch(module: Any) -> None:
+    wrapt.wrap_function_wrapper(module, "ModelRunner.forward", _forward_probe)
+
+
+def register() -> None:
+    if os.environ.get(ENV):
+        wrapt.register_post_import_hook(_patch, "sglang.srt.model_executor.model_runner")
