@@ -361,9 +361,10 @@ def _plan(
         if k_rope_dim != rope_dim or rope_dim == 0:
             _fail("key_rope", _shape(key_rope), f"rope D must equal query_rope's ({rope_dim})")
 
-    # Masks. Q_S=1 without rope runs the incremental branch, which ignores sparse_mode (doc).
+    # Masks. Q_S=1 without rope runs the incremental branch, which ignores sparse_mode (doc);
+    # a 2048 template passed there masks nothing (inferred: its contents are never the mask).
     mask_mode = "none"
-    effective_sparse = 0 if (not prefill and not rope) else sparse_mode
+    ignores_sparse = not prefill and not rope
     if rope:
         if sparse_mode not in (0, 3, 4):
             _fail("sparse_mode", sparse_mode, "with query_rope/key_rope only 0, 3 or 4")
@@ -371,7 +372,7 @@ def _plan(
             _fail("atten_mask", _shape(atten_mask), "MLA with sparse_mode=0 takes no mask")
     if atten_mask is not None and atten_mask.dtype not in _MASK_DTYPES:
         _fail("atten_mask", atten_mask.dtype, f"dtype must be one of {_MASK_DTYPES}")
-    if effective_sparse in (2, 3, 4):
+    if sparse_mode in (2, 3, 4) and not ignores_sparse:
         template = (MASK_TEMPLATE_SIZE, MASK_TEMPLATE_SIZE)
         if (
             atten_mask is None
@@ -384,15 +385,9 @@ def _plan(
                 f"sparse_mode={sparse_mode} needs the 2048x2048 lower-triangular template "
                 "(2048,2048), (1,2048,2048) or (1,1,2048,2048)",
             )
-        mask_mode = {2: "left_up", 3: "right_down", 4: "band"}[effective_sparse]
-    elif effective_sparse == 1 or atten_mask is not None:
-        if atten_mask is None:
-            _fail("atten_mask", None, "sparse_mode=1 (allMask) needs a full mask")
-        if (
-            prefill
-            and (pre_tokens != INT32_MAX or next_tokens != INT32_MAX)
-            and (effective_sparse == 0)
-        ):
+        mask_mode = {2: "left_up", 3: "right_down", 4: "band"}[sparse_mode]
+    elif sparse_mode in (0, 1) and atten_mask is not None:
+        if prefill and sparse_mode == 0 and (pre_tokens, next_tokens) != (INT32_MAX, INT32_MAX):
             _fail(
                 "pre_tokens/next_tokens",
                 (pre_tokens, next_tokens),
@@ -400,10 +395,11 @@ def _plan(
                 "use sparse_mode=4 for a band",
             )
         mask_mode = "dense"
-        assert atten_mask is not None
         _dense_mask_view(
             atten_mask, batch, max(q_lens, default=0), max(kv_lens, default=0), prefill=prefill
         )
+    elif sparse_mode == 1 and not ignores_sparse:
+        _fail("atten_mask", None, "sparse_mode=1 (allMask) needs a full mask")
 
     return _Plan(
         q_layout=q_layout,
@@ -468,7 +464,9 @@ def _dense_mask_view(
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
     """fp32 and contiguous in one pass (a permuted view is packed while it is converted)."""
-    return t.to(torch.float32, memory_format=torch.contiguous_format)
+    if t.dtype == torch.float32 and t.is_contiguous():
+        return t
+    return torch.empty(t.shape, dtype=torch.float32, device=t.device).copy_(t)
 
 
 def _query_bnsd(plan: _Plan, q: torch.Tensor, dim: int) -> torch.Tensor:
