@@ -1,0 +1,150 @@
+"""Builders for the FIA backend on sglang's real KV pools, without a model or a server.
+
+A ``ModelRunner`` stand-in carries only what :class:`AscendFIABackend` reads; the pools, the
+req-to-token table and the forward modes are sglang's own classes, so the backend is exercised
+against the exact buffer layouts an engine hands it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Shape:
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    layers: int = 2
+
+    @property
+    def id(self) -> str:
+        return f"{self.q_heads}q{self.kv_heads}kv-d{self.head_dim}"
+
+
+TINY = Shape(4, 2, 16)
+GQA7 = Shape(14, 2, 128)  # Qwen2.5-7B's 7:1 ratio and head_dim, per TP-2 rank
+GQA7_FULL = Shape(28, 4, 128)
+
+
+def make_pool(kind: str, shape: Shape, page: int, pages: int, monkeypatch: Any) -> Any:
+    """One of sglang's MHA pools, sized ``pages`` pages plus the padding page."""
+    kwargs = dict(
+        size=pages * page,
+        page_size=page,
+        dtype=torch.float32,
+        head_num=shape.kv_heads,
+        head_dim=shape.head_dim,
+        layer_num=shape.layers,
+        device="cpu",
+        enable_memory_saver=False,
+    )
+    if kind == "stock":
+        from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
+
+        return MHATokenToKVPool(**kwargs)
+    from sglang.srt.hardware_backend.npu.memory_pool_npu import NPUMHATokenToKVPool
+
+    # The NPU pool reads the toggle itself: on, it keeps per-layer [(P+1)*page, 1, H, D] views
+    # (memory_pool_npu.py:175-189); off, per-layer [P+1, page, H, D] slices.
+    monkeypatch.setenv("ASCEND_USE_FIA", "1" if kind == "npu-fia" else "0")
+    return NPUMHATokenToKVPool(**kwargs)
+
+
+POOL_KINDS = ("stock", "npu-fia", "npu")
+
+
+def make_runner(pool: Any, shape: Shape, page: int, max_reqs: int = 64, **overrides: Any) -> Any:
+    from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
+    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+
+    model_config = SimpleNamespace(
+        context_len=2048,
+        is_encoder_decoder=False,
+        get_num_attention_heads=lambda tp: shape.q_heads // tp,
+    )
+    runner = SimpleNamespace(
+        device="cpu",
+        page_size=page,
+        req_to_token_pool=ReqToTokenPool(
+            size=max_reqs, max_context_len=2048, device="cpu", enable_memory_saver=False
+        ),
+        token_to_kv_pool=pool,
+        model_config=model_config,
+        dtype=torch.float32,
+        kv_cache_dtype=torch.float32,
+        use_mla_backend=False,
+        spec_algorithm=SpeculativeAlgorithm.NONE,
+        is_draft_worker=False,
+        is_hybrid_swa=False,
+        sliding_window_size=None,
+    )
+    for key, value in overrides.items():
+        setattr(runner, key, value)
+    return runner
+
+
+def make_layer(shape: Shape, layer_id: int) -> Any:
+    return SimpleNamespace(
+        layer_id=layer_id,
+        tp_q_head_num=shape.q_heads,
+        tp_k_head_num=shape.kv_heads,
+        tp_v_head_num=shape.kv_heads,
+        qk_head_dim=shape.head_dim,
+        v_head_dim=shape.head_dim,
+        scaling=shape.head_dim**-0.5,
+    )
+
+
+@dataclass
+class Requests:
+    """Requests laid out the way sglang's paged allocator lays them out: whole pages, in a
+    shuffled order, page 0 left for padding writes."""
+
+    page: int
+    pages: int
+    req_to_token: torch.Tensor
+    rows: list[int]
+    lens: list[int] = field(default_factory=list)  # tokens already in the cache per request
+    _free: list[int] = field(default_factory=list)
+    _owned: list[list[int]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, req_to_token: torch.Tensor, page: int, pages: int, n: int, seed: int = 0):
+        free = list(range(1, pages + 1))
+        random.Random(seed).shuffle(free)
+        rows = list(range(1, n + 1))  # row 0 is sglang's padding row
+        return cls(page, pages, req_to_token, rows, [0] * n, free, [[] for _ in range(n)])
+
+    def extend(self, i: int, new: int) -> torch.Tensor:
+        """Allocate ``new`` more slots for request ``i``; return their slot ids."""
+        start = self.lens[i]
+        slots = []
+        for j in range(start, start + new):
+            if j // self.page >= len(self._owned[i]):
+                self._owned[i].append(self._free.pop())
+            slots.append(self._owned[i][j // self.page] * self.page + j % self.page)
+        self.req_to_token[self.rows[i], start : start + new] = torch.tensor(
+            slots, dtype=self.req_to_token.dtype
+        )
+        self.lens[i] += new
+        return torch.tensor(slots, dtype=torch.int64)
+
+
+def forward_batch(mode: Any, reqs: Requests, new_lens: list[int], out_cache_loc: torch.Tensor):
+    seq_lens = torch.tensor(reqs.lens, dtype=torch.int64)
+    return SimpleNamespace(
+        forward_mode=mode,
+        batch_size=len(reqs.lens),
+        seq_lens=seq_lens,
+        seq_lens_cpu=seq_lens.clone(),
+        req_pool_indices=torch.tensor(reqs.rows, dtype=torch.int64),
+        extend_seq_lens_cpu=list(new_lens),
+        extend_prefix_lens_cpu=[n - q for n, q in zip(reqs.lens, new_lens, strict=True)],
+        out_cache_loc=out_cache_loc,
+    )

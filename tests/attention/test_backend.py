@@ -1,0 +1,347 @@
+"""The FIA backend on sglang's real KV pools, against a brute-force attention oracle.
+
+Fast tier: no model and no server. Requests are laid out in shuffled whole pages exactly as
+sglang's paged allocator does, prefixes sit in the cache before the step that extends them, and
+every layer's output is compared with per-request causal softmax attention over the full
+(prefix + new) sequence.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+from attention.helpers import (
+    GQA7,
+    GQA7_FULL,
+    POOL_KINDS,
+    TINY,
+    Requests,
+    Shape,
+    forward_batch,
+    make_layer,
+    make_pool,
+    make_runner,
+)
+from sglang_ascend_fia import ops
+from sglang_ascend_fia.attention.backend import AscendFIABackend, UnsupportedConfiguration
+
+PAGES = 24
+
+
+def oracle(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention of the last ``len(q)`` positions over ``k``/``v`` (bottom-right aligned).
+
+    q [S, Hq, D], k/v [L, Hkv, D] -> [S, Hq * D]; query head h reads KV head h // (Hq / Hkv).
+    """
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1).double()
+    v = v.repeat_interleave(group, dim=1).double()
+    scores = torch.einsum("shd,lhd->hsl", q.double(), k) * scale
+    s, length = q.shape[0], k.shape[0]
+    future = torch.arange(length)[None, :] > torch.arange(s)[:, None] + (length - s)
+    probs = scores.masked_fill(future, float("-inf")).softmax(-1)
+    return torch.einsum("hsl,lhd->shd", probs, v).reshape(s, -1).float()
+
+
+class Harness:
+    """One backend over one pool, with the K/V history of every request kept for the oracle."""
+
+    def __init__(self, shape: Shape, page: int, pool_kind: str, n_reqs: int, monkeypatch: Any):
+        self.shape = shape
+        pages = max(PAGES, 2 * n_reqs + 2)  # room for two pages per request
+        pool = make_pool(pool_kind, shape, page, pages, monkeypatch)
+        self.runner = make_runner(pool, shape, page)
+        self.backend = AscendFIABackend(self.runner)
+        self.reqs = Requests.create(self.runner.req_to_token_pool.req_to_token, page, pages, n_reqs)
+        self.layers = [make_layer(shape, i) for i in range(shape.layers)]
+        self.history: list[list[tuple[torch.Tensor, torch.Tensor]]] = [
+            [(self._empty(), self._empty()) for _ in range(n_reqs)] for _ in self.layers
+        ]
+        self.gen = torch.Generator().manual_seed(0)
+
+    def _empty(self) -> torch.Tensor:
+        return torch.empty(0, self.shape.kv_heads, self.shape.head_dim)
+
+    def _rand(self, *size: int) -> torch.Tensor:
+        return torch.randn(*size, generator=self.gen)
+
+    def batch(self, mode: ForwardMode, new_lens: list[int]) -> Any:
+        locs = [self.reqs.extend(i, n) for i, n in enumerate(new_lens)]
+        return forward_batch(mode, self.reqs, new_lens, torch.cat(locs))
+
+    def step(self, mode: ForwardMode, new_lens: list[int]) -> list[tuple[torch.Tensor, ...]]:
+        """Run one forward over every layer; return (output, oracle) per layer."""
+        fb = self.batch(mode, new_lens)
+        self.backend.init_forward_metadata(fb)
+        return [self.run_layer(i, fb, new_lens) for i in range(len(self.layers))]
+
+    def run_layer(self, i: int, fb: Any, new_lens: list[int]) -> tuple[torch.Tensor, ...]:
+        s = self.shape
+        tokens = sum(new_lens)
+        q = self._rand(tokens, s.q_heads * s.head_dim)
+        k = self._rand(tokens, s.kv_heads, s.head_dim)
+        v = self._rand(tokens, s.kv_heads, s.head_dim)
+        out = self.backend.forward(q, k, v, self.layers[i], fb)
+        expected, start = [], 0
+        for r, n in enumerate(new_lens):
+            old_k, old_v = self.history[i][r]
+            full_k = torch.cat([old_k, k[start : start + n]])
+            full_v = torch.cat([old_v, v[start : start + n]])
+            self.history[i][r] = (full_k, full_v)
+            q_r = q[start : start + n].view(n, s.q_heads, s.head_dim)
+            expected.append(oracle(q_r, full_k, full_v, self.layers[i].scaling))
+            start += n
+        return out, torch.cat(expected)
+
+
+def assert_close(results: list[tuple[torch.Tensor, ...]]) -> None:
+    for out, expected in results:
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("pool_kind", POOL_KINDS)
+@pytest.mark.parametrize("page", [128, 256])
+@pytest.mark.parametrize("shape", [TINY, GQA7], ids=lambda s: s.id)
+def test_prefill_prefix_extend_and_decode_match_oracle(
+    shape: Shape, page: int, pool_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fresh prefill, then an extend whose prefix is cached (radix hit / next chunk), a mixed
+    batch with single-token extends, then decode steps; every layer matches the oracle."""
+    h = Harness(shape, page, pool_kind, n_reqs=3, monkeypatch=monkeypatch)
+    assert_close(h.step(ForwardMode.EXTEND, [5, 130, page + 3]))
+    # Prefix lengths 5 / 130 / page+3: the new tokens must attend the cached ones.
+    assert_close(h.step(ForwardMode.EXTEND, [70, 1, page]))
+    assert_close(h.step(ForwardMode.MIXED, [1, 9, 1]))
+    for _ in range(3):
+        assert_close(h.step(ForwardMode.DECODE, [1, 1, 1]))
+
+
+def test_full_qwen25_7b_head_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(GQA7_FULL, 128, "npu-fia", n_reqs=2, monkeypatch=monkeypatch)
+    assert_close(h.step(ForwardMode.EXTEND, [40, 129]))
+    assert_close(h.step(ForwardMode.EXTEND, [17, 3]))
+    assert_close(h.step(ForwardMode.DECODE, [1, 1]))
+
+
+def test_kv_lands_in_the_pool_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write goes to sglang's own buffers at ``out_cache_loc``: stock readers see it."""
+    h = Harness(TINY, 128, "stock", n_reqs=2, monkeypatch=monkeypatch)
+    fb = h.batch(ForwardMode.EXTEND, [3, 4])
+    h.backend.init_forward_metadata(fb)
+    k = torch.randn(7, TINY.kv_heads, TINY.head_dim)
+    v = torch.randn(7, TINY.kv_heads, TINY.head_dim)
+    q = torch.randn(7, TINY.q_heads * TINY.head_dim)
+    h.backend.forward(q, k, v, h.layers[1], fb)
+    pool = h.runner.token_to_kv_pool
+    torch.testing.assert_close(pool.get_key_buffer(1)[fb.out_cache_loc], k)
+    torch.testing.assert_close(pool.get_value_buffer(1)[fb.out_cache_loc], v)
+    assert not pool.get_key_buffer(0).any(), "layer 0 must be untouched"
+
+
+@pytest.mark.parametrize("batch", [1, 7, 32])
+def test_one_fia_launch_per_layer_for_any_batch(
+    batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shape = Shape(4, 2, 16, layers=3)
+    h = Harness(shape, 128, "npu-fia", n_reqs=batch, monkeypatch=monkeypatch)
+    for mode, lens in (
+        (ForwardMode.EXTEND, [3 + i % 5 for i in range(batch)]),
+        (ForwardMode.EXTEND, [1 + i % 2 for i in range(batch)]),
+        (ForwardMode.DECODE, [1] * batch),
+    ):
+        ops.reset_launch_counts()
+        h.step(mode, lens)
+        counts = ops.launch_counts()
+        assert counts["fused_infer_attention_score"] == shape.layers, (mode, counts)
+        # K and V writes: one scatter each per layer, never per request.
+        assert counts["scatter_nd_update_"] == 2 * shape.layers, (mode, counts)
+
+
+SYNC_METHODS = ("tolist", "item", "cpu")
+
+
+class SyncCounter:
+    """Counts ``Tensor.tolist/.item/.cpu`` calls made outside the ops references, while active.
+
+    The references stand in for device kernels (on an NPU the calls go to torch_npu), so what
+    they do internally is the kernel's business, not host work of the backend.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self._originals = {name: getattr(torch.Tensor, name) for name in SYNC_METHODS}
+
+    def __enter__(self) -> SyncCounter:
+        for name, original in self._originals.items():
+            setattr(torch.Tensor, name, self._wrap(name, original))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, original in self._originals.items():
+            setattr(torch.Tensor, name, original)
+
+    def _wrap(self, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            frames = traceback.extract_stack(limit=16)[:-1]
+            if not any(f"sglang_ascend_fia{os.sep}ops{os.sep}" in f.filename for f in frames):
+                self.calls.append(f"{name} at {frames[-1].filename}:{frames[-1].lineno}")
+            return original(tensor, *args, **kwargs)
+
+        return counted
+
+
+@pytest.mark.parametrize("layers", [1, 8])
+def test_layer_forwards_make_no_host_sync(layers: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """All host work is in init_forward_metadata; the layers make none, however many."""
+    shape = Shape(4, 2, 16, layers=layers)
+    h = Harness(shape, 128, "npu-fia", n_reqs=4, monkeypatch=monkeypatch)
+    for mode, lens in ((ForwardMode.EXTEND, [9, 3, 130, 1]), (ForwardMode.DECODE, [1] * 4)):
+        fb = h.batch(mode, lens)
+        with SyncCounter() as counter:
+            h.backend.init_forward_metadata(fb)
+            per_batch = list(counter.calls)
+            for i in range(layers):
+                h.run_layer(i, fb, lens)
+        # seq_lens_cpu.tolist(): one conversion of a host tensor, no device involved.
+        assert len(per_batch) == 1, per_batch
+        assert counter.calls == per_batch, counter.calls[len(per_batch) :]
+
+
+class FakeNPUGraph:
+    """What NPUGraphRunner relies on, modelled on CPU.
+
+    Capture records every FIA call with its tensors (by reference: a graph keeps addresses) and a
+    *copy* of its host lists (a captured kernel keeps the values it was given). ``update``
+    replaces one keyword for every captured FIA call, as ``graph.update(cpu_update_input=...)``
+    does; ``replay`` re-runs the calls and writes into the captured outputs.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[Any, ...], dict[str, Any], torch.Tensor]] = []
+
+    def capture(self, monkeypatch: pytest.MonkeyPatch, run: Callable[[], Any]) -> Any:
+        real = ops.fused_infer_attention_score
+
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            out, lse = real(*args, **kwargs)
+            frozen = {k: list(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+            self.calls.append((args, frozen, out))
+            self.bound_lists = [v for v in kwargs.values() if isinstance(v, list)]
+            return out, lse
+
+        monkeypatch.setattr(ops, "fused_infer_attention_score", recording)
+        try:
+            return run()
+        finally:
+            monkeypatch.setattr(ops, "fused_infer_attention_score", real)
+
+    def update(self, cpu_update_input: list[dict[str, list[int]]]) -> None:
+        # NPUGraphRunner sends one dict; it applies to every captured FIA call.
+        (update,) = cpu_update_input
+        for _, kwargs, _ in self.calls:
+            for key, value in update.items():
+                assert key in kwargs, f"captured FIA call has no {key!r} to update"
+                assert isinstance(kwargs[key], list), f"{key} was not bound as a Python list"
+                kwargs[key] = list(value)
+
+    def replay(self) -> None:
+        for args, kwargs, out in self.calls:
+            out.copy_(ops.fused_infer_attention_score(*args, **kwargs)[0])
+
+
+def test_graph_replay_rebinds_kv_lengths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Capture a decode at one set of lengths, replay at another via the
+    ``actual_seq_lengths_kv`` update: the replayed output equals an eager decode."""
+    shape = TINY
+    h = Harness(shape, 128, "npu-fia", n_reqs=3, monkeypatch=monkeypatch)
+    h.step(ForwardMode.EXTEND, [20, 140, 7])
+    h.backend.init_cuda_graph_state(max_bs=4, max_num_tokens=4)
+    layer = h.layers[0]
+    q_static = torch.randn(3, shape.q_heads * shape.head_dim)
+
+    def decode_batch(lens: list[int]) -> Any:
+        fb = forward_batch(ForwardMode.DECODE, h.reqs, [1] * 3, torch.zeros(3, dtype=torch.long))
+        fb.seq_lens_cpu = torch.tensor(lens)
+        return fb
+
+    graph = FakeNPUGraph()
+    capture_lens = [21, 141, 8]
+    h.backend.init_forward_metadata_out_graph(decode_batch(capture_lens), in_capture=True)
+    out_static = graph.capture(
+        monkeypatch,
+        lambda: h.backend.forward(q_static, None, None, layer, decode_batch(capture_lens)),
+    )
+    assert graph.bound_lists == [h.backend.forward_metadata.kv_lens]
+    assert graph.bound_lists[0] is h.backend.forward_metadata.kv_lens
+
+    # Next step: two requests grew by one token each (already in the cache), one by 60.
+    for i, n in enumerate((1, 1, 60)):
+        h.reqs.extend(i, n)
+    replay_lens = list(h.reqs.lens)
+    q_static.copy_(torch.randn_like(q_static))
+    h.backend.init_forward_metadata_out_graph(decode_batch(replay_lens))  # replay: in place
+    graph.replay()
+    stale = out_static.clone()
+    graph.update(cpu_update_input=[{"actual_seq_lengths_kv": replay_lens}])
+    graph.replay()
+
+    fb = decode_batch(replay_lens)
+    h.backend.init_forward_metadata(fb)
+    eager = h.backend.forward(q_static, None, None, layer, fb, save_kv_cache=False)
+    torch.testing.assert_close(out_static, eager, rtol=1e-5, atol=1e-5)
+    # Without the update the graph reads the capture-time lengths: the update is what matters.
+    assert not torch.allclose(stale, eager, atol=1e-3)
+
+
+@pytest.mark.parametrize("page", [1, 16, 24, 32, 64, 1024])
+def test_illegal_page_size_refused_at_construction(
+    page: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = make_pool("npu-fia", TINY, page, 8, monkeypatch)
+    with pytest.raises(UnsupportedConfiguration) as err:
+        AscendFIABackend(make_runner(pool, TINY, page))
+    message = str(err.value)
+    legal = ops.legal_page_sizes(mla=False)
+    assert 128 in legal and page not in legal
+    assert f"--page-size={page}" in message
+    assert f"accepts page sizes {legal}" in message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"use_mla_backend": True}, "MLA"),
+        ({"is_draft_worker": True}, "speculative"),
+        ({"sliding_window_size": 4096}, "sliding-window"),
+        ({"is_hybrid_swa": True}, "sliding-window"),
+    ],
+)
+def test_unsupported_configurations_refused_at_construction(
+    overrides: dict[str, Any], needle: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = make_pool("npu-fia", TINY, 128, 8, monkeypatch)
+    with pytest.raises(UnsupportedConfiguration, match=needle):
+        AscendFIABackend(make_runner(pool, TINY, 128, **overrides))
+
+
+def test_speculative_algorithm_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+
+    pool = make_pool("npu-fia", TINY, 128, 8, monkeypatch)
+    runner = make_runner(pool, TINY, 128, spec_algorithm=SpeculativeAlgorithm.EAGLE)
+    with pytest.raises(UnsupportedConfiguration, match="speculative"):
+        AscendFIABackend(runner)
+
+
+def test_gqa_ratio_above_fia_limit_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    shape = Shape(128, 1, 16)
+    pool = make_pool("npu-fia", shape, 128, 8, monkeypatch)
+    with pytest.raises(UnsupportedConfiguration, match="GQA ratio"):
+        AscendFIABackend(make_runner(pool, shape, 128))
