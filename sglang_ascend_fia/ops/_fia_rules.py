@@ -84,9 +84,10 @@ def legal_page_sizes(*, mla: bool) -> tuple[int, ...]:
     """Page sizes that every paged FIA call the attention backend makes accepts.
 
     A server runs both prompt (Q_S>1) and decode (Q_S=1) calls on the same paged cache, so a page
-    size must pass both rules. MHA/GQA: prompt ∩ decode = (128, 256, 512). MLA: its decode call
-    carries query_rope (16 or 128) and its chunked-prefix prompt pages the cache too, so the
-    intersection is (128,) — as notes §2.4 concludes.
+    size must pass both rules. MHA/GQA: prompt ∩ decode = (128, 256, 384, 512) — notes §2.4 lists
+    {128, 256, 512}, but the doc's "multiple of 128 in [128, 512]" admits 384 as well. MLA: its
+    decode call carries query_rope (16 or 128) and its chunked-prefix prompt pages the cache too,
+    so the intersection is (128,), as notes §2.4 concludes.
     """
     candidates = range(16, MAX_BLOCK_SIZE + 1, 16)
     rope_modes = (True,) if mla else (False,)

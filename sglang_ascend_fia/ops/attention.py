@@ -311,6 +311,8 @@ def _plan(
         capacity = block_table.size(1) * block_size
         # Paged: per-batch lengths, also for a TND query (doc, Q_S=1 page attention section).
         kv_lens = _per_batch("actual_seq_lengths_kv", actual_seq_lengths_kv, batch, capacity)
+        if block_table.device.type == "cpu":  # reading an NPU table here would sync the host
+            _check_block_ids(kv_lens, block_size, block_table.long(), k_blocks)
     else:
         if block_size != 0:
             _fail("block_size", block_size, "only meaningful with block_table (page attention)")
@@ -567,11 +569,12 @@ class _KVSource:
         return k, v
 
 
-def _checked_block_ids(plan: _Plan, block_table: torch.Tensor, num_blocks: int) -> torch.Tensor:
-    """Block ids as int64, padded to whole chunks; ids a request needs must be real blocks."""
-    bs = plan.block_size
-    needed = torch.tensor([-(-n // bs) for n in plan.kv_lens], dtype=torch.long)
-    ids = block_table.to(device="cpu", dtype=torch.long)
+def _check_block_ids(
+    kv_lens: Sequence[int], block_size: int, ids: torch.Tensor, num_blocks: int
+) -> None:
+    """Every block slot a request's length reaches must hold a real block id (doc: ids are not
+    validated by the kernel, so a bad one reads garbage; the reference refuses instead)."""
+    needed = torch.tensor([-(-n // block_size) for n in kv_lens], dtype=torch.long)
     in_use = torch.arange(ids.size(1))[None, :] < needed[:, None]
     bad = in_use & ((ids < 0) | (ids >= num_blocks))
     if bool(bad.any()):
@@ -579,10 +582,15 @@ def _checked_block_ids(plan: _Plan, block_table: torch.Tensor, num_blocks: int) 
         _fail(
             "block_table",
             f"[{b}, {c}] = {int(ids[b, c])}",
-            f"request {b} needs block slot {c} for its {plan.kv_lens[b]} tokens; ids must be "
+            f"request {b} needs block slot {c} for its {kv_lens[b]} tokens; ids must be "
             f"in [0, {num_blocks})",
         )
-    # -1 padding past a request's length is read as block 0 and masked out.
+
+
+def _checked_block_ids(plan: _Plan, block_table: torch.Tensor, num_blocks: int) -> torch.Tensor:
+    """Block ids as int64 on the table's device, -1 padding read as block 0 (masked later)."""
+    ids = block_table.to(device="cpu", dtype=torch.long)
+    _check_block_ids(plan.kv_lens, plan.block_size, ids, num_blocks)
     return ids.clamp_(min=0).to(block_table.device)
 
 

@@ -10,6 +10,7 @@ ids, -1 padding) and compares.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -19,10 +20,20 @@ from hypothesis import strategies as st
 
 from sglang_ascend_fia import ops
 
-SETTINGS = settings(max_examples=70, deadline=None, derandomize=True, database=None)
+SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, database=None)
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 TEMPLATE = ~torch.tril(torch.ones(2048, 2048, dtype=torch.bool))
 INT32_MAX = 2147483647
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # These tensors are tiny: intra-op threads only add OpenMP spin-waits, which on a busy
+    # 2-core machine cost 10-30x.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,8 +279,8 @@ def fia_cases(draw: st.DrawFn) -> dict[str, object]:
         "dv": dv,
         "block_size": block_size,
         "sparse": sparse,
-        "pre": draw(st.integers(0, 20)),
-        "next": draw(st.integers(0, 20)),
+        "pre": draw(st.one_of(st.integers(0, 3), st.integers(0, 20))),
+        "next": draw(st.one_of(st.integers(0, 3), st.integers(0, 20))),
         "dtype": draw(st.sampled_from([torch.float32, torch.float32, torch.bfloat16])),
         "scale": draw(st.floats(0.05, 0.5)),
         "shuffle": draw(st.booleans()),
