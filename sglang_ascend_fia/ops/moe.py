@@ -10,6 +10,12 @@ and golden-data generators (``moe_gating_top_k_generalized.h``, ``moe_init_routi
 ``gen_data.py``) and the CANN aclnn docs (``aclnnMoeFinalizeRoutingV2``,
 ``aclnnGroupedMatmulV4``). Anything that no document states is marked **(inferred)**.
 
+Two kinds of rejection, both ``ValueError``: each op's validator enforces the *documented*
+kernel constraints and runs before either implementation (``_dispatch``), so it never refuses a
+call the NPU kernel accepts; arguments the kernel supports but the reference does not implement
+are refused by the reference itself ("... is not implemented by the reference"), so only
+CPU/CUDA runs see them.
+
 How sglang 0.5.23 calls these (``hardware_backend/npu/moe``): ``AscendTPDispatcher`` routes with
 ``moe_init_routing_v2(quant_mode=-1|1, expert_tokens_num_type=1, expert_tokens_num_flag=True,
 active_num=T*K, active_expert_range=[0, E])`` and combines with ``moe_finalize_routing(
@@ -75,8 +81,13 @@ def _validate_moe_gating_top_k(
     check_tensor(op, "x", x, dims={2}, dtypes=FLOAT_DTYPES)
     num_experts = x.shape[-1]
     require(num_experts <= 2048, op, "x", x, "must have at most 2048 experts (last dim)")
-    if input_ids is not None or tid2eid is not None:
-        not_implemented(op, "input_ids", input_ids, "the non-hash mode: input_ids=tid2eid=None")
+    if (input_ids is None) != (tid2eid is None):
+        fail(op, "input_ids", input_ids, "and tid2eid must be given together (hash mode)")
+    if input_ids is not None and tid2eid is not None:
+        check_tensor(op, "input_ids", input_ids, dims={1}, dtypes={torch.int32, torch.int64})
+        check_shape(op, "input_ids", input_ids, x.shape[:1], "one id per row of x")
+        check_tensor(op, "tid2eid", tid2eid, dims={2}, dtypes={torch.int32, torch.int64})
+        require(tid2eid.shape[1] == k, op, "tid2eid", tid2eid, f"must have k={k} columns")
     require(norm_type in (0, 1), op, "norm_type", norm_type, "must be 0 (softmax) or 1 (sigmoid)")
     require(
         group_select_mode in (0, 1),
@@ -165,6 +176,8 @@ def moe_gating_top_k(
     sigmoid renormalises even when renorm is 0. ``norm_out`` is only written by the kernel when
     ``out_flag`` is set; the reference always returns it (a defined superset).
     """
+    if input_ids is not None:
+        not_implemented(_GATING, "input_ids", input_ids, "the non-hash mode: input_ids=None")
     scores = x.float()
     norm = torch.softmax(scores, dim=-1) if norm_type == 0 else torch.sigmoid(scores)
     ranked = norm + bias.float() if bias is not None else norm
@@ -280,8 +293,6 @@ def _validate_moe_init_routing_v2(
         expert_idx,
         f"must have x's row count {x.shape[0]} in dim 0",
     )
-    if x_dtype is not None:
-        not_implemented(op, "x_dtype", x_dtype, "x_dtype=None (x's own dtype)")
     require(
         drop_pad_mode == 0,
         op,
@@ -331,15 +342,7 @@ def _validate_moe_init_routing_v2(
         f"must satisfy 0 <= start < end <= expert_num={expert_num}",
     )
     require(row_idx_type in (0, 1), op, "row_idx_type", row_idx_type, "must be 0 or 1")
-    rows = expert_idx.numel()
-    if active_num not in (-1, 0, rows):
-        not_implemented(
-            op,
-            "active_num",
-            active_num,
-            f"-1, 0 or NUM_ROWS*K={rows}: every routed row active; the kernel doc requires "
-            "active_num == NUM_ROWS*K",
-        )
+    require(active_num >= -1, op, "active_num", active_num, "must be >= -1 (-1 and 0: all rows)")
     if offset is not None:
         fail(op, "offset", offset, "must be None for quant_mode -1 and 1")
     if scale is not None:
@@ -398,6 +401,12 @@ def moe_init_routing_v2(
     here, and -1 in ``expanded_row_idx``. ``expert_capacity`` is unused by the kernel (doc).
     """
     num_rows, top_k = expert_idx.shape
+    if x_dtype is not None:
+        not_implemented(_INIT, "x_dtype", x_dtype, "x_dtype=None (x's own dtype)")
+    if active_num not in (-1, 0, num_rows * top_k):
+        # The aclnn V3 doc requires active_num == NUM_ROWS*K; what a smaller cap keeps is not
+        # documented precisely enough to reproduce.
+        not_implemented(_INIT, "active_num", active_num, f"-1, 0 or NUM_ROWS*K={num_rows * top_k}")
     hidden = x.shape[1]
     start, end = _expert_range(active_expert_range, expert_num)
     flat = expert_idx.reshape(-1).long()
@@ -458,7 +467,11 @@ _GMM_FLOAT_BIAS = {
     torch.bfloat16: torch.float32,
     torch.float32: torch.float32,
 }
-_GMM_SCALE_TO_OUT = {torch.bfloat16: torch.bfloat16, torch.float32: torch.float16}
+_GMM_SCALE_TO_OUT = {
+    torch.int64: torch.int8,
+    torch.bfloat16: torch.bfloat16,
+    torch.float32: torch.float16,
+}
 
 
 def _gmm_weight_is_transposed(w: torch.Tensor) -> bool:
@@ -492,36 +505,43 @@ def _validate_grouped_matmul(
     per_token_scale_dtype: torch.dtype | None = None,
 ) -> None:
     op = _GMM
-    if split_item != 2 or group_type != 0:
-        not_implemented(
-            op,
-            "split_item/group_type",
-            (split_item, group_type),
-            "split_item=2, group_type=0: one 2-D x split into row groups by group_list",
-        )
     for name, value in (
         ("offset", offset),
-        ("antiquant_scale", antiquant_scale),
-        ("antiquant_offset", antiquant_offset),
         ("activation_input", activation_input),
         ("activation_quant_scale", activation_quant_scale),
         ("activation_quant_offset", activation_quant_offset),
-        ("x_dtype", x_dtype),
-        ("weight_dtype", weight_dtype),
-        ("scale_dtype", scale_dtype),
-        ("per_token_scale_dtype", per_token_scale_dtype),
     ):
         if not absent(value):
-            not_implemented(op, name, value, f"{name}=None")
-    if act_type != 0:
-        not_implemented(op, "act_type", act_type, "act_type=0 (no fused activation)")
-    if not isinstance(x, list | tuple) or len(x) != 1:
-        fail(op, "x", x, "must be a list of one 2-D tensor when split_item=2, group_type=0")
+            fail(op, name, value, "must be None (doc: 'currently only None')")
+    require(
+        split_item in (0, 1, 2, 3),
+        op,
+        "split_item",
+        split_item,
+        "must be 0/1 (one output per weight) or 2/3 (one output)",
+    )
+    require(
+        group_list_type in (0, 1),
+        op,
+        "group_list_type",
+        group_list_type,
+        "must be 0 (cumulative ends) or 1 (per-group counts)",
+    )
+    require(
+        act_type in (0, 1, 2, 4, 5),
+        op,
+        "act_type",
+        act_type,
+        "must be 0 (none), 1 (relu), 2 (gelu_tanh), 4 (fast_gelu) or 5 (silu)",
+    )
+    for name, tensors in (("x", x), ("weight", weight)):
+        if not isinstance(tensors, list | tuple) or not 1 <= len(tensors) <= 128:
+            fail(op, name, tensors, "must be a list of 1 to 128 tensors")
+    if split_item not in (2, 3) or group_type != 0 or len(x) != 1:
+        return  # the kernel checks the other scenarios; the reference refuses them
     xs = check_tensor(op, "x[0]", x[0], dims={2}, dtypes=(*FLOAT_DTYPES, torch.int8))
     k_dim = xs.shape[1]
     require(k_dim < _GMM_INNER_LIMIT, op, "x[0]", xs, f"must have K < {_GMM_INNER_LIMIT}")
-    if not isinstance(weight, list | tuple) or len(weight) == 0:
-        fail(op, "weight", weight, "must be a non-empty list of tensors")
     if len(weight) == 1:
         check_tensor(op, "weight[0]", weight[0], dims={3})
         groups, n_dim = weight[0].shape[0], weight[0].shape[2]
@@ -554,13 +574,6 @@ def _validate_grouped_matmul(
         fail(op, "group_list", group_list, "is required when group_type=0")
     check_tensor(op, "group_list", group_list, dims={1}, dtypes={torch.int64})
     check_shape(op, "group_list", group_list, (groups,), "one entry per weight group")
-    require(
-        group_list_type in (0, 1),
-        op,
-        "group_list_type",
-        group_list_type,
-        "must be 0 (cumulative ends) or 1 (per-group counts)",
-    )
     quantised = xs.dtype == torch.int8
     if not absent(bias):
         assert bias is not None
@@ -580,21 +593,28 @@ def _validate_grouped_matmul(
             f"must be None or x's dtype {xs.dtype} for float x",
         )
         return
+    # int8 x, A2/A3 table: no scale -> int32 out; int64 (packed) -> int8; bf16 -> bf16;
+    # float32 -> float16. Only the bf16/float32 rows take a per_token_scale.
     if absent(scale):
-        not_implemented(op, "scale", scale, "int8 x with a float32/bfloat16 scale (dequantised)")
+        require(
+            output_dtype == torch.int32,
+            op,
+            "output_dtype",
+            output_dtype,
+            "must be torch.int32 for int8 x without a scale",
+        )
+        if not absent(per_token_scale):
+            fail(op, "per_token_scale", per_token_scale, "requires a bfloat16/float32 scale")
+        return
     assert scale is not None
     require(len(scale) == len(weight), op, "scale", scale, "must have one tensor per weight")
     for i, s in enumerate(scale):
-        if s.dtype not in _GMM_SCALE_TO_OUT:
-            not_implemented(
-                op, f"scale[{i}]", s, "bfloat16/float32 scales (int64 packed scales are not)"
-            )
+        check_tensor(op, f"scale[{i}]", s, dtypes=_GMM_SCALE_TO_OUT)
         check_shape(op, f"scale[{i}]", s, per_group_shape, "per-channel: one row of N per group")
     want_out = _GMM_SCALE_TO_OUT[scale[0].dtype]
-    if output_dtype in (None, torch.int8, torch.int32):
-        not_implemented(op, "output_dtype", output_dtype, "bfloat16/float16 output for int8 x")
+    allowed_out = (None, want_out) if want_out == torch.int8 else (want_out,)
     require(
-        output_dtype == want_out,
+        output_dtype in allowed_out,
         op,
         "output_dtype",
         output_dtype,
@@ -602,6 +622,8 @@ def _validate_grouped_matmul(
     )
     if not absent(per_token_scale):
         assert per_token_scale is not None
+        if scale[0].dtype == torch.int64:
+            fail(op, "per_token_scale", per_token_scale, "requires a bfloat16/float32 scale")
         require(
             len(per_token_scale) == 1,
             op,
@@ -613,6 +635,38 @@ def _validate_grouped_matmul(
             op, "per_token_scale[0]", per_token_scale[0], dims={1}, dtypes={torch.float32}
         )
         check_shape(op, "per_token_scale[0]", pts, (xs.shape[0],), "one scale per row of x")
+
+
+def _gmm_reference_limits(
+    x: list[torch.Tensor],
+    split_item: int,
+    group_type: int | None,
+    act_type: int,
+    scale: list[torch.Tensor] | None,
+    unsupported: dict[str, object],
+) -> None:
+    """What the kernel supports but the reference does not (checked in the reference only)."""
+    op = _GMM
+    if split_item != 2 or group_type != 0 or len(x) != 1:
+        not_implemented(
+            op,
+            "split_item/group_type",
+            (split_item, group_type),
+            "split_item=2, group_type=0: one 2-D x split into row groups by group_list",
+        )
+    if act_type != 0:
+        not_implemented(op, "act_type", act_type, "act_type=0 (no fused activation)")
+    for name, value in unsupported.items():
+        if not absent(value):
+            not_implemented(op, name, value, f"{name}=None")
+    if x[0].dtype == torch.int8:
+        if absent(scale):
+            not_implemented(op, "scale", scale, "int8 x with a bfloat16/float32 scale")
+        assert scale is not None
+        if scale[0].dtype == torch.int64:
+            not_implemented(
+                op, "scale[0]", scale[0], "bfloat16/float32 scales (int64 packed scales are not)"
+            )
 
 
 def _gmm_counts(group_list: torch.Tensor, group_list_type: int, rows: int) -> list[int]:
@@ -670,6 +724,21 @@ def grouped_matmul(
 
     ``tuning_config`` is a kernel tiling hint with no effect on the result, so it is accepted.
     """
+    _gmm_reference_limits(
+        x,
+        split_item,
+        group_type,
+        act_type,
+        scale,
+        {
+            "antiquant_scale": antiquant_scale,
+            "antiquant_offset": antiquant_offset,
+            "x_dtype": x_dtype,
+            "weight_dtype": weight_dtype,
+            "scale_dtype": scale_dtype,
+            "per_token_scale_dtype": per_token_scale_dtype,
+        },
+    )
     xs = x[0]
     rows = xs.shape[0]
     assert group_list is not None
@@ -728,15 +797,15 @@ def _validate_moe_finalize_routing(
     k: int = 1,
 ) -> None:
     op = _FINAL
-    if drop_pad_mode in (1, 3):
-        not_implemented(op, "drop_pad_mode", drop_pad_mode, "the dropless modes 0 and 2")
     require(
-        drop_pad_mode in (0, 2),
+        drop_pad_mode in (0, 1, 2, 3),
         op,
         "drop_pad_mode",
         drop_pad_mode,
-        "must be 0 (column-major index) or 2 (row-major index)",
+        "must be in [0, 3] (0/2 dropless column/row-major, 1/3 drop-and-pad)",
     )
+    if drop_pad_mode in (1, 3):
+        return  # [E, C, H] rows: the kernel checks that layout; the reference refuses it
     rows_in = check_tensor(
         op, "expanded_permuted_rows", expanded_permuted_rows, dims={2}, dtypes=FLOAT_DTYPES
     )
@@ -815,6 +884,8 @@ def moe_finalize_routing(
     ``moe_init_routing_v2``'s source order (rejected alternative: mode 2 reading ``i + k*N``,
     which would mix tokens). Without ``scales`` every weight is 1 and ``K = k``.
     """
+    if drop_pad_mode in (1, 3):
+        not_implemented(_FINAL, "drop_pad_mode", drop_pad_mode, "the dropless modes 0 and 2")
     total = expanded_src_to_dst_row.shape[0]
     if scales is not None:
         num_rows, top_k = scales.shape

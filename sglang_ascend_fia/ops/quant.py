@@ -9,6 +9,10 @@ pertoken_scale=s, bias, output_dtype)`` in ``NPUW8A8Int8DynamicLinearMethod``;
 ``quant_matmul(x, W^T, deq_scale, bias=quant_bias (int32), output_dtype)`` in the static
 ``NPUW8A8Int8LinearMethod``; ``dequant_swiglu_quant(h, quant_mode=1, activate_left=True)`` as the
 W8A8 MoE activation (``hardware_backend/npu/moe/activation.py``).
+
+As in ``ops/moe.py``: validators enforce only documented kernel constraints (they run before the
+NPU kernel too); what the kernel supports but the reference does not is refused by the
+reference ("... is not implemented by the reference").
 """
 
 from __future__ import annotations
@@ -48,13 +52,16 @@ def _validate_dynamic_quant(
     op = _DQ
     x = check_tensor(op, "input", input, dtypes=_HALF_DTYPES)
     require(x.dim() > 1, op, "input", x, "must have more than 1 dimension")
-    if dst_type not in (None, torch.int8):
-        not_implemented(op, "dst_type", dst_type, "dst_type None or torch.int8")
-    if quant_mode != "pertoken":
-        not_implemented(op, "quant_mode", quant_mode, "quant_mode='pertoken'")
-    if dst_type_max != 0.0:
-        not_implemented(op, "dst_type_max", dst_type_max, "dst_type_max=0.0 (127 for int8)")
+    require(
+        dst_type in (None, torch.int8, torch.quint4x2),
+        op,
+        "dst_type",
+        dst_type,
+        "must be None, torch.int8 or torch.quint4x2",
+    )
     hidden = x.shape[-1]
+    if dst_type == torch.quint4x2:
+        require(hidden % 8 == 0, op, "input", x, "must have a last dim divisible by 8 for int4")
     if group_index is None:
         if smooth_scales is not None:
             check_tensor(op, "smooth_scales", smooth_scales, dims={1}, dtypes={x.dtype})
@@ -91,6 +98,12 @@ def dynamic_quant(
     ``scale / 2`` per element, the rounding bound. Rounding mode and zero rows: see
     ``dynamic_int8_rows``.
     """
+    if dst_type == torch.quint4x2:
+        not_implemented(_DQ, "dst_type", dst_type, "dst_type None or torch.int8")
+    if quant_mode != "pertoken":
+        not_implemented(_DQ, "quant_mode", quant_mode, "quant_mode='pertoken'")
+    if dst_type_max != 0.0:
+        not_implemented(_DQ, "dst_type_max", dst_type_max, "dst_type_max=0.0 (127 for int8)")
     hidden = input.shape[-1]
     rows = input.reshape(-1, hidden).float()
     if smooth_scales is not None and group_index is None:
@@ -132,20 +145,17 @@ def _validate_quant_matmul(
     y_scale: torch.Tensor | None = None,
 ) -> None:
     op = _QMM
-    for name, value in (
-        ("x1_dtype", x1_dtype),
-        ("x2_dtype", x2_dtype),
-        ("pertoken_scale_dtype", pertoken_scale_dtype),
-        ("scale_dtype", scale_dtype),
-        ("group_sizes", group_sizes),
-        ("y_scale", y_scale),
-    ):
-        if value is not None:
-            not_implemented(op, name, value, f"{name}=None")
-    if isinstance(x1, torch.Tensor) and x1.dtype == torch.int32:
-        not_implemented(op, "x1", x1, "int8 x1/x2 (int32-packed int4 is not)")
-    check_tensor(op, "x1", x1, dims=set(range(2, 7)), dtypes={torch.int8})
-    check_tensor(op, "x2", x2, dims=set(range(2, 7)), dtypes={torch.int8})
+    require(
+        output_dtype in (None, torch.int8, torch.float16, torch.bfloat16, torch.int32),
+        op,
+        "output_dtype",
+        output_dtype,
+        "must be None (int8), torch.int8, torch.float16, torch.bfloat16 or torch.int32",
+    )
+    check_tensor(op, "x1", x1, dims=set(range(2, 7)), dtypes={torch.int8, torch.int32})
+    check_tensor(op, "x2", x2, dims=set(range(2, 7)), dtypes={x1.dtype})
+    if x1.dtype == torch.int32:
+        return  # int4 packed 8 per int32: the kernel checks its packed shapes
     m_dim, k_dim, n_dim = x1.shape[-2], x1.shape[-1], x2.shape[-1]
     require(
         x2.shape[-2] == k_dim,
@@ -155,72 +165,73 @@ def _validate_quant_matmul(
         f"must be [..., K={k_dim}, N] (x2's second-last axis is x1's K)",
     )
     require(
-        max(k_dim, x2.shape[-1]) <= _QMM_INNER_LIMIT,
+        max(k_dim, n_dim) <= _QMM_INNER_LIMIT,
         op,
         "x2",
         x2,
         f"must have K and N <= {_QMM_INNER_LIMIT}",
     )
     try:
-        torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
+        out_batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
     except RuntimeError:
         fail(op, "x2", x2, f"must have batch axes broadcastable with x1's {tuple(x1.shape[:-2])}")
-    if output_dtype in (None, torch.int8, torch.int32):
-        not_implemented(op, "output_dtype", output_dtype, "torch.bfloat16 or torch.float16 output")
+    check_tensor(op, "scale", scale, dims={1}, dtypes={torch.float32, torch.bfloat16, torch.int64})
     require(
-        output_dtype in (torch.bfloat16, torch.float16),
-        op,
-        "output_dtype",
-        output_dtype,
-        "must be torch.int8, torch.int32, torch.float16 or torch.bfloat16",
+        scale.shape[0] in (1, n_dim), op, "scale", scale, f"must have shape (1,) or (N={n_dim},)"
     )
-    if scale.dtype == torch.int64:
-        not_implemented(
-            op,
-            "scale",
-            scale,
-            "float32/bfloat16 scales (npu_trans_quant_param's packed int64 is not)",
-        )
-    check_tensor(op, "scale", scale, dims={1}, dtypes={torch.float32, torch.bfloat16})
-    require(
-        scale.shape[0] in (1, n_dim),
-        op,
-        "scale",
-        scale,
-        f"must have shape (1,) or (N={n_dim},)",
-    )
-    if offset is not None:
-        fail(op, "offset", offset, "is only supported with int8 output (dtype table)")
     if pertoken_scale is not None:
         check_tensor(op, "pertoken_scale", pertoken_scale, dims={1}, dtypes={torch.float32})
         check_shape(op, "pertoken_scale", pertoken_scale, (m_dim,), "one scale per row m of x1")
-    # A2/A3 dtype table of the torch_npu doc, columns with float16/bfloat16 output.
-    if output_dtype == torch.float16:
+    # The A2/A3 dtype table of the torch_npu doc, one branch per output dtype.
+    out = torch.int8 if output_dtype is None else output_dtype
+    has_pts = pertoken_scale is not None
+    if out == torch.float16 and has_pts:
+        scales, biases = {torch.float32}, {torch.int32, torch.float16, torch.float32}
+    elif out == torch.float16:
+        scales, biases = {torch.int64, torch.float32}, {torch.int32}
+    elif out == torch.bfloat16:
+        scales, biases = (
+            {torch.float32, torch.bfloat16},
+            {torch.int32, torch.bfloat16, torch.float32},
+        )
+    elif out == torch.int8:
+        scales, biases = {torch.int64, torch.float32}, {torch.int32}
+    else:  # int32
+        scales, biases = {torch.float32, torch.bfloat16}, {torch.int32}
+    where = f"for {out} output" + (" with pertoken_scale" if has_pts else "")
+    require(
+        scale.dtype in scales,
+        op,
+        "scale",
+        scale,
+        f"must have dtype in ({', '.join(sorted(map(str, scales)))}) {where}",
+    )
+    if has_pts and out in (torch.int8, torch.int32):
+        fail(op, "pertoken_scale", pertoken_scale, f"is not supported {where}")
+    if offset is not None:
         require(
-            scale.dtype == torch.float32,
+            out == torch.int8,
             op,
-            "scale",
-            scale,
-            "must be float32 for float16 output",
+            "offset",
+            offset,
+            "is only supported with int8 output (dtype table)",
         )
-        bias_ok = (
-            {torch.int32, torch.float16, torch.float32}
-            if pertoken_scale is not None
-            else {torch.int32}
-        )
-    else:
-        bias_ok = {torch.int32, torch.bfloat16, torch.float32}
-    if bias is not None:
-        names = ", ".join(str(d) for d in sorted(bias_ok, key=str))
+        check_tensor(op, "offset", offset, dims={1}, dtypes={torch.float32})
         require(
-            bias.dtype in bias_ok,
+            offset.shape[0] in (1, n_dim),
+            op,
+            "offset",
+            offset,
+            f"must have shape (1,) or (N={n_dim},)",
+        )
+    if bias is not None:
+        require(
+            bias.dtype in biases,
             op,
             "bias",
             bias,
-            f"must have dtype in ({names}) for {output_dtype} output"
-            + (" with pertoken_scale" if pertoken_scale is not None else ""),
+            f"must have dtype in ({', '.join(sorted(map(str, biases)))}) {where}",
         )
-        out_batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
         out_dims = len(out_batch) + 2
         allowed = [(n_dim,)]
         if out_dims == 2:
@@ -262,6 +273,23 @@ def quant_matmul(
     in accumulator units) or a float bias (the dynamic path's output-unit ``bias``) wrong by a
     factor of ``scale * pertoken_scale``.
     """
+    for name, value in (
+        ("x1_dtype", x1_dtype),
+        ("x2_dtype", x2_dtype),
+        ("pertoken_scale_dtype", pertoken_scale_dtype),
+        ("scale_dtype", scale_dtype),
+        ("group_sizes", group_sizes),
+        ("y_scale", y_scale),
+    ):
+        if value is not None:
+            not_implemented(_QMM, name, value, f"{name}=None")
+    if x1.dtype == torch.int32:
+        not_implemented(_QMM, "x1", x1, "int8 x1/x2 (int32-packed int4 is not)")
+    if output_dtype not in (torch.bfloat16, torch.float16):
+        not_implemented(_QMM, "output_dtype", output_dtype, "float16/bfloat16 output")
+    if scale.dtype == torch.int64:
+        rule = "float32/bfloat16 scales (npu_trans_quant_param's packed int64 is not)"
+        not_implemented(_QMM, "scale", scale, rule)
     acc = x1.double() @ x2.double()
     if bias is not None and bias.dtype == torch.int32:
         acc = acc + bias.double()
@@ -270,7 +298,6 @@ def quant_matmul(
         y = y * pertoken_scale.float().unsqueeze(-1)
     if bias is not None and bias.dtype != torch.int32:
         y = y + bias.float()
-    assert output_dtype is not None
     return y.to(output_dtype)
 
 
@@ -306,34 +333,42 @@ def _validate_dequant_swiglu_quant(
     tokens, width = x.shape
     require(width % 2 == 0, op, "x", x, "must have an even last dim (it is split in two halves)")
     hidden = width // 2
-    if quant_mode != 1:
-        not_implemented(
+    require(quant_mode in (0, 1), op, "quant_mode", quant_mode, "must be 0 (static) or 1 (dynamic)")
+    require(
+        swiglu_mode in (0, 1),
+        op,
+        "swiglu_mode",
+        swiglu_mode,
+        "must be 0 (swiglu) or 1 (clamped variant)",
+    )
+    require(
+        dst_type in (None, torch.int8), op, "dst_type", dst_type, "must be int8 (doc: y is int8)"
+    )
+    if bias is not None:
+        check_tensor(op, "bias", bias, dtypes={torch.int32})
+    if quant_offset is not None:
+        check_tensor(
+            op, "quant_offset", quant_offset, dtypes={torch.float32, torch.float16, torch.bfloat16}
+        )
+    if group_index is not None:
+        check_tensor(op, "group_index", group_index, dims={1}, dtypes={torch.int64})
+        require(
+            activate_dim in (None, -1, x.dim() - 1),
+            op,
+            "activate_dim",
+            activate_dim,
+            "must be the last dim with group_index",
+        )
+        require(
+            quant_mode == 1,
             op,
             "quant_mode",
             quant_mode,
-            "quant_mode=1 (dynamic); static quant_scale use is undocumented",
+            "must be 1 (dynamic) with group_index",
         )
-    if swiglu_mode != 0:
-        not_implemented(
-            op,
-            "swiglu_mode",
-            swiglu_mode,
-            "swiglu_mode=0 (the clamped variant's formula is undocumented)",
-        )
-    if bias is not None:
-        not_implemented(
-            op, "bias", bias, "bias=None (where the int32 bias is added is undocumented)"
-        )
-    if quant_offset is not None:
-        fail(op, "quant_offset", quant_offset, "must be None with quant_mode=1 (static only)")
-    if dst_type not in (None, torch.int8):
-        not_implemented(op, "dst_type", dst_type, "int8 output (dst_type None or torch.int8)")
-    if round_mode not in (None, 0):
-        not_implemented(op, "round_mode", round_mode, "round_mode None/0 (round half to even)")
-    if activate_dim not in (None, -1, 1):
-        not_implemented(op, "activate_dim", activate_dim, "activation along the last dim")
-    if group_index is not None:
-        check_tensor(op, "group_index", group_index, dims={1}, dtypes={torch.int64})
+        for name, value in (("bias", bias), ("quant_offset", quant_offset)):
+            if value is not None:
+                fail(op, name, value, "must be None with group_index")
         groups = group_index.shape[0]
         require(
             hidden <= _DSQ_GROUP_MAX_H and hidden % 64 == 0,
@@ -359,9 +394,13 @@ def _validate_dequant_swiglu_quant(
             f"must have shape ({tokens},) or ({tokens}, 1): one scale per token",
         )
     else:
-        for name, value in (("weight_scale", weight_scale), ("activation_scale", activation_scale)):
+        for name, value in (
+            ("weight_scale", weight_scale),
+            ("activation_scale", activation_scale),
+            ("bias", bias),
+        ):
             if value is not None:
-                fail(op, name, value, f"must be None for {x.dtype} x (it dequantises int32 x)")
+                fail(op, name, value, f"must be None for {x.dtype} x (it applies to int32 x)")
     if quant_scale is not None:
         check_tensor(
             op,
@@ -402,6 +441,21 @@ def dequant_swiglu_quant(
     the counts' sum are undefined on the NPU ("garbage") and zero here. ``clamp_limit``,
     ``glu_alpha`` and ``glu_bias`` only act in swiglu_mode 1 (doc), which is not implemented.
     """
+    if quant_mode != 1:
+        rule = "quant_mode=1 (how static mode applies quant_scale is undocumented)"
+        not_implemented(_DSQ, "quant_mode", quant_mode, rule)
+    if swiglu_mode != 0:
+        rule = "swiglu_mode=0 (the clamped variant's formula is undocumented)"
+        not_implemented(_DSQ, "swiglu_mode", swiglu_mode, rule)
+    if bias is not None:
+        rule = "bias=None (where the int32 bias is added is undocumented)"
+        not_implemented(_DSQ, "bias", bias, rule)
+    if quant_offset is not None:
+        not_implemented(_DSQ, "quant_offset", quant_offset, "quant_offset=None (static only)")
+    if round_mode not in (None, 0):
+        not_implemented(_DSQ, "round_mode", round_mode, "round_mode None/0 (half to even)")
+    if activate_dim not in (None, -1, 1):
+        not_implemented(_DSQ, "activate_dim", activate_dim, "activation along the last dim")
     tokens, width = x.shape
     hidden = width // 2
     if group_index is not None:

@@ -677,12 +677,6 @@ VALIDATION_CASES = [
         r"at most 2048 experts",
     ),
     (
-        "gating hash mode",
-        ops.moe_gating_top_k,
-        *_gating_args(input_ids=torch.zeros(2, dtype=torch.int32)),
-        r"input_ids=.*not implemented by the reference",
-    ),
-    (
         "gating norm_type",
         ops.moe_gating_top_k,
         *_gating_args(norm_type=2),
@@ -750,6 +744,56 @@ VALIDATION_CASES = [
         ops.moe_gating_top_k,
         *_gating_args(bias=torch.randn(8).double()),
         r"bias=.*must have x's dtype",
+    ),
+    (
+        "gating hash pair",
+        ops.moe_gating_top_k,
+        *_gating_args(input_ids=torch.zeros(2, dtype=torch.int32)),
+        r"input_ids=.*and tid2eid must be given together",
+    ),
+    (
+        "gating tid2eid cols",
+        ops.moe_gating_top_k,
+        *_gating_args(
+            input_ids=torch.zeros(2, dtype=torch.int32),
+            tid2eid=torch.zeros(4, 3, dtype=torch.int32),
+        ),
+        r"tid2eid=.*must have k=2 columns",
+    ),
+    (
+        "gmm split_item range",
+        ops.grouped_matmul,
+        (),
+        _gmm(split_item=4),
+        r"split_item=4 must be 0/1 \(one output per weight\) or 2/3",
+    ),
+    (
+        "gmm act_type range",
+        ops.grouped_matmul,
+        (),
+        _gmm(act_type=3),
+        r"act_type=3 must be 0 \(none\), 1 \(relu\)",
+    ),
+    (
+        "gmm activation_input",
+        ops.grouped_matmul,
+        (),
+        _gmm(activation_input=[torch.zeros(1)]),
+        r"activation_input=.*must be None",
+    ),
+    (
+        "gmm int64 scale pts",
+        ops.grouped_matmul,
+        (),
+        _gmm_int8(scale=[torch.ones(2, 5, dtype=torch.int64)], output_dtype=torch.int8),
+        r"per_token_scale=.*requires a bfloat16/float32 scale",
+    ),
+    (
+        "route active_num range",
+        ops.moe_init_routing_v2,
+        (_X, _IDS),
+        {**_ROUTE, "active_num": -2},
+        r"active_num=-2 must be >= -1",
     ),
     # moe_gating_top_k_softmax
     (
@@ -831,13 +875,6 @@ VALIDATION_CASES = [
         r"expert_idx=.*must have x's row count 3",
     ),
     (
-        "route x_dtype",
-        ops.moe_init_routing_v2,
-        (_X, _IDS),
-        {**_ROUTE, "x_dtype": torch.int8},
-        r"x_dtype=torch.int8 is not implemented",
-    ),
-    (
         "route drop_pad",
         ops.moe_init_routing_v2,
         (_X, _IDS),
@@ -915,13 +952,6 @@ VALIDATION_CASES = [
         r"row_idx_type=2 must be 0 or 1",
     ),
     (
-        "route active_num",
-        ops.moe_init_routing_v2,
-        (_X, _IDS),
-        {**_ROUTE, "active_num": 4},
-        r"active_num=4 is not implemented by the reference .*NUM_ROWS\*K=6",
-    ),
-    (
         "route offset",
         ops.moe_init_routing_v2,
         (_X, _IDS),
@@ -949,56 +979,13 @@ VALIDATION_CASES = [
         {**_ROUTE, "quant_mode": 1, "scale": torch.ones(3, 4)},
         r"scale=.*must have shape \(4, 4\) \(\(end-start, H\)",
     ),
-    (
-        "route expert value",
-        ops.moe_init_routing_v2,
-        (_X, _IDS + 1),
-        _ROUTE,
-        r"expert_idx=.*values must lie in \[0, expert_num=4\)",
-    ),
     # grouped_matmul
-    (
-        "gmm split_item",
-        ops.grouped_matmul,
-        (),
-        _gmm(split_item=0),
-        r"grouped_matmul: split_item/group_type=\(0, 0\) is not implemented",
-    ),
-    (
-        "gmm group_type",
-        ops.grouped_matmul,
-        (),
-        _gmm(group_type=-1),
-        r"split_item/group_type=\(2, -1\) is not implemented",
-    ),
     (
         "gmm offset",
         ops.grouped_matmul,
         (),
         _gmm(offset=[torch.zeros(5)]),
-        r"offset=.*is not implemented by the reference \(it supports offset=None\)",
-    ),
-    (
-        "gmm antiquant",
-        ops.grouped_matmul,
-        (),
-        _gmm(antiquant_scale=[torch.zeros(5)]),
-        r"antiquant_scale=.*not implemented",
-    ),
-    (
-        "gmm weight_dtype",
-        ops.grouped_matmul,
-        (),
-        _gmm(weight_dtype=torch.int8),
-        r"weight_dtype=torch.int8 is not implemented",
-    ),
-    ("gmm act_type", ops.grouped_matmul, (), _gmm(act_type=5), r"act_type=5 is not implemented"),
-    (
-        "gmm x list",
-        ops.grouped_matmul,
-        (),
-        _gmm(x=[torch.randn(2, 3), torch.randn(2, 3)]),
-        r"x=.*must be a list of one 2-D tensor",
+        r"offset=.*must be None \(doc: 'currently only None'\)",
     ),
     (
         "gmm x dims",
@@ -1019,7 +1006,7 @@ VALIDATION_CASES = [
         ops.grouped_matmul,
         (),
         _gmm(weight=[]),
-        r"weight=\[\] must be a non-empty list",
+        r"weight=\[\] must be a list of 1 to 128 tensors",
     ),
     (
         "gmm weight dims",
@@ -1047,7 +1034,7 @@ VALIDATION_CASES = [
         ops.grouped_matmul,
         (),
         _gmm(weight=[torch.randn(3, 1)] * 129, group_list=torch.zeros(129, dtype=torch.int64)),
-        r"weight=.*must hold at most 128 groups",
+        r"weight=.*must be a list of 1 to 128 tensors",
     ),
     (
         "gmm weight dtype",
@@ -1148,8 +1135,8 @@ VALIDATION_CASES = [
         "gmm int8 no scale",
         ops.grouped_matmul,
         (),
-        _gmm_int8(scale=None),
-        r"scale=None is not implemented by the reference",
+        _gmm_int8(scale=None, per_token_scale=None),
+        r"output_dtype=torch.bfloat16 must be torch.int32 for int8 x without a scale",
     ),
     (
         "gmm int8 scale len",
@@ -1163,7 +1150,7 @@ VALIDATION_CASES = [
         ops.grouped_matmul,
         (),
         _gmm_int8(scale=[torch.ones(2, 5, dtype=torch.int64)]),
-        r"scale\[0\]=.*not implemented by the reference \(it supports bfloat16/float32",
+        r"output_dtype=torch.bfloat16 must be torch.int8 with a torch.int64 scale",
     ),
     (
         "gmm scale shape",
@@ -1177,7 +1164,7 @@ VALIDATION_CASES = [
         ops.grouped_matmul,
         (),
         _gmm_int8(output_dtype=torch.int8),
-        r"output_dtype=torch.int8 is not implemented",
+        r"output_dtype=torch.int8 must be torch.bfloat16 with a torch.bfloat16 scale",
     ),
     (
         "gmm scale/out pair",
@@ -1214,48 +1201,13 @@ VALIDATION_CASES = [
         _gmm_int8(per_token_scale=[torch.ones(3)]),
         r"per_token_scale\[0\]=.*must have shape \(4,\)",
     ),
-    (
-        "gmm cumsum order",
-        ops.grouped_matmul,
-        (),
-        _gmm(group_list=torch.tensor([3, 1]), group_list_type=0),
-        r"group_list=\[3, 1\] must be non-negative and non-decreasing",
-    ),
-    (
-        "gmm cumsum end",
-        ops.grouped_matmul,
-        (),
-        _gmm(group_list=torch.tensor([1, 3]), group_list_type=0),
-        r"group_list=\[1, 3\] must end at x's row count 4",
-    ),
-    (
-        "gmm counts sign",
-        ops.grouped_matmul,
-        (),
-        _gmm(group_list=torch.tensor([-1, 5])),
-        r"group_list=\[-1, 5\] must be non-negative",
-    ),
-    (
-        "gmm counts sum",
-        ops.grouped_matmul,
-        (),
-        _gmm(group_list=torch.tensor([1, 2])),
-        r"group_list=\[1, 2\] must sum to x's row count 4",
-    ),
     # moe_finalize_routing
-    (
-        "fin drop pad",
-        ops.moe_finalize_routing,
-        (),
-        _fin(drop_pad_mode=1),
-        r"moe_finalize_routing: drop_pad_mode=1 is not implemented",
-    ),
     (
         "fin mode",
         ops.moe_finalize_routing,
         (),
         _fin(drop_pad_mode=4),
-        r"drop_pad_mode=4 must be 0 \(column-major index\) or 2",
+        r"drop_pad_mode=4 must be in \[0, 3\]",
     ),
     (
         "fin rows dims",
@@ -1370,20 +1322,6 @@ VALIDATION_CASES = [
         _fin(bias=torch.randn(4, 3)),
         r"bias=.*must be \(E, H=4\)",
     ),
-    (
-        "fin idx range",
-        ops.moe_finalize_routing,
-        (),
-        _fin(expanded_src_to_dst_row=torch.arange(1, 7, dtype=torch.int32)),
-        r"expanded_src_to_dst_row=.*values must lie in \[0, NUM_ROWS\*K=6\)",
-    ),
-    (
-        "fin expert range",
-        ops.moe_finalize_routing,
-        (),
-        _fin(bias=torch.randn(2, 4)),
-        r"export_for_source_row=.*values must lie in \[0, E=2\)",
-    ),
     # swiglu
     (
         "swiglu dtype",
@@ -1410,16 +1348,179 @@ VALIDATION_CASES = [
 ]
 
 
+# Arguments the NPU kernel supports but the reference does not implement: the validator lets
+# them through (so an NPU call reaches torch_npu) and the reference refuses them.
+REFERENCE_LIMIT_CASES = [
+    (
+        "gating hash mode",
+        ops.moe_gating_top_k,
+        *_gating_args(
+            input_ids=torch.zeros(2, dtype=torch.int32),
+            tid2eid=torch.zeros(4, 2, dtype=torch.int32),
+        ),
+        r"moe_gating_top_k: input_ids=.*is not implemented by the reference",
+    ),
+    (
+        "route x_dtype",
+        ops.moe_init_routing_v2,
+        (_X, _IDS),
+        {**_ROUTE, "x_dtype": torch.int8},
+        r"x_dtype=torch.int8 is not implemented",
+    ),
+    (
+        "route active_num",
+        ops.moe_init_routing_v2,
+        (_X, _IDS),
+        {**_ROUTE, "active_num": 4},
+        r"active_num=4 is not implemented by the reference .*NUM_ROWS\*K=6",
+    ),
+    (
+        "gmm split_item",
+        ops.grouped_matmul,
+        (),
+        _gmm(split_item=0),
+        r"grouped_matmul: split_item/group_type=\(0, 0\) is not implemented",
+    ),
+    (
+        "gmm group_type",
+        ops.grouped_matmul,
+        (),
+        _gmm(group_type=-1),
+        r"split_item/group_type=\(2, -1\) is not implemented",
+    ),
+    (
+        "gmm antiquant",
+        ops.grouped_matmul,
+        (),
+        _gmm(antiquant_scale=[torch.zeros(5)]),
+        r"antiquant_scale=.*not implemented",
+    ),
+    (
+        "gmm weight_dtype",
+        ops.grouped_matmul,
+        (),
+        _gmm(weight_dtype=torch.int8),
+        r"weight_dtype=torch.int8 is not implemented",
+    ),
+    ("gmm act_type", ops.grouped_matmul, (), _gmm(act_type=5), r"act_type=5 is not implemented"),
+    (
+        "gmm x list",
+        ops.grouped_matmul,
+        (),
+        _gmm(x=[torch.randn(2, 3), torch.randn(2, 3)]),
+        r"split_item/group_type=\(2, 0\) is not implemented by the reference",
+    ),
+    (
+        "fin drop pad",
+        ops.moe_finalize_routing,
+        (),
+        _fin(drop_pad_mode=1),
+        r"moe_finalize_routing: drop_pad_mode=1 is not implemented",
+    ),
+    (
+        "gmm int32 out",
+        ops.grouped_matmul,
+        (),
+        _gmm_int8(scale=None, per_token_scale=None, output_dtype=torch.int32),
+        r"scale=None is not implemented by the reference",
+    ),
+    (
+        "gmm int64 scale",
+        ops.grouped_matmul,
+        (),
+        _gmm_int8(
+            scale=[torch.ones(2, 5, dtype=torch.int64)],
+            per_token_scale=None,
+            output_dtype=torch.int8,
+        ),
+        r"scale\[0\]=.*is not implemented by the reference \(it supports bfloat16/float32",
+    ),
+]
+
+# Documented constraints on tensor *values*: reading values would cost the NPU path a device
+# sync per call, so the reference checks them and the validator does not.
+VALUE_CASES = [
+    (
+        "route expert value",
+        ops.moe_init_routing_v2,
+        (_X, _IDS + 1),
+        _ROUTE,
+        r"expert_idx=.*values must lie in \[0, expert_num=4\)",
+    ),
+    (
+        "gmm cumsum order",
+        ops.grouped_matmul,
+        (),
+        _gmm(group_list=torch.tensor([3, 1]), group_list_type=0),
+        r"group_list=\[3, 1\] must be non-negative and non-decreasing",
+    ),
+    (
+        "gmm cumsum end",
+        ops.grouped_matmul,
+        (),
+        _gmm(group_list=torch.tensor([1, 3]), group_list_type=0),
+        r"group_list=\[1, 3\] must end at x's row count 4",
+    ),
+    (
+        "gmm counts sign",
+        ops.grouped_matmul,
+        (),
+        _gmm(group_list=torch.tensor([-1, 5])),
+        r"group_list=\[-1, 5\] must be non-negative",
+    ),
+    (
+        "gmm counts sum",
+        ops.grouped_matmul,
+        (),
+        _gmm(group_list=torch.tensor([1, 2])),
+        r"group_list=\[1, 2\] must sum to x's row count 4",
+    ),
+    (
+        "fin idx range",
+        ops.moe_finalize_routing,
+        (),
+        _fin(expanded_src_to_dst_row=torch.arange(1, 7, dtype=torch.int32)),
+        r"expanded_src_to_dst_row=.*values must lie in \[0, NUM_ROWS\*K=6\)",
+    ),
+    (
+        "fin expert range",
+        ops.moe_finalize_routing,
+        (),
+        _fin(bias=torch.randn(2, 4)),
+        r"export_for_source_row=.*values must lie in \[0, E=2\)",
+    ),
+]
+
+
 @pytest.mark.parametrize(
     ("op", "args", "kwargs", "match"),
     [pytest.param(op, a, kw, m, id=name) for name, op, a, kw, m in VALIDATION_CASES],
 )
-def test_validation_rejects_with_a_message_naming_argument_value_and_rule(
+def test_validator_rejects_with_a_message_naming_argument_value_and_rule(
     op: object, args: tuple[object, ...], kwargs: dict[str, object], match: str
 ) -> None:
-    assert callable(op)
+    # The op's own validator raises (so an NPU call is refused too), before any launch.
     with pytest.raises(ValueError, match=match):
-        op(*args, **kwargs)
+        op.validate(*args, **kwargs)  # type: ignore[attr-defined]
+    ops.reset_launch_counts()
+    with pytest.raises(ValueError, match=match):
+        op(*args, **kwargs)  # type: ignore[operator]
+    assert ops.launch_counts() == {}
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "kwargs", "match"),
+    [
+        pytest.param(op, a, kw, m, id=name)
+        for name, op, a, kw, m in REFERENCE_LIMIT_CASES + VALUE_CASES
+    ],
+)
+def test_reference_refuses_what_the_validator_lets_through(
+    op: object, args: tuple[object, ...], kwargs: dict[str, object], match: str
+) -> None:
+    op.validate(*args, **kwargs)  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=match):
+        op(*args, **kwargs)  # type: ignore[operator]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1463,8 +1564,8 @@ def test_launch_counter_counts_each_successful_call() -> None:
     )[0]
     ops.swiglu(h)
     ops.moe_finalize_routing(h, None, None, None, torch.rand(3, 2), row_idx, ids, 2)
-    with pytest.raises(ValueError):
-        ops.swiglu(torch.ones(3))
+    with pytest.raises(ValueError, match="even size"):
+        ops.swiglu(torch.ones(3))  # refused by the validator: not a launch
     assert ops.launch_counts() == {
         "moe_gating_top_k": 2,
         "moe_gating_top_k_softmax": 1,

@@ -365,27 +365,6 @@ VALIDATION_CASES = [
         r"input=.*must have more than 1 dimension",
     ),
     (
-        "dq dst int4",
-        ops.dynamic_quant,
-        (_BF,),
-        {"dst_type": torch.quint4x2},
-        r"dst_type=torch.quint4x2 is not implemented by the reference",
-    ),
-    (
-        "dq quant_mode",
-        ops.dynamic_quant,
-        (_BF,),
-        {"quant_mode": "pertensor"},
-        r"quant_mode='pertensor' is not implemented",
-    ),
-    (
-        "dq dst max",
-        ops.dynamic_quant,
-        (_BF,),
-        {"dst_type_max": 7.0},
-        r"dst_type_max=7.0 is not implemented",
-    ),
-    (
         "dq smooth dims",
         ops.dynamic_quant,
         (_BF,),
@@ -441,43 +420,89 @@ VALIDATION_CASES = [
         r"smooth_scales=.*must have shape \(1, 8\)",
     ),
     (
-        "dq group values",
+        "qmm x2 dtype",
+        ops.quant_matmul,
+        (_I8, _W8.int(), _S),
+        _QMM,
+        r"x2=.*must have dtype in \(torch.int8\)",
+    ),
+    (
+        "qmm int8 out pts",
+        ops.quant_matmul,
+        (_I8, _W8, _S),
+        {"output_dtype": torch.int8, "pertoken_scale": torch.ones(3)},
+        r"pertoken_scale=.*is not supported for torch.int8 output",
+    ),
+    (
+        "qmm offset shape",
+        ops.quant_matmul,
+        (_I8, _W8, _S),
+        {"output_dtype": torch.int8, "offset": torch.ones(4)},
+        r"offset=.*must have shape \(1,\) or \(N=5,\)",
+    ),
+    (
+        "dq dst_type",
         ops.dynamic_quant,
         (_BF,),
-        {
-            "group_index": torch.tensor([1], dtype=torch.int32),
-            "smooth_scales": torch.ones(1, 8, dtype=torch.bfloat16),
-        },
-        r"group_index=\[1\] must be non-decreasing row ends finishing at the row count 2",
+        {"dst_type": torch.float16},
+        r"dst_type=torch.float16 must be None, torch.int8 or torch.quint4x2",
+    ),
+    (
+        "dq int4 last dim",
+        ops.dynamic_quant,
+        (torch.ones(2, 6, dtype=torch.bfloat16),),
+        {"dst_type": torch.quint4x2},
+        r"input=.*must have a last dim divisible by 8 for int4",
+    ),
+    (
+        "dsq quant_mode",
+        ops.dequant_swiglu_quant,
+        (_BF,),
+        {"quant_mode": 2},
+        r"quant_mode=2 must be 0 \(static\) or 1 \(dynamic\)",
+    ),
+    (
+        "dsq swiglu_mode range",
+        ops.dequant_swiglu_quant,
+        (_BF,),
+        {"quant_mode": 1, "swiglu_mode": 2},
+        r"swiglu_mode=2 must be 0",
+    ),
+    (
+        "dsq group static",
+        ops.dequant_swiglu_quant,
+        (torch.ones(2, 128, dtype=torch.bfloat16),),
+        {"quant_mode": 0, "group_index": torch.tensor([2])},
+        r"quant_mode=0 must be 1 \(dynamic\) with group_index",
+    ),
+    (
+        "dsq group offset",
+        ops.dequant_swiglu_quant,
+        (torch.ones(2, 128, dtype=torch.bfloat16),),
+        {"quant_mode": 1, "group_index": torch.tensor([2]), "quant_offset": torch.ones(1)},
+        r"quant_offset=.*must be None with group_index",
+    ),
+    (
+        "dsq group activate_dim",
+        ops.dequant_swiglu_quant,
+        (torch.ones(2, 128, dtype=torch.bfloat16),),
+        {"quant_mode": 1, "group_index": torch.tensor([2]), "activate_dim": 0},
+        r"activate_dim=0 must be the last dim with group_index",
+    ),
+    (
+        "dsq bias dtype",
+        ops.dequant_swiglu_quant,
+        (torch.ones(2, 8, dtype=torch.int32),),
+        {"quant_mode": 1, "bias": torch.ones(8)},
+        r"bias=.*must have dtype in \(torch.int32\)",
     ),
     # quant_matmul
-    (
-        "qmm x1_dtype",
-        ops.quant_matmul,
-        (_I8, _W8, _S),
-        {**_QMM, "x1_dtype": torch.int8},
-        r"quant_matmul: x1_dtype=torch.int8 is not implemented",
-    ),
-    (
-        "qmm y_scale",
-        ops.quant_matmul,
-        (_I8, _W8, _S),
-        {**_QMM, "y_scale": torch.ones(1)},
-        r"y_scale=.*is not implemented",
-    ),
-    (
-        "qmm int4",
-        ops.quant_matmul,
-        (_I8.int(), _W8.int(), _S),
-        _QMM,
-        r"x1=.*not implemented by the reference \(it supports int8 x1/x2",
-    ),
     (
         "qmm x1 dtype",
         ops.quant_matmul,
         (_I8.float(), _W8, _S),
         _QMM,
-        r"x1=.*must have dtype in \(torch.int8\)",
+        r"x1=.*must have dtype in \(torch.int(8|32), torch.int(8|32)\)",
     ),
     (
         "qmm x1 dims",
@@ -512,25 +537,18 @@ VALIDATION_CASES = [
         r"x2=.*must have batch axes broadcastable with x1's \(2,\)",
     ),
     (
-        "qmm int8 out",
-        ops.quant_matmul,
-        (_I8, _W8, _S),
-        {},
-        r"output_dtype=None is not implemented by the reference",
-    ),
-    (
         "qmm out dtype",
         ops.quant_matmul,
         (_I8, _W8, _S),
         {"output_dtype": torch.float32},
-        r"output_dtype=torch.float32 must be torch.int8, torch.int32",
+        r"output_dtype=torch.float32 must be None \(int8\), torch.int8, torch.float16",
     ),
     (
         "qmm int64 scale",
         ops.quant_matmul,
         (_I8, _W8, _S.long()),
         _QMM,
-        r"scale=.*packed int64 is not",
+        r"scale=.*must have dtype in \(torch.bfloat16, torch.float32\) for torch.bfloat16 output",
     ),
     (
         "qmm scale dtype",
@@ -572,14 +590,14 @@ VALIDATION_CASES = [
         ops.quant_matmul,
         (_I8, _W8, _S.bfloat16()),
         {"output_dtype": torch.float16},
-        r"scale=.*must be float32 for float16 output",
+        r"scale=.*must have dtype in \(torch.float32, torch.int64\) for torch.float16 output",
     ),
     (
         "qmm fp16 float bias no pts",
         ops.quant_matmul,
         (_I8, _W8, _S),
         {"output_dtype": torch.float16, "bias": torch.ones(5)},
-        r"bias=.*must have dtype in \(torch.int32\) for torch.float16 output",
+        r"bias=.*must have dtype in \(torch.int32\) for torch.float16 output$",
     ),
     (
         "qmm bf16 fp16 bias",
@@ -618,53 +636,18 @@ VALIDATION_CASES = [
         r"x=.*must have an even last dim",
     ),
     (
-        "dsq static",
-        ops.dequant_swiglu_quant,
-        (_BF,),
-        {},
-        r"quant_mode=0 is not implemented by the reference",
-    ),
-    (
-        "dsq swiglu_mode",
-        ops.dequant_swiglu_quant,
-        (_BF,),
-        {"quant_mode": 1, "swiglu_mode": 1},
-        r"swiglu_mode=1 is not implemented",
-    ),
-    (
         "dsq bias",
         ops.dequant_swiglu_quant,
         (_BF,),
         {"quant_mode": 1, "bias": torch.ones(8, dtype=torch.int32)},
-        r"bias=.*is not implemented by the reference",
-    ),
-    (
-        "dsq quant_offset",
-        ops.dequant_swiglu_quant,
-        (_BF,),
-        {"quant_mode": 1, "quant_offset": torch.ones(1, 4)},
-        r"quant_offset=.*must be None with quant_mode=1",
+        r"bias=.*must be None for torch.bfloat16 x",
     ),
     (
         "dsq dst_type",
         ops.dequant_swiglu_quant,
         (_BF,),
         {"quant_mode": 1, "dst_type": torch.uint8},
-        r"dst_type=torch.uint8 is not implemented",
-    ),
-    (
-        "dsq round_mode",
-        ops.dequant_swiglu_quant,
-        (_BF,),
-        {"quant_mode": 1, "round_mode": 1},
-        r"round_mode=1 is not implemented",
-    ),
-    (
-        "dsq activate_dim",
-        ops.dequant_swiglu_quant,
-        (_BF,),
-        {"quant_mode": 1, "activate_dim": 0},
-        r"activate_dim=0 is not implemented",
+        r"dst_type=torch.uint8 must be int8",
     ),
     (
         "dsq group dtype",
@@ -733,6 +716,129 @@ VALIDATION_CASES = [
         {"quant_mode": 1, "quant_scale": torch.ones(1, 4).double()},
         r"quant_scale=.*must have dtype in",
     ),
+]
+
+
+# Arguments the NPU kernel supports but the reference does not implement: the validator lets
+# them through (so an NPU call reaches torch_npu) and the reference refuses them.
+REFERENCE_LIMIT_CASES = [
+    (
+        "dq dst int4",
+        ops.dynamic_quant,
+        (_BF,),
+        {"dst_type": torch.quint4x2},
+        r"dst_type=torch.quint4x2 is not implemented by the reference",
+    ),
+    (
+        "dq quant_mode",
+        ops.dynamic_quant,
+        (_BF,),
+        {"quant_mode": "pertensor"},
+        r"quant_mode='pertensor' is not implemented",
+    ),
+    (
+        "dq dst max",
+        ops.dynamic_quant,
+        (_BF,),
+        {"dst_type_max": 7.0},
+        r"dst_type_max=7.0 is not implemented",
+    ),
+    (
+        "qmm x1_dtype",
+        ops.quant_matmul,
+        (_I8, _W8, _S),
+        {**_QMM, "x1_dtype": torch.int8},
+        r"quant_matmul: x1_dtype=torch.int8 is not implemented",
+    ),
+    (
+        "qmm y_scale",
+        ops.quant_matmul,
+        (_I8, _W8, _S),
+        {**_QMM, "y_scale": torch.ones(1)},
+        r"y_scale=.*is not implemented",
+    ),
+    (
+        "qmm int4",
+        ops.quant_matmul,
+        (_I8.int(), _W8.int(), _S),
+        _QMM,
+        r"x1=.*not implemented by the reference \(it supports int8 x1/x2",
+    ),
+    (
+        "qmm int8 out",
+        ops.quant_matmul,
+        (_I8, _W8, _S),
+        {},
+        r"output_dtype=None is not implemented by the reference",
+    ),
+    (
+        "dsq static",
+        ops.dequant_swiglu_quant,
+        (_BF,),
+        {},
+        r"quant_mode=0 is not implemented by the reference",
+    ),
+    (
+        "dsq swiglu_mode",
+        ops.dequant_swiglu_quant,
+        (_BF,),
+        {"quant_mode": 1, "swiglu_mode": 1},
+        r"swiglu_mode=1 is not implemented",
+    ),
+    (
+        "dsq quant_offset",
+        ops.dequant_swiglu_quant,
+        (_BF,),
+        {"quant_mode": 1, "quant_offset": torch.ones(1, 4)},
+        r"quant_offset=.*is not implemented by the reference",
+    ),
+    (
+        "dsq round_mode",
+        ops.dequant_swiglu_quant,
+        (_BF,),
+        {"quant_mode": 1, "round_mode": 1},
+        r"round_mode=1 is not implemented",
+    ),
+    (
+        "dsq activate_dim",
+        ops.dequant_swiglu_quant,
+        (_BF,),
+        {"quant_mode": 1, "activate_dim": 0},
+        r"activate_dim=0 is not implemented",
+    ),
+    (
+        "dsq int32 bias",
+        ops.dequant_swiglu_quant,
+        (torch.ones(2, 8, dtype=torch.int32),),
+        {
+            "quant_mode": 1,
+            "weight_scale": torch.ones(1, 8),
+            "activation_scale": torch.ones(2),
+            "bias": torch.ones(8, dtype=torch.int32),
+        },
+        r"bias=.*is not implemented by the reference",
+    ),
+    (
+        "qmm int64 scale",
+        ops.quant_matmul,
+        (_I8, _W8, _S.long()),
+        {"output_dtype": torch.float16},
+        r"scale=.*packed int64 is not",
+    ),
+]
+
+# Documented constraints on tensor values, checked by the reference only (no device sync on NPU).
+VALUE_CASES = [
+    (
+        "dq group values",
+        ops.dynamic_quant,
+        (_BF,),
+        {
+            "group_index": torch.tensor([1], dtype=torch.int32),
+            "smooth_scales": torch.ones(1, 8, dtype=torch.bfloat16),
+        },
+        r"group_index=\[1\] must be non-decreasing row ends finishing at the row count 2",
+    ),
     (
         "dsq group counts",
         ops.dequant_swiglu_quant,
@@ -747,12 +853,31 @@ VALIDATION_CASES = [
     ("op", "args", "kwargs", "match"),
     [pytest.param(op, a, kw, m, id=name) for name, op, a, kw, m in VALIDATION_CASES],
 )
-def test_validation_rejects_with_a_message_naming_argument_value_and_rule(
+def test_validator_rejects_with_a_message_naming_argument_value_and_rule(
     op: object, args: tuple[object, ...], kwargs: dict[str, object], match: str
 ) -> None:
-    assert callable(op)
+    # The op's own validator raises (so an NPU call is refused too), before any launch.
     with pytest.raises(ValueError, match=match):
-        op(*args, **kwargs)
+        op.validate(*args, **kwargs)  # type: ignore[attr-defined]
+    ops.reset_launch_counts()
+    with pytest.raises(ValueError, match=match):
+        op(*args, **kwargs)  # type: ignore[operator]
+    assert ops.launch_counts() == {}
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "kwargs", "match"),
+    [
+        pytest.param(op, a, kw, m, id=name)
+        for name, op, a, kw, m in REFERENCE_LIMIT_CASES + VALUE_CASES
+    ],
+)
+def test_reference_refuses_what_the_validator_lets_through(
+    op: object, args: tuple[object, ...], kwargs: dict[str, object], match: str
+) -> None:
+    op.validate(*args, **kwargs)  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=match):
+        op(*args, **kwargs)  # type: ignore[operator]
 
 
 QUANT_OPS = [quant.dynamic_quant, quant.quant_matmul, quant.dequant_swiglu_quant]
@@ -777,6 +902,6 @@ def test_launch_counter_counts_each_successful_call() -> None:
         output_dtype=torch.bfloat16,
     )
     ops.dequant_swiglu_quant(_BF, quant_mode=1, activate_left=True)
-    with pytest.raises(ValueError):
-        ops.dequant_swiglu_quant(_BF)
+    with pytest.raises(ValueError, match="even last dim"):
+        ops.dequant_swiglu_quant(torch.ones(2, 5, dtype=torch.bfloat16), quant_mode=1)
     assert ops.launch_counts() == {"dynamic_quant": 2, "quant_matmul": 1, "dequant_swiglu_quant": 1}
