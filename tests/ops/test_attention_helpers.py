@@ -1,0 +1,479 @@
+"""KV-cache writes, LSE merge, interleaved RoPE and add+RMSNorm against plain loops."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sglang_ascend_fia import ops
+
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, database=None)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _random(shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    if dtype == torch.bool:
+        return torch.rand(shape, generator=gen) < 0.5
+    if not dtype.is_floating_point:
+        return torch.randint(-100, 100, shape, generator=gen).to(dtype)
+    return torch.randn(shape, generator=gen).to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# scatter_nd_update_
+# ---------------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    rows=st.integers(1, 40),
+    heads=st.integers(1, 4),
+    dim=st.sampled_from([1, 8, 64]),
+    count=st.integers(0, 40),
+    dtype=st.sampled_from(
+        [torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.int64, torch.bool]
+    ),
+    index_dtype=st.sampled_from([torch.int32, torch.int64]),
+    seed=st.integers(0, 1000),
+)
+def test_scatter_nd_update_rows(
+    rows: int,
+    heads: int,
+    dim: int,
+    count: int,
+    dtype: torch.dtype,
+    index_dtype: torch.dtype,
+    seed: int,
+) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    count = min(count, rows)
+    target = _random((rows, heads, dim), dtype, gen)
+    expected = target.clone()
+    slots = torch.randperm(rows, generator=gen)[:count]
+    updates = _random((count, heads, dim), dtype, gen)
+    for n in range(count):  # the doc's definition, one row at a time
+        expected[int(slots[n])] = updates[n]
+    result = ops.scatter_nd_update_(target, slots.view(-1, 1).to(index_dtype), updates)
+    assert result is target
+    assert torch.equal(target, expected)
+
+
+def test_scatter_nd_update_doc_example_depth_two() -> None:
+    """Doc: input (4, 5, 6), indices (3, 2) -> updates (3, 6)."""
+    target = torch.zeros(4, 5, 6)
+    indices = torch.tensor([[0, 1], [3, 4], [2, 0]])
+    updates = torch.arange(18.0).view(3, 6)
+    ops.scatter_nd_update_(target, indices, updates)
+    assert torch.equal(target[0, 1], updates[0])
+    assert torch.equal(target[3, 4], updates[1])
+    assert torch.equal(target[2, 0], updates[2])
+    assert int((target != 0).sum()) == 17  # updates[0][0] is 0
+
+
+def test_scatter_nd_update_writes_through_a_layer_view() -> None:
+    """sglang scatters into ``k_buffer[layer].view(-1, H, D)``: the pool itself must change."""
+    pool = torch.zeros(2, 16, 2, 4)  # [layers, slots, H, D]
+    layer_view = pool[1].view(-1, 2, 4)
+    ops.scatter_nd_update_(layer_view, torch.tensor([[3], [9]]), torch.ones(2, 2, 4))
+    assert pool[1, 3].eq(1).all() and pool[1, 9].eq(1).all()
+    assert int(pool.sum()) == 16 and not pool[0].any()
+
+
+@pytest.mark.parametrize(
+    ("target", "indices", "updates", "message"),
+    [
+        (
+            torch.zeros(4, 2),
+            torch.tensor([[4]]),
+            torch.zeros(1, 2),
+            r"indices=\[4\] .*out of bounds",
+        ),
+        (
+            torch.zeros(4, 2),
+            torch.tensor([[-1]]),
+            torch.zeros(1, 2),
+            r"indices=\[-1\] .*out of bounds",
+        ),
+        (
+            torch.zeros(4, 2, dtype=torch.int32),
+            torch.tensor([[0]]),
+            torch.zeros(1, 2, dtype=torch.int32),
+            r"input=torch.int32 .*dtype must be one of",
+        ),
+        (
+            torch.zeros(4, 2),
+            torch.tensor([[0]]),
+            torch.zeros(1, 2).half(),
+            r"updates=torch.float16 .*must equal input's torch.float32",
+        ),
+        (torch.zeros(4, 2), torch.tensor([0]), torch.zeros(1, 2), r"indices=\(1,\) .*at least 2-D"),
+        (
+            torch.zeros(4, 2),
+            torch.tensor([[0]]).float(),
+            torch.zeros(1, 2),
+            r"indices=torch.float32 .*int32 or int64",
+        ),
+        (
+            torch.zeros(4, 2),
+            torch.tensor([[0]]),
+            torch.zeros(1, 3),
+            r"updates=\(1, 3\) .*indices.shape\[:-1\] \+ input.shape\[1:\] = \(1, 2\)",
+        ),
+    ],
+)
+def test_scatter_nd_update_rejects(
+    target: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        ops.scatter_nd_update_(target, indices, updates)
+
+
+# ---------------------------------------------------------------------------------------------
+# scatter_pa_kv_cache
+# ---------------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    blocks=st.integers(1, 6),
+    block_size=st.sampled_from([16, 128]),
+    heads=st.integers(1, 4),
+    k_dim=st.sampled_from([16, 32]),
+    v_dim=st.sampled_from([16, 48]),
+    tokens=st.integers(0, 30),
+    nz=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.int8]),
+    seed=st.integers(0, 1000),
+)
+def test_scatter_pa_kv_cache(
+    blocks: int,
+    block_size: int,
+    heads: int,
+    k_dim: int,
+    v_dim: int,
+    tokens: int,
+    nz: bool,
+    dtype: torch.dtype,
+    seed: int,
+) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    tokens = min(tokens, blocks * block_size)
+    slots = torch.randperm(blocks * block_size, generator=gen)[:tokens].int()
+    key = _random((tokens, heads, k_dim), dtype, gen)
+    value = _random((tokens, heads, v_dim), dtype, gen)
+    last = 16
+    if nz:
+        k_cache = _random((blocks, heads * k_dim // last, block_size, last), dtype, gen)
+        v_cache = _random((blocks, heads * v_dim // last, block_size, last), dtype, gen)
+    else:
+        k_cache = _random((blocks, block_size, heads, k_dim), dtype, gen)
+        v_cache = _random((blocks, block_size, heads, v_dim), dtype, gen)
+    k_want, v_want = k_cache.clone(), v_cache.clone()
+    for t in range(tokens):
+        block, offset = int(slots[t]) // block_size, int(slots[t]) % block_size
+        for src, want in ((key, k_want), (value, v_want)):
+            if nz:  # the token's H*D row, in [H*D/16, 16] tiles along dim 1
+                flat = src[t].reshape(-1)
+                for tile in range(want.size(1)):
+                    want[block, tile, offset] = flat[tile * last : (tile + 1) * last]
+            else:
+                want[block, offset] = src[t]
+    ops.scatter_pa_kv_cache(
+        key, value, k_cache, v_cache, slots, cache_mode="PA_NZ" if nz else "Norm"
+    )
+    assert torch.equal(k_cache, k_want) and torch.equal(v_cache, v_want)
+
+
+def test_scatter_pa_kv_cache_sglang_call_writes_the_pool() -> None:
+    """memory_pool_npu.py:317-329: per-layer views of the pool, cache_mode='Norm'."""
+    page, heads, dim = 128, 2, 8
+    k_pool = torch.zeros(2, 3 * page, 1, heads, dim)  # [layers, (pages+1)*page, 1, H, D]
+    v_pool = torch.zeros(2, 3 * page, 1, heads, dim)
+    loc = torch.tensor([5, 130, 257])
+    k = torch.randn(3, heads * dim)
+    v = torch.randn(3, heads * dim)
+    ops.scatter_pa_kv_cache(
+        k.view(3, heads, dim),
+        v.view(3, heads, dim),
+        k_pool[1].view(-1, page, heads, dim),
+        v_pool[1].view(-1, page, heads, dim),
+        loc.to(torch.int32),
+        cache_mode="Norm",
+    )
+    assert torch.equal(k_pool[1, loc, 0].reshape(3, -1), k)
+    assert torch.equal(v_pool[1, loc, 0].reshape(3, -1), v)
+    assert not k_pool[0].any()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"slot_mapping": torch.tensor([256], dtype=torch.int32)},
+            r"slot_mapping=\[256\] .*slots must be in \[0, 256\)",
+        ),
+        ({"seq_lens": torch.tensor([1])}, r"seq_lens=\(1,\) .*compressed scenario"),
+        ({"cache_mode": "NZ"}, r"cache_mode='NZ' .*None, 'Norm' or 'PA_NZ'"),
+        ({"value": torch.zeros(1, 2, 8).half()}, r"value=torch.float16 .*must equal key's"),
+        ({"key_cache": torch.zeros(2, 128, 2, 16)}, r"key_cache=\(2, 128, 2, 16\) .*'Norm' needs"),
+        ({"slot_mapping": torch.tensor([[0]])}, r"slot_mapping=.*1-D int32/int64"),
+        ({"key_cache": torch.zeros(2, 2, 128, 8).transpose(1, 2)}, r"key_cache=.*contiguous"),
+    ],
+)
+def test_scatter_pa_kv_cache_rejects(change: dict[str, object], message: str) -> None:
+    args: dict[str, object] = {
+        "key": torch.zeros(1, 2, 8),
+        "value": torch.zeros(1, 2, 8),
+        "key_cache": torch.zeros(2, 128, 2, 8),
+        "value_cache": torch.zeros(2, 128, 2, 8),
+        "slot_mapping": torch.tensor([0], dtype=torch.int32),
+        "cache_mode": "Norm",
+    }
+    args.update(change)
+    with pytest.raises(ValueError, match=message):
+        ops.scatter_pa_kv_cache(
+            args.pop("key"),
+            args.pop("value"),
+            args.pop("key_cache"),
+            args.pop("value_cache"),
+            args.pop("slot_mapping"),
+            **args,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# attention_update
+# ---------------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    parts=st.integers(1, 4),
+    rows=st.integers(1, 20),
+    dim=st.sampled_from([8, 128]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    dead=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_attention_update_formula(
+    parts: int, rows: int, dim: int, dtype: torch.dtype, dead: bool, seed: int
+) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    lse = [torch.randn(rows, generator=gen) * 3 for _ in range(parts)]
+    out = [torch.randn(rows, dim, generator=gen).to(dtype) for _ in range(parts)]
+    if dead:  # a row no part attended, and a part that saw nothing for row 0
+        for part in lse:
+            part[rows - 1] = -math.inf
+        lse[0][0] = -math.inf
+    merged, total = ops.attention_update(lse, out, 1)
+    for r in range(rows):
+        values = [float(part[r]) for part in lse]
+        if all(v == -math.inf for v in values):
+            assert total[r] == -math.inf and not merged[r].any()
+            continue
+        top = max(values)
+        want_total = top + math.log(sum(math.exp(v - top) for v in values))
+        want = sum(out[i][r].double() * math.exp(values[i] - want_total) for i in range(parts))
+        assert abs(float(total[r]) - want_total) < 1e-5
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        assert torch.allclose(merged[r].double(), want, atol=tol, rtol=tol)
+    assert merged.dtype == dtype and total.dtype == torch.float32
+
+
+def test_attention_update_merges_split_fia_exactly() -> None:
+    """Attention over a prefix and over the rest, merged by LSE, equals attention over both."""
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(3, 4, 16, generator=gen)  # TND: one request of 3 tokens, 4 heads
+    k = torch.randn(40, 4, 16, generator=gen)
+    v = torch.randn(40, 4, 16, generator=gen)
+
+    def fia(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return ops.fused_infer_attention_score(
+            q,
+            keys,
+            values,
+            num_heads=4,
+            input_layout="TND",
+            actual_seq_lengths=[3],
+            actual_seq_lengths_kv=[keys.size(0)],
+            scale=0.25,
+            softmax_lse_flag=True,
+        )
+
+    whole, whole_lse = fia(k, v)
+    first, first_lse = fia(k[:25], v[:25])
+    rest, rest_lse = fia(k[25:], v[25:])
+    merged, total = ops.attention_update(
+        [first_lse.reshape(-1), rest_lse.reshape(-1)],
+        [first.reshape(-1, 16), rest.reshape(-1, 16)],
+        1,
+    )
+    torch.testing.assert_close(merged.view(3, 4, 16), whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(total, whole_lse.reshape(-1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("lse", "out", "kind", "message"),
+    [
+        ([torch.zeros(2)], [torch.zeros(2, 4)], 2, r"update_type=2 .*must be 0"),
+        ([], [], 0, r"lse/local_out=\(0, 0\) .*non-zero number"),
+        ([torch.zeros(2), torch.zeros(2)], [torch.zeros(2, 4)], 0, r"lse/local_out=\(2, 1\)"),
+        ([torch.zeros(2).half()], [torch.zeros(2, 4)], 0, r"lse\[0\]=.*must be fp32"),
+        ([torch.zeros(2)], [torch.zeros(3, 4)], 0, r"local_out\[0\]=.*\(2, head_dim\)"),
+        (
+            [torch.zeros(2), torch.zeros(2)],
+            [torch.zeros(2, 4), torch.zeros(2, 4).half()],
+            0,
+            r"local_out\[1\]=.*share shape and dtype",
+        ),
+    ],
+)
+def test_attention_update_rejects(
+    lse: list[torch.Tensor], out: list[torch.Tensor], kind: int, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        ops.attention_update(lse, out, kind)
+
+
+# ---------------------------------------------------------------------------------------------
+# interleave_rope
+# ---------------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    batch=st.integers(1, 3),
+    heads=st.integers(1, 4),
+    seq=st.integers(1, 3),
+    cos_seq_one=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    seed=st.integers(0, 1000),
+)
+def test_interleave_rope_elementwise(
+    batch: int, heads: int, seq: int, cos_seq_one: bool, dtype: torch.dtype, seed: int
+) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, heads, seq, 64, generator=gen).to(dtype)
+    cs = 1 if cos_seq_one else seq
+    cos = torch.randn(batch, 1, cs, 64, generator=gen).to(dtype)
+    sin = torch.randn(batch, 1, cs, 64, generator=gen).to(dtype)
+    got = ops.interleave_rope(x, cos, sin)
+    assert got.dtype == dtype and got.shape == x.shape
+    want = torch.empty(batch, heads, seq, 64, dtype=torch.float64)
+    for b in range(batch):
+        for n in range(heads):
+            for s in range(seq):
+                row = x[b, n, s].double()
+                q = torch.cat([row[0::2], row[1::2]])  # de-interleave: evens, then odds
+                c, si = (
+                    cos[b, 0, 0 if cs == 1 else s].double(),
+                    sin[b, 0, 0 if cs == 1 else s].double(),
+                )
+                for e in range(64):
+                    rotated = -q[e + 32] if e < 32 else q[e - 32]
+                    want[b, n, s, e] = q[e] * c[e] + rotated * si[e]
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(got.double(), want, atol=tol, rtol=tol)
+
+
+def test_interleave_rope_is_a_pairwise_rotation_with_a_half_layout_output() -> None:
+    """With a standard cache (cos/sin halves repeated) it rotates each (x[2k], x[2k+1]) pair."""
+    angles = torch.rand(32) * 3
+    cos = torch.cat([angles.cos(), angles.cos()]).view(1, 1, 1, 64)
+    sin = torch.cat([angles.sin(), angles.sin()]).view(1, 1, 1, 64)
+    x = torch.randn(1, 2, 1, 64)
+    got = ops.interleave_rope(x, cos, sin)
+    even, odd = x[..., 0::2], x[..., 1::2]
+    torch.testing.assert_close(got[..., :32], even * angles.cos() - odd * angles.sin())
+    torch.testing.assert_close(got[..., 32:], odd * angles.cos() + even * angles.sin())
+
+
+@pytest.mark.parametrize(
+    ("x", "cos", "message"),
+    [
+        (
+            torch.zeros(1, 2, 1, 32),
+            torch.zeros(1, 1, 1, 32),
+            r"x=\(1, 2, 1, 32\) .*\(B, N, S, 64\)",
+        ),
+        (torch.zeros(1, 2, 1, 64), torch.zeros(1, 2, 1, 64), r"cos=\(1, 2, 1, 64\) .*\(B=1, 1,"),
+        (torch.zeros(2, 2, 1, 64), torch.zeros(1, 1, 1, 64), r"cos=\(1, 1, 1, 64\) .*\(B=2, 1,"),
+        (torch.zeros(1, 2, 1, 64), torch.zeros(1, 1, 1, 64).half(), r"cos=torch.float16 .*x's"),
+        (
+            torch.zeros(1, 2, 1, 64, dtype=torch.int8),
+            torch.zeros(1, 1, 1, 64, dtype=torch.int8),
+            r"x=torch.int8 .*bf16 or fp16",
+        ),
+    ],
+)
+def test_interleave_rope_rejects(x: torch.Tensor, cos: torch.Tensor, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ops.interleave_rope(x, cos, cos.clone())
+
+
+# ---------------------------------------------------------------------------------------------
+# add_rms_norm
+# ---------------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    rows=st.integers(1, 6),
+    hidden=st.sampled_from([4, 64, 96]),
+    gamma_dims=st.integers(1, 2),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    eps=st.sampled_from([1e-6, 1e-5]),
+    seed=st.integers(0, 1000),
+)
+def test_add_rms_norm_rows(
+    rows: int, hidden: int, gamma_dims: int, dtype: torch.dtype, eps: float, seed: int
+) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    x1 = torch.randn(rows, 3, hidden, generator=gen).to(dtype)
+    x2 = torch.randn(rows, 3, hidden, generator=gen).to(dtype)
+    gamma_shape = (hidden,) if gamma_dims == 1 else (3, hidden)
+    gamma = torch.randn(gamma_shape, generator=gen).to(dtype)
+    y, rstd, x = ops.add_rms_norm(x1, x2, gamma, eps)
+    lead = 2 if gamma_dims == 1 else 1
+    assert rstd.dtype == torch.float32 and y.dtype == x.dtype == dtype
+    assert rstd.shape == (*x1.shape[:lead], *([1] * gamma_dims))
+    tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+    groups = x1.double().reshape(-1, gamma.numel()) + x2.double().reshape(-1, gamma.numel())
+    for g in range(groups.size(0)):  # one normalisation group at a time
+        row = groups[g]
+        want_rstd = 1.0 / math.sqrt(float((row * row).mean()) + eps)
+        want_y = row * want_rstd * gamma.double().reshape(-1)
+        assert abs(float(rstd.reshape(-1)[g]) - want_rstd) <= 1e-5 * max(1.0, want_rstd)
+        torch.testing.assert_close(
+            y.reshape(-1, gamma.numel())[g].double(), want_y, atol=tol * 4, rtol=tol * 2
+        )
+        torch.testing.assert_close(
+            x.reshape(-1, gamma.numel())[g].double(), row, atol=tol, rtol=tol
+        )
+
+
+@pytest.mark.parametrize(
+    ("x2", "gamma", "eps", "message"),
+    [
+        (torch.zeros(2, 5), torch.ones(4), 1e-6, r"x2=.*must match x1"),
+        (torch.zeros(2, 4), torch.ones(5), 1e-6, r"gamma=\(5,\) .*trailing dims"),
+        (torch.zeros(2, 4), torch.ones(4), 0.0, r"epsilon=0.0 .*positive"),
+    ],
+)
+def test_add_rms_norm_rejects(
+    x2: torch.Tensor, gamma: torch.Tensor, eps: float, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        ops.add_rms_norm(torch.zeros(2, 4), x2, gamma, eps)
