@@ -146,7 +146,9 @@ def init_routing_v2_expert_range() -> Case:
         start, end = 4, 12
         avail = int(((ids >= start) & (ids < end)).sum())
         outs = []
-        for row_idx_type, tokens_type in ((0, 1), (1, 2)):
+        # tokens_type 0 (cumsum) is the one the torch_npu doc calls unsupported: a failure there
+        # settles that question on the device.
+        for row_idx_type, tokens_type in ((0, 1), (1, 2), (0, 0)):
             ex, row_idx, expert_tokens, _ = ops.moe_init_routing_v2(
                 x.to(device),
                 ids.to(device),
@@ -166,7 +168,11 @@ def init_routing_v2_expert_range() -> Case:
             outs += [ex[:avail], row_idx, expert_tokens]
         return tuple(outs)
 
-    return "moe_init_routing_v2 active_expert_range [4,12), row_idx_type 0/1", run, torch.float32
+    return (
+        "moe_init_routing_v2 active_expert_range [4,12), row_idx_type 0/1, count/kv/cumsum",
+        run,
+        torch.float32,
+    )
 
 
 # ---- grouped matmul --------------------------------------------------------------------------

@@ -258,6 +258,8 @@ def moe_gating_top_k_softmax(
 # ---------------------------------------------------------------------------------------------
 
 _INIT = "moe_init_routing_v2"
+# quant_mode values the op's meta registration accepts (torch_npu 2.14).
+_INIT_QUANT_MODES = frozenset({-1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17})
 
 
 def _expert_range(active_expert_range: Sequence[int], expert_num: int) -> tuple[int, int]:
@@ -293,35 +295,33 @@ def _validate_moe_init_routing_v2(
         expert_idx,
         f"must have x's row count {x.shape[0]} in dim 0",
     )
+    # The torch_npu 2.14 docstring says "currently only" drop_pad_mode 0, expert_tokens_num_type
+    # 1/2, expert_tokens_num_flag True and quant_mode -1/1. The op's meta registration accepts
+    # more, the CANN golden generator implements cumsum (0) and drop-pad (1), and sglang 0.5.23
+    # itself passes quant_mode=3 (MXFP8): the stale "only" is not enforced here, and the
+    # reference refuses what it does not implement.
     require(
-        drop_pad_mode == 0,
+        drop_pad_mode in (0, 1),
         op,
         "drop_pad_mode",
         drop_pad_mode,
-        "must be 0 (dropless; doc: 'only 0')",
+        "must be 0 (dropless) or 1 (drop and pad)",
     )
     require(
-        expert_tokens_num_type in (1, 2),
+        expert_tokens_num_type in (0, 1, 2),
         op,
         "expert_tokens_num_type",
         expert_tokens_num_type,
-        "must be 1 (count) or 2 (key_value); the doc says cumsum (0) is not supported",
+        "must be 0 (cumsum), 1 (count) or 2 (key_value)",
     )
     require(
-        expert_tokens_num_flag is True,
-        op,
-        "expert_tokens_num_flag",
-        expert_tokens_num_flag,
-        "must be True (doc: 'only True')",
-    )
-    require(
-        quant_mode in (-1, 1),
+        quant_mode in _INIT_QUANT_MODES,
         op,
         "quant_mode",
         quant_mode,
-        "must be -1 (none) or 1 (dynamic int8); static (0) is not supported",
+        f"must be one of {sorted(_INIT_QUANT_MODES)} (-1 none, 0 static int8, 1 dynamic int8)",
     )
-    if quant_mode == 1:
+    if quant_mode in (0, 1):
         require(x.dtype != torch.int8, op, "quant_mode", quant_mode, "must be -1 when x is int8")
     limit = 5120 if expert_tokens_num_type == 2 else 10240
     require(
@@ -343,6 +343,8 @@ def _validate_moe_init_routing_v2(
     )
     require(row_idx_type in (0, 1), op, "row_idx_type", row_idx_type, "must be 0 or 1")
     require(active_num >= -1, op, "active_num", active_num, "must be >= -1 (-1 and 0: all rows)")
+    if quant_mode not in (-1, 1):
+        return  # the other modes' scale layouts are the kernel's to check
     if offset is not None:
         fail(op, "offset", offset, "must be None for quant_mode -1 and 1")
     if scale is not None:
@@ -350,8 +352,14 @@ def _validate_moe_init_routing_v2(
         if quant_mode == -1:
             check_shape(op, "scale", scale, (x.shape[0],), "(NUM_ROWS,) when quant_mode=-1")
         else:
-            check_shape(
-                op, "scale", scale, (end - start, x.shape[1]), "(end-start, H) smooth scales"
+            check_tensor(op, "scale", scale, dims={2})
+            require(
+                scale.shape[0] in (1, end - start) and scale.shape[1] == x.shape[1],
+                op,
+                "scale",
+                scale,
+                f"must have shape ({end - start}, {x.shape[1]}) or (1, {x.shape[1]}): smooth "
+                "scales per active expert or shared",
             )
 
 
@@ -392,9 +400,10 @@ def moe_init_routing_v2(
     * ``expanded_row_idx``: row_idx_type 0 (gather) maps source to destination,
       ``[src_d] = d``, -1 for unrouted pairs; row_idx_type 1 (scatter) maps destination to
       source, ``[d] = src_d``.
-    * ``expert_tokens``: type 1 counts per expert in ``[start, end)``; type 2 is
-      ``(expert_num, 2)`` ``(expert, count)`` pairs for non-empty experts in ascending order,
-      then one ``(0, 0)`` terminator when fewer than expert_num pairs.
+    * ``expert_tokens``: type 1 counts per expert in ``[start, end)``; type 0 their running
+      sum (torch_npu's doc calls cumsum unsupported, the CANN golden generator defines it);
+      type 2 is ``(expert_num, 2)`` ``(expert, count)`` pairs for non-empty experts in
+      ascending order, then one ``(0, 0)`` terminator when fewer than expert_num pairs.
 
     Entries the doc calls undefined (rows ``>= avail``, the tail of the scatter index, the type-2
     rows after the terminator, ``expanded_scale`` without a scale in quant_mode -1) are zeros
@@ -403,6 +412,16 @@ def moe_init_routing_v2(
     num_rows, top_k = expert_idx.shape
     if x_dtype is not None:
         not_implemented(_INIT, "x_dtype", x_dtype, "x_dtype=None (x's own dtype)")
+    if drop_pad_mode != 0:
+        not_implemented(_INIT, "drop_pad_mode", drop_pad_mode, "drop_pad_mode=0 (dropless)")
+    if quant_mode not in (-1, 1):
+        not_implemented(
+            _INIT, "quant_mode", quant_mode, "quant_mode -1 (none) and 1 (dynamic int8)"
+        )
+    if not expert_tokens_num_flag:
+        # The count output is then undefined (the meta gives it no elements).
+        rule = "expert_tokens_num_flag=True (the count output is undefined without it)"
+        not_implemented(_INIT, "expert_tokens_num_flag", expert_tokens_num_flag, rule)
     if active_num not in (-1, 0, num_rows * top_k):
         # The aclnn V3 doc requires active_num == NUM_ROWS*K; what a smaller cap keeps is not
         # documented precisely enough to reproduce.
@@ -432,7 +451,9 @@ def moe_init_routing_v2(
     if quant_mode == 1:
         rows_f = gathered.float()
         if scale is not None:
-            rows_f = rows_f * scale.float()[flat[src] - start]
+            # One smooth row per active expert, or a single shared row (meta: shape[0] in {E', 1}).
+            smooth = scale.float()
+            rows_f = rows_f * (smooth if smooth.shape[0] == 1 else smooth[flat[src] - start])
         q, s = dynamic_int8_rows(rows_f)
         expanded_x = torch.zeros(total, hidden, dtype=torch.int8, device=x.device)
         expanded_x[:avail] = q
@@ -446,6 +467,8 @@ def moe_init_routing_v2(
     counts = torch.bincount(flat[routed] - start, minlength=end - start).to(torch.int64)
     if expert_tokens_num_type == 1:
         expert_tokens = counts
+    elif expert_tokens_num_type == 0:
+        expert_tokens = counts.cumsum(0)
     else:
         expert_tokens = torch.zeros(expert_num, 2, dtype=torch.int64, device=x.device)
         nonempty = torch.nonzero(counts).flatten()

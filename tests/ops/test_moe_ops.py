@@ -398,7 +398,7 @@ def test_init_routing_v2_matches_brute_force(
     start = data.draw(st.integers(0, experts - 1))
     end = data.draw(st.integers(start + 1, experts))
     row_idx_type = data.draw(st.sampled_from([0, 1]))
-    tokens_type = data.draw(st.sampled_from([1, 2]))
+    tokens_type = data.draw(st.sampled_from([0, 1, 2]))
     x = torch.randn(tokens, 5, generator=g).bfloat16()
     ids = _random_topk_ids(tokens, experts, top_k, g)
     scale = torch.rand(tokens, generator=g)
@@ -428,6 +428,8 @@ def test_init_routing_v2_matches_brute_force(
     counts = [exps.count(e) for e in range(start, end)]
     if tokens_type == 1:
         assert expert_tokens.tolist() == counts
+    elif tokens_type == 0:
+        assert expert_tokens.tolist() == [sum(counts[: i + 1]) for i in range(len(counts))]
     else:
         pairs = [[e, c] for e, c in zip(range(start, end), counts, strict=True) if c]
         if len(pairs) < experts:
@@ -436,12 +438,13 @@ def test_init_routing_v2_matches_brute_force(
         assert expert_tokens[: len(pairs)].tolist() == pairs
 
 
-@pytest.mark.parametrize("smooth", [False, True])
-def test_init_routing_v2_dynamic_quant_rows_round_trip(smooth: bool) -> None:
+@pytest.mark.parametrize("smooth_rows", [0, 1, 4])
+def test_init_routing_v2_dynamic_quant_rows_round_trip(smooth_rows: int) -> None:
     g = _gen(5)
     x = torch.randn(6, 16, generator=g).bfloat16()
     ids = _random_topk_ids(6, 4, 2, g)
-    smooth_scale = torch.rand(4, 16, generator=g) + 0.5 if smooth else None
+    # No smooth scale, one shared row, or one row per expert.
+    smooth_scale = torch.rand(smooth_rows, 16, generator=g) + 0.5 if smooth_rows else None
     ex, _, _, ex_scale = ops.moe_init_routing_v2(
         x,
         ids,
@@ -454,7 +457,7 @@ def test_init_routing_v2_dynamic_quant_rows_round_trip(smooth: bool) -> None:
     srcs, exps = brute_force_routing(x, ids, 0, 4)
     target = x[[s // 2 for s in srcs]].float()
     if smooth_scale is not None:
-        target = target * smooth_scale[exps]
+        target = target * smooth_scale[exps if smooth_rows > 1 else [0] * len(exps)]
     assert ex.dtype == torch.int8
     assert ex.abs().amax(-1).tolist() == [127] * len(srcs)
     torch.testing.assert_close(ex_scale, target.abs().amax(-1) / 127)
@@ -875,34 +878,6 @@ VALIDATION_CASES = [
         r"expert_idx=.*must have x's row count 3",
     ),
     (
-        "route drop_pad",
-        ops.moe_init_routing_v2,
-        (_X, _IDS),
-        {**_ROUTE, "drop_pad_mode": 1},
-        r"drop_pad_mode=1 must be 0",
-    ),
-    (
-        "route cumsum",
-        ops.moe_init_routing_v2,
-        (_X, _IDS),
-        {**_ROUTE, "expert_tokens_num_type": 0},
-        r"expert_tokens_num_type=0 must be 1 \(count\) or 2 \(key_value\)",
-    ),
-    (
-        "route flag",
-        ops.moe_init_routing_v2,
-        (_X, _IDS),
-        {**_ROUTE, "expert_tokens_num_flag": False},
-        r"expert_tokens_num_flag=False must be True",
-    ),
-    (
-        "route quant_mode",
-        ops.moe_init_routing_v2,
-        (_X, _IDS),
-        {**_ROUTE, "quant_mode": 0},
-        r"quant_mode=0 must be -1 \(none\) or 1",
-    ),
-    (
         "route int8 requant",
         ops.moe_init_routing_v2,
         (_X.to(torch.int8), _IDS),
@@ -977,7 +952,28 @@ VALIDATION_CASES = [
         ops.moe_init_routing_v2,
         (_X, _IDS),
         {**_ROUTE, "quant_mode": 1, "scale": torch.ones(3, 4)},
-        r"scale=.*must have shape \(4, 4\) \(\(end-start, H\)",
+        r"scale=.*must have shape \(4, 4\) or \(1, 4\): smooth scales per active expert or shared",
+    ),
+    (
+        "route drop_pad range",
+        ops.moe_init_routing_v2,
+        (_X, _IDS),
+        {**_ROUTE, "drop_pad_mode": 2},
+        r"drop_pad_mode=2 must be 0 \(dropless\) or 1 \(drop and pad\)",
+    ),
+    (
+        "route tokens type",
+        ops.moe_init_routing_v2,
+        (_X, _IDS),
+        {**_ROUTE, "expert_tokens_num_type": 3},
+        r"expert_tokens_num_type=3 must be 0 \(cumsum\), 1 \(count\) or 2 \(key_value\)",
+    ),
+    (
+        "route quant_mode range",
+        ops.moe_init_routing_v2,
+        (_X, _IDS),
+        {**_ROUTE, "quant_mode": 10},
+        r"quant_mode=10 must be one of \[-1, 0, 1, 2",
     ),
     # grouped_matmul
     (
@@ -1351,6 +1347,27 @@ VALIDATION_CASES = [
 # Arguments the NPU kernel supports but the reference does not implement: the validator lets
 # them through (so an NPU call reaches torch_npu) and the reference refuses them.
 REFERENCE_LIMIT_CASES = [
+    (
+        "route drop_pad",
+        ops.moe_init_routing_v2,
+        (_X, _IDS),
+        {**_ROUTE, "drop_pad_mode": 1},
+        r"drop_pad_mode=1 is not implemented by the reference",
+    ),
+    (
+        "route flag",
+        ops.moe_init_routing_v2,
+        (_X, _IDS),
+        {**_ROUTE, "expert_tokens_num_flag": False},
+        r"expert_tokens_num_flag=False is not implemented by the reference",
+    ),
+    (
+        "route quant_mode",
+        ops.moe_init_routing_v2,
+        (_X, _IDS),
+        {**_ROUTE, "quant_mode": 3},
+        r"quant_mode=3 is not implemented by the reference",
+    ),
     (
         "gating hash mode",
         ops.moe_gating_top_k,
