@@ -110,7 +110,8 @@ def dynamic_quant(
         rows = rows * smooth_scales.float()
     elif smooth_scales is not None and group_index is not None:
         ends = [int(v) for v in group_index.tolist()]
-        if any(b < a for a, b in zip([0, *ends], ends, strict=False)) or ends[-1] != rows.shape[0]:
+        decreasing = any(b < a for a, b in zip([0, *ends], ends, strict=False))
+        if not ends or decreasing or ends[-1] != rows.shape[0]:
             rule = f"must be non-decreasing row ends finishing at the row count {rows.shape[0]}"
             fail(_DQ, "group_index", ends, rule)
         counts = torch.tensor([b - a for a, b in zip([0, *ends], ends, strict=False)])
