@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import runpy
 import sys
 from pathlib import Path
 
@@ -17,5 +18,10 @@ os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# `make test` puts the test bed on PYTHONPATH before the interpreter starts, so sitecustomize
+# has already run; a bare `pytest` has not, so run the torchvision fix here too.
+_site = sys.modules.get("sitecustomize")
+if _site is None or not str(getattr(_site, "__file__", "")).startswith(str(SUPPORT)):
+    runpy.run_path(str(SUPPORT / "pythonpath" / "sitecustomize.py"))
 # A developer's shell may have the toggle set; every test states the value it needs.
 os.environ.pop("ASCEND_USE_FIA", None)
