@@ -14,6 +14,12 @@ per request and per query head, over that request's valid keys. The reference:
 - computes in fp32 with an online (flash-style) softmax over KV chunks, so neither the whole
   gathered cache nor the whole score matrix is materialised, and casts to the query dtype.
 
+Two kinds of rejection, both ``ValueError``. The validator (run by ``_dispatch`` before either
+implementation, so also on an NPU) enforces only the *documented* kernel constraints, and never
+refuses a call the kernel accepts. What only the reference lacks — quantisation arguments, NZ
+caches, int8 inputs, the v2-only ``*_NBSD``/``NTD`` layouts — is refused by the reference itself
+("... is not supported by the reference"), so only CPU/CUDA runs see it.
+
 Choices the doc does not settle are marked **(inferred)** where they are made.
 """
 
@@ -48,7 +54,13 @@ _LAYOUTS: dict[str, tuple[str, str, int]] = {
     "BNSD_BSND": ("BNSD", "BSND", 4),
     "TND": ("TND", "TND", 3),
 }
+# v2 layouts the kernel documents but the reference does not model (output transposed to N-first).
+_V2_ONLY_LAYOUTS = ("BSH_NBSD", "BSND_NBSD", "BNSD_NBSD", "TND_NTD", "NTD_TND")
+# fp32 is a reference-only extension (the kernel documents fp16/bf16/int8 queries); the tests use
+# it for tight tolerances.
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_QUERY_DTYPES = (*_FLOAT_DTYPES, torch.int8)
+_KV_QUANT_DTYPES = (torch.int8, torch.int32)  # int8, and int4 packed in int32 (doc)
 _MASK_DTYPES = (torch.bool, torch.int8, torch.uint8)
 
 # Chunk budgets of the reference, in fp32 elements. A K+V chunk of about 4 MiB stays in cache
@@ -61,6 +73,10 @@ _OP = "fused_infer_attention_score"
 
 def _fail(argument: str, value: object, rule: str) -> NoReturn:
     raise ValueError(f"{_OP}: {argument}={value!r} is not allowed: {rule}")
+
+
+def _not_supported(argument: str, value: object, what: str) -> NoReturn:
+    raise ValueError(f"{_OP}: {argument}={value!r} is not supported by the reference; {what}")
 
 
 def _shape(t: torch.Tensor | None) -> object:
@@ -173,10 +189,12 @@ def _dense_kv_geometry(
 
 def _paged_kv_geometry(
     name: str, t: torch.Tensor, q_layout: str, nkv: int, block_size: int
-) -> tuple[int, int, bool]:
-    """(num_blocks, D, is_4d) of a paged cache."""
+) -> tuple[int, int, int]:
+    """(num_blocks, D, rank) of a paged cache; rank 5 is the NZ ``[blocks, KV_N, D/16, bs, 16]``."""
     if t.dim() == 5:
-        _fail(name, _shape(t), "the NZ cache layout is not supported by the reference")
+        if t.size(1) != nkv or t.size(3) != block_size:
+            _fail(name, _shape(t), f"an NZ cache is (blocks, KV_N={nkv}, D/16, {block_size}, 16)")
+        return t.size(0), t.size(2) * t.size(4), 5
     if t.dim() == 3:
         if t.size(1) != block_size:
             _fail(name, _shape(t), f"dim 1 of a (blocks, block_size, H) cache must be {block_size}")
@@ -189,7 +207,7 @@ def _paged_kv_geometry(
                 f"a (blocks, block_size, H) cache needs KV_N*D <= {MAX_3D_CACHE_HIDDEN}; "
                 "use the (blocks, KV_N, block_size, D) layout",
             )
-        return t.size(0), t.size(2) // nkv, False
+        return t.size(0), t.size(2) // nkv, 3
     if t.dim() == 4:
         if q_layout in ("BSH", "BSND"):
             _fail(
@@ -203,17 +221,15 @@ def _paged_kv_geometry(
                 _shape(t),
                 f"a 4-D cache is (blocks, KV_N={nkv}, block_size={block_size}, D)",
             )
-        return t.size(0), t.size(3), True
-    _fail(name, _shape(t), "page attention takes a 3-D or 4-D cache")
+        return t.size(0), t.size(3), 4
+    _fail(name, _shape(t), "page attention takes a 3-D, 4-D or 5-D (NZ) cache")
 
 
-def _check_tensor(name: str, t: torch.Tensor, dtype: torch.dtype | None) -> None:
+def _check_tensor(name: str, t: torch.Tensor, dtypes: tuple[torch.dtype, ...]) -> None:
     if not isinstance(t, torch.Tensor):
         _fail(name, type(t).__name__, "must be a tensor")
-    if dtype is None and t.dtype not in _FLOAT_DTYPES:
-        _fail(name, t.dtype, f"dtype must be one of {_FLOAT_DTYPES} (quantised inputs unsupported)")
-    if dtype is not None and t.dtype != dtype:
-        _fail(name, t.dtype, f"dtype must match the query's {dtype}")
+    if t.dtype not in dtypes:
+        _fail(name, t.dtype, f"dtype must be one of {dtypes}")
     if not t.is_contiguous():
         _fail(name, _shape(t), "the kernel does not take non-contiguous tensors (doc)")
 
@@ -237,15 +253,24 @@ def _plan(
     sparse_mode: int,
     inner_precise: int,
     block_size: int,
+    reference: bool,
 ) -> _Plan:
+    """Check the documented constraints (and, with ``reference``, the reference's own limits)."""
     if input_layout not in _LAYOUTS:
         _fail("input_layout", input_layout, f"must be one of {tuple(_LAYOUTS)}")
     q_layout, out_layout, rank = _LAYOUTS[input_layout]
-    _check_tensor("query", query, None)
+    _check_tensor("query", query, _QUERY_DTYPES)
     if query.dim() != rank:
         _fail("query", _shape(query), f"input_layout={input_layout} needs a {rank}-D query")
-    _check_tensor("key", key, query.dtype)
-    _check_tensor("value", value, query.dtype)
+    kv_dtypes = (query.dtype, *_KV_QUANT_DTYPES)
+    _check_tensor("key", key, kv_dtypes)
+    _check_tensor("value", value, (key.dtype,))
+    if reference and (query.dtype not in _FLOAT_DTYPES or key.dtype != query.dtype):
+        _not_supported(
+            "query/key dtype",
+            (query.dtype, key.dtype),
+            "only float attention with key/value in the query's dtype is implemented",
+        )
     nkv = check_head_counts(num_heads, num_key_value_heads)
     check_sparse_mode(sparse_mode)
     if inner_precise not in (0, 1, 2, 3):
@@ -302,20 +327,19 @@ def _plan(
                 _shape(query_rope),
                 f"MLA page attention supports query S 1-{MAX_ROPE_PAGED_QUERY_S}, got {q_s}",
             )
-        k_blocks, k_dim, cache_4d = _paged_kv_geometry("key", key, q_layout, nkv, block_size)
-        v_blocks, v_dim, v_4d = _paged_kv_geometry("value", value, q_layout, nkv, block_size)
-        if (v_blocks, v_4d) != (k_blocks, cache_4d):
+        k_blocks, k_dim, k_rank = _paged_kv_geometry("key", key, q_layout, nkv, block_size)
+        v_blocks, v_dim, v_rank = _paged_kv_geometry("value", value, q_layout, nkv, block_size)
+        if (v_blocks, v_rank) != (k_blocks, k_rank):
             _fail("value", _shape(value), f"must have the key's block count/layout {_shape(key)}")
+        if reference and k_rank == 5:
+            _not_supported("key", _shape(key), "NZ caches are not implemented; use ND")
+        cache_4d = k_rank == 4
         if actual_seq_lengths_kv is None:
             _fail("actual_seq_lengths_kv", None, "page attention requires per-request KV lengths")
         capacity = block_table.size(1) * block_size
         # Paged: per-batch lengths, also for a TND query (doc, Q_S=1 page attention section).
         kv_lens = _per_batch("actual_seq_lengths_kv", actual_seq_lengths_kv, batch, capacity)
-        if block_table.device.type == "cpu":  # reading an NPU table here would sync the host
-            _check_block_ids(kv_lens, block_size, block_table.long(), k_blocks)
     else:
-        if block_size != 0:
-            _fail("block_size", block_size, "only meaningful with block_table (page attention)")
         if key.dim() != query.dim():
             _fail("key", _shape(key), f"a dense {q_layout} key must have the query's rank")
         kv_s, k_dim = _dense_kv_geometry("key", key, q_layout, batch, nkv)
@@ -344,8 +368,12 @@ def _plan(
     rope_dim = 0
     if rope:
         assert query_rope is not None and key_rope is not None
-        _check_tensor("query_rope", query_rope, query.dtype)
-        _check_tensor("key_rope", key_rope, key.dtype)
+        _check_tensor(
+            "query_rope", query_rope, (query.dtype,) if query.is_floating_point() else _FLOAT_DTYPES
+        )
+        _check_tensor(
+            "key_rope", key_rope, (key.dtype,) if key.is_floating_point() else _FLOAT_DTYPES
+        )
         if query_rope.dim() != query.dim() or (
             q_layout != "BSH" and query_rope.shape[:-1] != query.shape[:-1]
         ):
@@ -360,6 +388,8 @@ def _plan(
         k_rope_dim = key_rope.size(-1)
         if key.dim() == 3 and (paged or q_layout == "BSH"):
             k_rope_dim = key_rope.size(2) // nkv
+        elif key.dim() == 5:
+            k_rope_dim = key_rope.size(2) * key_rope.size(4)
         if k_rope_dim != rope_dim or rope_dim == 0:
             _fail("key_rope", _shape(key_rope), f"rope D must equal query_rope's ({rope_dim})")
 
@@ -389,12 +419,14 @@ def _plan(
             )
         mask_mode = {2: "left_up", 3: "right_down", 4: "band"}[sparse_mode]
     elif sparse_mode in (0, 1) and atten_mask is not None:
-        if prefill and sparse_mode == 0 and (pre_tokens, next_tokens) != (INT32_MAX, INT32_MAX):
-            _fail(
+        banded = (pre_tokens, next_tokens) != (INT32_MAX, INT32_MAX)
+        if reference and prefill and sparse_mode == 0 and banded:
+            # Doc: a sparse_mode=0 mask "表示pre_tokens和next_tokens之间的部分需要计算"; how the
+            # two combine is not stated, so the reference does not guess.
+            _not_supported(
                 "pre_tokens/next_tokens",
                 (pre_tokens, next_tokens),
-                "not supported by the reference together with a sparse_mode=0 mask; "
-                "use sparse_mode=4 for a band",
+                "with a sparse_mode=0 mask only the defaults are implemented; use sparse_mode=4",
             )
         mask_mode = "dense"
         _dense_mask_view(
@@ -789,6 +821,7 @@ _V2_UNSUPPORTED = (
 
 
 def _reject_unsupported(op: str, a: dict[str, Any], names: tuple[str, ...]) -> None:
+    """The reference refuses (never ignores) arguments it does not model."""
     for name in names:
         value = a[name]
         is_default = value is None if not name.endswith("_mode") else value == 0
@@ -801,8 +834,9 @@ def _reject_unsupported(op: str, a: dict[str, Any], names: tuple[str, ...]) -> N
             )
 
 
-def _plan_v1(a: dict[str, Any]) -> _Plan:
-    _reject_unsupported(_OP, a, _V1_UNSUPPORTED)
+def _plan_v1(a: dict[str, Any], *, reference: bool) -> _Plan:
+    if reference:
+        _reject_unsupported(_OP, a, _V1_UNSUPPORTED)
     return _plan(
         a["query"],
         a["key"],
@@ -821,6 +855,7 @@ def _plan_v1(a: dict[str, Any]) -> _Plan:
         sparse_mode=a["sparse_mode"],
         inner_precise=a["inner_precise"],
         block_size=a["block_size"],
+        reference=reference,
     )
 
 
@@ -828,7 +863,7 @@ def _run_v1(
     a: dict[str, Any], sink: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference for a complete v1 argument dict (every parameter present)."""
-    plan = _plan_v1(a)
+    plan = _plan_v1(a, reference=True)
     query = a["query"]
     if query.numel() == 0:  # doc: an empty query returns at once
         return query.new_empty(_out_shape(plan, query)), _no_lse(query.device)
@@ -865,7 +900,7 @@ def _bind(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, A
 
 
 def _validate_v1(*args: Any, **kwargs: Any) -> None:
-    _plan_v1(_bind(fused_infer_attention_score, args, kwargs))
+    _plan_v1(_bind(fused_infer_attention_score, args, kwargs), reference=False)
 
 
 @npu_op("npu_fused_infer_attention_score", validate=_validate_v1)
@@ -985,9 +1020,14 @@ _V2_SHARED = (
 )
 
 
-def _v2_to_v1(a: dict[str, Any]) -> dict[str, Any]:
+def _v2_to_v1(a: dict[str, Any], *, reference: bool) -> dict[str, Any]:
     """Check the v2-only arguments, then express the call with v1's names and defaults."""
-    _reject_unsupported(f"{_OP}_v2", a, _V2_UNSUPPORTED)
+    if reference:
+        _reject_unsupported(f"{_OP}_v2", a, _V2_UNSUPPORTED)
+        if a["input_layout"] in _V2_ONLY_LAYOUTS:
+            _not_supported(
+                "input_layout", a["input_layout"], "the N-first output layouts are not implemented"
+            )
     sink = a["learnable_sink"]
     if sink is not None:
         n = a["num_query_heads"]
@@ -1003,7 +1043,13 @@ def _v2_to_v1(a: dict[str, Any]) -> dict[str, Any]:
 
 
 def _validate_v2(*args: Any, **kwargs: Any) -> None:
-    _plan_v1(_v2_to_v1(_bind(fused_infer_attention_score_v2, args, kwargs)))
+    a = _bind(fused_infer_attention_score_v2, args, kwargs)
+    if a["input_layout"] in _V2_ONLY_LAYOUTS:
+        # Documented v2 layouts the plan does not model: check what does not depend on them.
+        check_head_counts(a["num_query_heads"], a["num_key_value_heads"])
+        check_sparse_mode(a["sparse_mode"])
+        return
+    _plan_v1(_v2_to_v1(a, reference=False), reference=False)
 
 
 @npu_op("npu_fused_infer_attention_score_v2", validate=_validate_v2)
@@ -1073,4 +1119,4 @@ def fused_infer_attention_score_v2(
     defaults ("not supported by the reference"); the ``*_NBSD``/``NTD`` layouts are not modelled.
     """
     a = dict(locals())
-    return _run_v1(_v2_to_v1(a), sink=learnable_sink)
+    return _run_v1(_v2_to_v1(a, reference=True), sink=learnable_sink)
