@@ -126,18 +126,6 @@ def _validate_scatter_pa_kv_cache(
     cache_mode: str | None = "PA_NZ",
 ) -> None:
     op = "scatter_pa_kv_cache"
-    for name, t in (
-        ("compress_lens", compress_lens),
-        ("compress_seq_offsets", compress_seq_offsets),
-        ("seq_lens", seq_lens),
-    ):
-        if t is not None:
-            _fail(
-                op,
-                name,
-                tuple(t.shape),
-                "the compressed scenario (3) is not supported by the reference",
-            )
     if cache_mode not in (None, "Norm", "PA_NZ"):
         _fail(op, "cache_mode", cache_mode, "must be None, 'Norm' or 'PA_NZ'")
     if key.dtype not in SCATTER_PA_DTYPES:
@@ -161,6 +149,8 @@ def _validate_scatter_pa_kv_cache(
             (slot_mapping.dtype, tuple(slot_mapping.shape)),
             "must be a 1-D int32/int64 tensor",
         )
+    if key.dim() == 4 or compress_lens is not None or seq_lens is not None:
+        return  # scenario 3 (compressed); the reference refuses it, the kernel checks it
     if key.dim() != 3 or value.dim() != 3:
         _fail(
             op,
@@ -236,9 +226,25 @@ def scatter_pa_kv_cache(
     - ``'PA_NZ'`` (scenario 1, the default): key_cache ``[blocks, H*Dk//last, block_size, last]``;
       token t's row ``key[t].reshape(H*Dk//last, last)`` goes to ``key_cache[blk, :, off, :]``.
 
-    The compressed scenario 3 (4-D key with ``compress_lens``/``seq_lens``) raises ``ValueError``
-    ("not supported by the reference"). Returns None (the schema returns ``()``).
+    The compressed scenario 3 (4-D key with ``compress_lens``/``seq_lens``) passes the validator
+    (the kernel supports it) but the reference raises ``ValueError`` ("not supported by the
+    reference"). Returns None (the schema returns ``()``).
     """
+    compressed = {
+        name: t
+        for name, t in (
+            ("compress_lens", compress_lens),
+            ("compress_seq_offsets", compress_seq_offsets),
+            ("seq_lens", seq_lens),
+        )
+        if t is not None
+    }
+    if compressed or key.dim() == 4:
+        name, t = next(iter(compressed.items()), ("key", key))
+        raise ValueError(
+            f"scatter_pa_kv_cache: {name}={tuple(t.shape)!r} is not supported by the reference; "
+            "the compressed scenario 3 is not implemented"
+        )
     nz = cache_mode == "PA_NZ"
     block_size = key_cache.size(2) if nz else key_cache.size(1)
     slots = slot_mapping.to(device=key.device, dtype=torch.long)
