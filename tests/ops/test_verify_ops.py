@@ -1,0 +1,146 @@
+"""verify-ops on the CPU: the reference against itself must pass, and an injected error must not."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from sglang_ascend_fia import verify_ops
+from sglang_ascend_fia.verify_cases_attention import CASES as ATTENTION_CASES
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cases() -> list[verify_ops.CaseFactory]:
+    return verify_ops.all_cases()
+
+
+def test_registry_collects_attention_and_moe_cases(cases: list[verify_ops.CaseFactory]) -> None:
+    names = [make()[0] for make in cases]
+    assert len(names) == len(set(names))
+    assert {make()[0] for make in ATTENTION_CASES} <= set(names)
+    assert any(name.startswith("moe_") for name in names)
+    covered = " ".join(names)
+    for op in (
+        "FIA",
+        "FIA v2",
+        "MLA",
+        "scatter_nd_update_",
+        "scatter_pa_kv_cache",
+        "attention_update",
+        "interleave_rope",
+        "add_rms_norm",
+    ):
+        assert op in covered
+
+
+@pytest.mark.parametrize("make", ATTENTION_CASES, ids=lambda make: make.__name__)
+def test_attention_case_is_deterministic_and_fully_defined(make: verify_ops.CaseFactory) -> None:
+    name, run, dtype = make()
+    first, second = run("cpu"), run("cpu")
+    assert dtype in verify_ops.TOLERANCES and len(first) > 0
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+        assert bool(torch.isfinite(a.float()).all()), f"{name}: output depends on undefined rows"
+
+
+def test_reference_against_itself_passes_every_case(cases: list[verify_ops.CaseFactory]) -> None:
+    results = verify_ops.verify(cases, "cpu")
+    assert all(r.ok for r in results), verify_ops.format_table(results)
+    assert all(r.max_abs == 0.0 for r in results)
+    table = verify_ops.format_table(results)
+    assert f"{len(results)}/{len(results)} cases within tolerance" in table
+
+
+def _perturb(outputs: verify_ops.Outputs, dtype: torch.dtype) -> verify_ops.Outputs:
+    """Move one element of the first output by three tolerances (or one integer step)."""
+    first = outputs[0].clone()
+    flat = first.view(-1)
+    if first.is_floating_point():
+        atol, rtol = verify_ops.TOLERANCES[dtype]
+        value = float(flat[0])
+        flat[0] = value + 3 * (atol + rtol * abs(value)) + 0.02 * abs(value)
+    else:
+        flat[0] += 1
+    return (first, *outputs[1:])
+
+
+def test_injected_perturbation_fails_every_case(cases: list[verify_ops.CaseFactory]) -> None:
+    results = verify_ops.verify(cases, "cpu", perturb=_perturb)
+    missed = [r.name for r in results if r.ok]
+    assert not missed, f"perturbation not caught: {missed}"
+    assert "FAIL" in verify_ops.format_table(results)
+
+
+def test_compare_rules() -> None:
+    f32 = torch.float32
+    want = torch.tensor([1.0, -math.inf, 3.0])
+    assert verify_ops.compare((want.clone(),), (want,), f32)[2]
+    assert not verify_ops.compare((torch.tensor([1.0, 0.0, 3.0]),), (want,), f32)[2]  # inf lost
+    assert not verify_ops.compare((torch.tensor([1.0, -math.inf, math.nan]),), (want,), f32)[2]
+    assert not verify_ops.compare((want[:2],), (want,), f32)[2]  # shape
+    assert not verify_ops.compare((want, want), (want,), f32)[2]  # output count
+    ok_abs, ok_rel, ok, _ = verify_ops.compare(
+        (torch.tensor([1.00005]),), (torch.tensor([1.0]),), f32
+    )
+    assert (
+        ok and ok_abs == pytest.approx(5e-5, rel=1e-2) and ok_rel == pytest.approx(5e-5, rel=1e-2)
+    )
+    ints = torch.tensor([1, 2, 3], dtype=torch.int32)
+    assert verify_ops.compare((ints,), (ints.clone(),), f32)[2]
+    assert not verify_ops.compare((ints + 1,), (ints,), f32)[2]
+
+
+def test_a_raising_case_is_reported_not_fatal() -> None:
+    def broken() -> verify_ops.Case:
+        def run(device: str) -> verify_ops.Outputs:
+            raise RuntimeError("kernel refused")
+
+        return "broken", run, torch.float32
+
+    results = verify_ops.verify([broken, ATTENTION_CASES[0]], "cpu")
+    assert [r.ok for r in results] == [False, True]
+    assert "kernel refused" in results[0].detail
+
+
+def test_main_without_npu_says_so_and_returns_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert verify_ops.main([]) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "no NPU available" in out[0]
+
+
+def test_main_lists_cases(capsys: pytest.CaptureFixture[str]) -> None:
+    assert verify_ops.main(["--list", "-k", "scatter"]) == 0
+    listed = capsys.readouterr().out.strip().splitlines()
+    assert listed and all("scatter" in line for line in listed)
+
+
+def test_main_on_a_device_prints_the_table(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The NPU path end to end, with the CPU standing in for the device."""
+    monkeypatch.setattr(verify_ops, "npu_device", lambda: ("cpu", ""))
+    assert verify_ops.main(["-k", "interleave_rope"]) == 0
+    assert "1/1 cases within tolerance" in capsys.readouterr().out
+    monkeypatch.setattr(verify_ops, "all_cases", lambda: [_broken_case])
+    assert verify_ops.main([]) == 1
+
+
+def _broken_case() -> verify_ops.Case:
+    calls = {"n": 0}
+
+    def run(device: str) -> verify_ops.Outputs:
+        calls["n"] += 1  # the device side runs first and comes out wrong
+        return (torch.tensor([1.0 if calls["n"] == 1 else 2.0]),)
+
+    return "wrong on the device", run, torch.float32
