@@ -23,11 +23,14 @@ def _forward_probe(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     from sglang_ascend_fia import ops
 
     forward_batch = args[0] if args else kwargs["forward_batch"]
+    # Read before the forward: on CPU sglang runs a MIXED batch as EXTEND (eager_runner.py:215)
+    # and rewrites the mode in place.
+    mode = forward_batch.forward_mode.name
     ops.reset_launch_counts()
     result = wrapped(*args, **kwargs)
     record = {
         "pid": os.getpid(),
-        "mode": forward_batch.forward_mode.name,
+        "mode": mode,
         "batch_size": int(forward_batch.batch_size),
         "num_tokens": int(forward_batch.input_ids.shape[0]),
         "num_layers": int(instance.model_config.num_hidden_layers),

@@ -1,0 +1,63 @@
+"""Workloads and checks shared by the FIA-backend engine tests (and ``make demo``).
+
+Every workload is a list of token-id prompts generated greedily; the FIA backend's tokens must
+equal HF transformers' and stock sglang ``torch_native``'s for each prompt.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from testbed.models import encode_prompts
+
+NEW_TOKENS = 32
+PAGE_SIZE = 128  # the smallest page size FIA accepts for MHA/GQA prompts
+CHUNK = 256  # chunked_prefill_size: a multiple of the page size, with room for decode rows
+
+# Shared by the plugin and the torch_native engine, so only the backend differs.
+ENGINE_ARGS: dict[str, Any] = {
+    "page_size": PAGE_SIZE,
+    "chunked_prefill_size": CHUNK,
+    "enable_mixed_chunk": True,  # a chunked prefill rides along with running decodes
+    "max_running_requests": 16,
+}
+
+
+def token_stream(model_dir: Path, n: int, offset: int = 0) -> list[int]:
+    """``n`` real token ids from the test prompts, cycled; ``offset`` picks a different text."""
+    ids = [t for p in encode_prompts(model_dir) for t in p]
+    return [ids[(offset + i) % len(ids)] for i in range(n)]
+
+
+def workloads(model_dir: Path) -> dict[str, list[list[int]]]:
+    """Named prompt sets; run in this order (``prefix-hits`` needs ``prefix-seed`` cached)."""
+    prompts = encode_prompts(model_dir)
+    shared = token_stream(model_dir, 2 * PAGE_SIZE + 40, offset=3)  # two full pages + change
+    suffixes = [token_stream(model_dir, 5 + 3 * i, offset=50 + 17 * i) for i in range(6)]
+    return {
+        "parity": prompts,
+        # Seeds the radix cache with the shared prefix (whole pages are what it caches).
+        "prefix-seed": [shared + suffixes[0]],
+        "prefix-hits": [shared + s for s in suffixes[1:4]],
+        # Longer than chunked_prefill_size: prefilled in three chunks, each attending the last.
+        "chunked": [token_stream(model_dir, 2 * CHUNK + 60, offset=11)],
+        # One batch mixing a fresh chunked prompt, radix hits and short prompts.
+        "mixed": [
+            token_stream(model_dir, 2 * CHUNK + 30, offset=29),
+            shared + suffixes[4],
+            prompts[0],
+            shared + suffixes[5],
+            prompts[3],
+        ],
+    }
+
+
+def read_launch_log(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def fia_launches_per_layer(records: list[dict[str, Any]]) -> set[float]:
+    """Distinct FIA launches per layer over every logged forward (ideally exactly ``{1.0}``)."""
+    return {r["launches"].get("fused_infer_attention_score", 0) / r["num_layers"] for r in records}
