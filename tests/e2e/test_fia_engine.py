@@ -1,0 +1,110 @@
+"""The FIA backend through a real ``sglang.Engine`` on CPU: tiny Qwen2, fp32, page size 128.
+
+One engine with the plugin active (``ASCEND_USE_FIA=1``, ``--attention-backend ascend``) and one
+stock ``torch_native`` engine, started once for the module with the same arguments (chunked
+prefill 256, mixed chunks on), run the same workloads; HF transformers is the independent oracle.
+A test-only probe logs ``ops.launch_counts()`` per forward inside the plugin engine's scheduler.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from testbed.engine import EngineProcess, testbed_env
+from testbed.models import build_qwen2
+from testbed.oracle import hf_greedy
+
+from e2e.fia_common import (
+    CHUNK,
+    ENGINE_ARGS,
+    NEW_TOKENS,
+    PAGE_SIZE,
+    fia_launches_per_layer,
+    read_launch_log,
+    workloads,
+)
+
+pytestmark = pytest.mark.engine
+
+WORKLOADS = ("parity", "prefix-seed", "prefix-hits", "chunked", "mixed")
+
+
+def run_workloads(
+    model: Path, prompts: dict[str, list[list[int]]], launch_log: Path
+) -> dict[str, Any]:
+    """Every workload, in order, through the plugin engine, the torch_native engine and HF."""
+    runs: dict[str, Any] = {"fia": {}, "torch_native": {}, "meta": {}}
+    fia_env = testbed_env(ASCEND_USE_FIA="1", FIA_LAUNCH_LOG=str(launch_log))
+    with EngineProcess(model, env=fia_env, attention_backend="ascend", **ENGINE_ARGS) as engine:
+        for name, batch in prompts.items():
+            out = engine.generate(batch, NEW_TOKENS)
+            runs["fia"][name] = out["output_ids"]
+            runs["meta"][name] = out["meta"]
+    native_env = testbed_env(ASCEND_USE_FIA=None)
+    with EngineProcess(
+        model, env=native_env, attention_backend="torch_native", **ENGINE_ARGS
+    ) as engine:
+        for name, batch in prompts.items():
+            runs["torch_native"][name] = engine.generate(batch, NEW_TOKENS)["output_ids"]
+    runs["hf"] = {name: hf_greedy(model, batch, NEW_TOKENS) for name, batch in prompts.items()}
+    runs["launches"] = read_launch_log(launch_log)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def qwen2() -> Path:
+    return build_qwen2()
+
+
+@pytest.fixture(scope="module")
+def prompts(qwen2: Path) -> dict[str, list[list[int]]]:
+    return workloads(qwen2)
+
+
+@pytest.fixture(scope="module")
+def runs(
+    qwen2: Path, prompts: dict[str, list[list[int]]], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    return run_workloads(qwen2, prompts, tmp_path_factory.mktemp("fia") / "launches.jsonl")
+
+
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_tokens_match_hf_and_torch_native(runs: dict[str, Any], workload: str) -> None:
+    fia = runs["fia"][workload]
+    assert fia == runs["hf"][workload], f"{workload}: FIA backend differs from HF"
+    assert fia == runs["torch_native"][workload], f"{workload}: FIA differs from torch_native"
+    assert all(len(ids) == NEW_TOKENS for ids in fia)
+
+
+def test_parity_covers_at_least_eight_prompts(prompts: dict[str, list[list[int]]]) -> None:
+    assert len(prompts["parity"]) >= 8
+
+
+def test_prefix_workloads_hit_the_radix_cache(
+    runs: dict[str, Any], prompts: dict[str, list[list[int]]]
+) -> None:
+    """The prefix prompts really were served from cached pages (so the prefix was attended
+    from the paged cache, not recomputed)."""
+    hits = [m["cached_tokens"] for m in runs["meta"]["prefix-hits"]]
+    assert all(h >= 2 * PAGE_SIZE for h in hits), hits
+    mixed = [m["cached_tokens"] for m in runs["meta"]["mixed"]]
+    assert mixed[1] >= 2 * PAGE_SIZE and mixed[3] >= 2 * PAGE_SIZE, mixed
+    assert mixed[0] == 0, "the long prompt of the mixed batch must be a fresh chunked prefill"
+    assert len(prompts["chunked"][0]) > 2 * CHUNK and len(prompts["mixed"][0]) > 2 * CHUNK
+
+
+def test_one_fia_launch_per_layer_per_forward(runs: dict[str, Any]) -> None:
+    records = runs["launches"]
+    assert records, "the launch probe logged no forward"
+    assert fia_launches_per_layer(records) == {1.0}, [
+        r for r in records if r["launches"].get("fused_infer_attention_score") != r["num_layers"]
+    ][:5]
+    # Every shape sglang sent: prefill, chunked prefill mixed with decodes, decode, at many
+    # batch sizes; one launch per layer each time.
+    modes = Counter(r["mode"] for r in records)
+    assert {"EXTEND", "MIXED", "DECODE"} <= set(modes), modes
+    decode_batches = {r["batch_size"] for r in records if r["mode"] == "DECODE"}
+    assert max(decode_batches) >= 8 and len(decode_batches) >= 3, decode_batches
