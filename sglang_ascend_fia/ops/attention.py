@@ -525,11 +525,14 @@ def _tnd_rows(starts: tuple[int, ...] | None, width: int, total: int, device: An
 
 
 class _KVSource:
-    """Yields fp32 ``[B, Nkv, L, D]`` key/value chunks for KV positions ``[j0, j1)``.
+    """Reads fp32 ``[b1-b0, Nkv, L, D]`` key/value chunks: requests ``[b0, b1)``, positions
+    ``[j0, j1)``.
 
-    Paged caches are gathered by block id, so chunks are whole blocks; position j of request b
-    lives at ``cache[block_table[b, j // block_size], j % block_size]`` (doc). -1 entries past a
-    request's length are read as block 0 and masked out.
+    Paged caches are gathered by block id, so paged chunks are whole blocks; position j of
+    request b lives at ``cache[block_table[b, j // block_size], j % block_size]`` (doc). -1
+    entries past a request's length are read as block 0 and masked out. The gather and the fp32
+    conversion write into buffers reused across chunks: a chunk stays in cache from gather to
+    matmul, and nothing the size of the cache is ever allocated.
     """
 
     def __init__(
@@ -542,70 +545,84 @@ class _KVSource:
     ) -> None:
         self.plan = plan
         self.key, self.value, self.key_rope = key, value, key_rope
-        # MLA passes the latent cache as both key and value: gather it once.
-        self.shared_kv = value is key or (
-            value.data_ptr() == key.data_ptr()
-            and value.shape == key.shape
-            and value.stride() == key.stride()
+        # MLA passes the latent cache as both key and value: read it once.
+        self.shared_kv = plan.v_dim == plan.q_dim and (
+            value is key
+            or (
+                value.data_ptr() == key.data_ptr()
+                and value.shape == key.shape
+                and value.stride() == key.stride()
+            )
         )
-        # Positions to visit: the longest request, rounded up to whole blocks when paged.
-        longest = max(plan.kv_lens, default=0)
-        bs = plan.block_size if plan.paged else 1
-        self.kv_extent = -(-longest // bs) * bs
         self.block_ids: torch.Tensor | None = None
         self.rows: torch.Tensor | None = None
         if plan.paged:
             assert block_table is not None
             self.block_ids = _checked_block_ids(plan, block_table, key.size(0))
         elif plan.q_layout == "TND":
-            self.rows = _tnd_rows(plan.kv_starts, self.kv_extent, key.size(0), key.device)
+            self.rows = _tnd_rows(
+                plan.kv_starts, self.extent(0, plan.batch), key.size(0), key.device
+            )
+        self._buffers: dict[tuple[str, tuple[int, ...], torch.dtype], torch.Tensor] = {}
 
-    def chunk_len(self) -> int:
-        p = self.plan
-        per_token = p.batch * p.num_kv_heads * (p.q_dim + p.rope_dim + p.v_dim)
-        length = max(1, _KV_CHUNK_ELEMS // max(per_token, 1))
-        if p.paged:
-            length = max(p.block_size, length // p.block_size * p.block_size)
-        return length
+    def extent(self, b0: int, b1: int) -> int:
+        """Positions to visit for requests [b0, b1): the longest, in whole blocks when paged."""
+        longest = max(self.plan.kv_lens[b0:b1], default=0)
+        bs = self.plan.block_size if self.plan.paged else 1
+        return -(-longest // bs) * bs
 
-    def _read(self, t: torch.Tensor, j0: int, j1: int, dim: int) -> torch.Tensor:
+    def _buffer(self, tag: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        key = (tag, shape, dtype)
+        if key not in self._buffers:
+            self._buffers[key] = torch.empty(shape, dtype=dtype, device=self.key.device)
+        return self._buffers[key]
+
+    def _f32(self, tag: str, view: torch.Tensor) -> torch.Tensor:
+        """``view`` converted to a contiguous fp32 buffer (transposes are packed on the way)."""
+        return self._buffer(tag + "32", tuple(view.shape), torch.float32).copy_(view)
+
+    def _read(
+        self, tag: str, t: torch.Tensor, b0: int, b1: int, j0: int, j1: int, dim: int
+    ) -> torch.Tensor:
         p = self.plan
-        b, nkv, length = p.batch, p.num_kv_heads, j1 - j0
+        b, nkv, length = b1 - b0, p.num_kv_heads, j1 - j0
         if p.paged:
             assert self.block_ids is not None
             bs = p.block_size
-            ids = self.block_ids[:, j0 // bs : j1 // bs].reshape(-1)
-            blocks = t.index_select(0, ids)
-            if p.cache_4d:  # [B*nb, Nkv, bs, D] -> [B, Nkv, nb*bs, D]
-                nb = length // bs
-                return _f32(blocks.view(b, nb, nkv, bs, dim).transpose(1, 2)).view(
-                    b, nkv, length, dim
-                )
-            return _f32(blocks.view(b, length, nkv, dim).transpose(1, 2))
+            ids = self.block_ids[b0:b1, j0 // bs : j1 // bs].reshape(-1)
+            gathered = self._buffer(tag, (ids.numel(), *t.shape[1:]), t.dtype)
+            torch.index_select(t, 0, ids, out=gathered)
+            if p.cache_4d:  # [b*nb, Nkv, bs, D] -> [b, Nkv, nb, bs, D] -> [b, Nkv, L, D]
+                view = gathered.view(b, length // bs, nkv, bs, dim).transpose(1, 2)
+                return self._f32(tag, view).view(b, nkv, length, dim)
+            return self._f32(tag, gathered.view(b, length, nkv, dim).transpose(1, 2))
         if p.q_layout == "TND":
             assert self.rows is not None
-            rows = self.rows[:, j0:j1].reshape(-1)
-            return _f32(t.index_select(0, rows).view(b, length, nkv, dim).transpose(1, 2))
-        if p.q_layout == "BSH":
-            return _f32(t[:, j0:j1].view(b, length, nkv, dim).transpose(1, 2))
-        if p.q_layout == "BSND":
-            return _f32(t[:, j0:j1].transpose(1, 2))
-        return _f32(t[:, :, j0:j1])
+            rows = self.rows[b0:b1, j0:j1].reshape(-1)
+            view = t.index_select(0, rows).view(b, length, nkv, dim).transpose(1, 2)
+        elif p.q_layout == "BSH":
+            view = t[b0:b1, j0:j1].view(b, length, nkv, dim).transpose(1, 2)
+        elif p.q_layout == "BSND":
+            view = t[b0:b1, j0:j1].transpose(1, 2)
+        else:
+            view = t[b0:b1, :, j0:j1]
+        return self._f32(tag, view)
 
-    def read(self, j0: int, j1: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def read(self, b0: int, b1: int, j0: int, j1: int) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.plan
-        k = self._read(self.key, j0, j1, p.q_dim)
-        v = k if self.shared_kv and p.v_dim == p.q_dim else self._read(self.value, j0, j1, p.v_dim)
+        k = self._read("k", self.key, b0, b1, j0, j1, p.q_dim)
+        v = k if self.shared_kv else self._read("v", self.value, b0, b1, j0, j1, p.v_dim)
         if self.key_rope is not None:
-            k = torch.cat([k, self._read(self.key_rope, j0, j1, p.rope_dim)], dim=-1)
+            rope = self._read("r", self.key_rope, b0, b1, j0, j1, p.rope_dim)
+            k = torch.cat([k, rope], dim=-1)
         return k, v
 
 
 def _check_block_ids(
     kv_lens: Sequence[int], block_size: int, ids: torch.Tensor, num_blocks: int
 ) -> None:
-    """Every block slot a request's length reaches must hold a real block id (doc: ids are not
-    validated by the kernel, so a bad one reads garbage; the reference refuses instead)."""
+    """Every block slot a request's length reaches must hold a real block id (doc: the kernel
+    does not validate ids, so a bad one reads garbage; the reference refuses instead)."""
     needed = torch.tensor([-(-n // block_size) for n in kv_lens], dtype=torch.long)
     in_use = torch.arange(ids.size(1))[None, :] < needed[:, None]
     bad = in_use & ((ids < 0) | (ids >= num_blocks))
@@ -626,35 +643,49 @@ def _checked_block_ids(plan: _Plan, block_table: torch.Tensor, num_blocks: int) 
     return ids.clamp_(min=0).to(block_table.device)
 
 
-def _keep_mask(
-    plan: _Plan, atten_mask: torch.Tensor | None, i0: int, i1: int, j0: int, j1: int, device: Any
-) -> torch.Tensor:
-    """``[B, rows, cols]`` True where query row i of a request may attend KV position j."""
-    i = torch.arange(i0, i1, device=device)[None, :, None]
-    j = torch.arange(j0, j1, device=device)[None, None, :]
-    q_len = torch.tensor(plan.q_lens, device=device)[:, None, None]
-    kv_len = torch.tensor(plan.kv_lens, device=device)[:, None, None]
-    keep = (j < kv_len) & (i < q_len)
-    # Causal modes anchor on each request's own lengths: row i sees keys up to i + (kv - q).
-    diagonal = i + (kv_len - q_len)
-    if plan.mask_mode == "left_up":  # masked iff j > i
-        keep &= j <= i
-    elif plan.mask_mode == "right_down":  # masked iff j > i + (kv_len - q_len)
-        keep &= j <= diagonal
-    elif plan.mask_mode == "band":
-        # Band anchored at the bottom-right, both ends inclusive (inferred from "参数起点为右下角";
-        # rejected alternative: the top-left anchor of sparse_mode 0).
-        keep &= (j >= diagonal - plan.pre_tokens) & (j <= diagonal + plan.next_tokens)
-    elif plan.mask_mode == "dense":
-        assert atten_mask is not None
-        view = _dense_mask_view(
-            atten_mask, plan.batch, max(plan.q_lens), max(plan.kv_lens), prefill=plan.q_s > 1
-        )
-        part = view[:, i0:i1, j0:j1].to(device=device, dtype=torch.bool)
-        cols = part.size(2)
-        keep[..., :cols] &= ~part
-        keep[..., cols:] = False
-    return keep
+class _Masker:
+    """``[b, rows, cols]`` True where query row i of a request may attend KV position j."""
+
+    def __init__(self, plan: _Plan, atten_mask: torch.Tensor | None, device: Any) -> None:
+        self.plan, self.device = plan, device
+        self.q_len = torch.tensor(plan.q_lens, device=device)[:, None, None]
+        self.kv_len = torch.tensor(plan.kv_lens, device=device)[:, None, None]
+        self.dense: torch.Tensor | None = None
+        if plan.mask_mode == "dense":
+            assert atten_mask is not None
+            view = _dense_mask_view(
+                atten_mask, plan.batch, max(plan.q_lens), max(plan.kv_lens), prefill=plan.q_s > 1
+            )
+            self.dense = view.to(device=device, dtype=torch.bool)
+
+    def needed(self, b0: int, b1: int, i1: int, j1: int) -> bool:
+        """False when every row < i1 of requests [b0, b1) sees every position < j1."""
+        p = self.plan
+        return p.mask_mode != "none" or min(p.q_lens[b0:b1]) < i1 or min(p.kv_lens[b0:b1]) < j1
+
+    def keep(self, b0: int, b1: int, i0: int, i1: int, j0: int, j1: int) -> torch.Tensor:
+        p = self.plan
+        i = torch.arange(i0, i1, device=self.device)[None, :, None]
+        j = torch.arange(j0, j1, device=self.device)[None, None, :]
+        q_len, kv_len = self.q_len[b0:b1], self.kv_len[b0:b1]
+        keep = (j < kv_len) & (i < q_len)
+        # Causal modes anchor on each request's own lengths: row i's diagonal is i + (kv - q).
+        diagonal = i + (kv_len - q_len)
+        if p.mask_mode == "left_up":  # masked iff j > i
+            keep &= j <= i
+        elif p.mask_mode == "right_down":  # masked iff j > i + (kv_len - q_len)
+            keep &= j <= diagonal
+        elif p.mask_mode == "band":
+            # Band anchored at the bottom-right, both ends inclusive (inferred from
+            # "参数起点为右下角"; rejected alternative: the top-left anchor of sparse_mode 0).
+            keep &= (j >= diagonal - p.pre_tokens) & (j <= diagonal + p.next_tokens)
+        elif self.dense is not None:
+            dense = self.dense if self.dense.size(0) == 1 else self.dense[b0:b1]
+            part = dense[:, i0:i1, j0:j1]
+            cols = part.size(2)
+            keep[..., :cols] &= ~part
+            keep[..., cols:] = False
+        return keep
 
 
 def _attention(
@@ -670,8 +701,13 @@ def _attention(
     scale: float,
     sink: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Padded ``[B, N, S, Dv]`` output and ``[B, N, S]`` LSE in fp32."""
-    b, n, nkv, s = plan.batch, plan.num_heads, plan.num_kv_heads, plan.q_s
+    """Padded ``[B, N, S, Dv]`` output and ``[B, N, S]`` LSE in fp32.
+
+    Loops: request groups (so a chunk stays cache-sized at any batch), query-row chunks (bounds
+    the score tile in prefill), KV chunks with an online softmax (running max, denominator and
+    weighted sum, rescaled as larger logits arrive — the standard flash-attention recurrence).
+    """
+    b, n, nkv, s, dv = plan.batch, plan.num_heads, plan.num_kv_heads, plan.q_s, plan.v_dim
     g = n // nkv
     device = query.device
     q = _query_bnsd(plan, query, plan.q_dim)
@@ -681,55 +717,78 @@ def _attention(
     # (inferred; matches sglang's repeat_interleave fallback — rejected: h % nkv).
     q = (_f32(q) * scale).view(b, nkv, g, s, q.size(-1))
 
-    out = torch.zeros(b, nkv, g, s, plan.v_dim, dtype=torch.float32, device=device)
+    out = torch.zeros(b, nkv, g, s, dv, dtype=torch.float32, device=device)
     lse = torch.full((b, nkv, g, s), -math.inf, dtype=torch.float32, device=device)
     source = _KVSource(plan, key, value, key_rope, block_table)
-    kv_extent = source.kv_extent
-    if kv_extent == 0 and sink is None:
-        return out.view(b, n, s, plan.v_dim), lse.view(b, n, s)
-    kv_chunk = source.chunk_len()
-    rows_per_chunk = max(1, _SCORE_CHUNK_ELEMS // max(1, b * n * min(kv_chunk, kv_extent or 1)))
+    masker = _Masker(plan, atten_mask, device)
     sink_f = None if sink is None else sink.to(device=device, dtype=torch.float32).view(nkv, g, 1)
-    needs_mask_rows = plan.mask_mode != "none" or min(plan.q_lens, default=s) < s
 
-    for i0 in range(0, s, rows_per_chunk):
-        i1 = min(s, i0 + rows_per_chunk)
-        rows = i1 - i0
-        q_c = q[:, :, :, i0:i1].reshape(b, nkv, g * rows, -1)
-        # Online softmax state per (b, kv head, g*rows): running max, sum and weighted V.
-        if sink_f is None:
-            m = torch.full((b, nkv, g * rows, 1), -math.inf, device=device)
-            denom = torch.zeros(b, nkv, g * rows, 1, device=device)
-        else:
-            # A learnable sink is one extra logit per head that takes probability mass but adds
-            # no value (inferred from "吸收Attention Score"); seeding the state with it is exact.
-            m = sink_f.expand(nkv, g, rows).reshape(1, nkv, g * rows, 1).repeat(b, 1, 1, 1)
-            denom = torch.ones(b, nkv, g * rows, 1, device=device)
-        acc = torch.zeros(b, nkv, g * rows, plan.v_dim, device=device)
-        for j0 in range(0, kv_extent, kv_chunk):
-            j1 = min(kv_extent, j0 + kv_chunk)
-            k_c, v_c = source.read(j0, j1)
-            scores = torch.matmul(q_c, k_c.transpose(-1, -2))  # [B, Nkv, g*rows, L]
-            if needs_mask_rows or j1 > min(plan.kv_lens):
-                keep = _keep_mask(plan, atten_mask, i0, i1, j0, j1, device)
-                scores.view(b, nkv, g, rows, -1).masked_fill_(~keep[:, None, None], -math.inf)
-            m_new = torch.maximum(m, scores.amax(dim=-1, keepdim=True))
-            # Rows with nothing visible yet keep max -inf; use 0 there so exp() gives 0, not nan.
-            m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
-            p = scores.sub_(m_safe).exp_()
-            alpha = torch.exp(m - m_safe)
-            denom = denom * alpha + p.sum(dim=-1, keepdim=True)
-            acc = acc * alpha + torch.matmul(p, v_c)
-            m = m_new
-        # denom >= 1 wherever any logit was visible (the max contributes exp(0)); rows with none
-        # output 0 and LSE -inf (the reference's choice for fully masked rows, inferred).
-        visible = denom > 0
-        out[:, :, :, i0:i1] = torch.where(visible, acc / denom.clamp_min(1e-30), 0.0).view(
-            b, nkv, g, rows, plan.v_dim
-        )
-        lse_c = torch.where(visible, m + torch.log(denom.clamp_min(1e-30)), -math.inf)
-        lse[:, :, :, i0:i1] = lse_c.view(b, nkv, g, rows)
-    return out.view(b, n, s, plan.v_dim), lse.view(b, n, s)
+    per_token = nkv * (plan.q_dim + plan.rope_dim)  # gathered K elements per request and position
+    step = plan.block_size if plan.paged else 1
+    group = max(1, min(b, _KV_CHUNK_ELEMS // max(1, per_token * step)))
+    for b0 in range(0, b, group):
+        b1 = min(b, b0 + group)
+        extent = source.extent(b0, b1)
+        kv_chunk = max(step, _KV_CHUNK_ELEMS // max(1, (b1 - b0) * per_token) // step * step)
+        width = min(kv_chunk, max(extent, 1))
+        rows_per_chunk = max(1, _SCORE_CHUNK_ELEMS // ((b1 - b0) * n * width))
+        for i0 in range(0, s, rows_per_chunk):
+            i1 = min(s, i0 + rows_per_chunk)
+            o, m = _attend_rows(
+                q[b0:b1, :, :, i0:i1], source, masker, sink_f, b0, b1, i0, i1, extent, kv_chunk
+            )
+            out[b0:b1, :, :, i0:i1] = o
+            lse[b0:b1, :, :, i0:i1] = m
+    return out.view(b, n, s, dv), lse.view(b, n, s)
+
+
+def _attend_rows(
+    q: torch.Tensor,
+    source: _KVSource,
+    masker: _Masker,
+    sink: torch.Tensor | None,
+    b0: int,
+    b1: int,
+    i0: int,
+    i1: int,
+    extent: int,
+    kv_chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of query rows [i0, i1) of requests [b0, b1): fp32 ``[b, Nkv, g, rows, Dv]``
+    output and ``[b, Nkv, g, rows]`` LSE."""
+    bb, nkv, g, rows, _ = q.shape
+    dv = source.plan.v_dim
+    q = q.reshape(bb, nkv, g * rows, -1)
+    if sink is None:
+        m = torch.full((bb, nkv, g * rows, 1), -math.inf, device=q.device)
+        denom = torch.zeros(bb, nkv, g * rows, 1, device=q.device)
+    else:
+        # A learnable sink is one extra logit per head that takes probability mass but adds no
+        # value (inferred from "吸收Attention Score"); seeding the running state with it is exact.
+        m = sink.expand(nkv, g, rows).reshape(1, nkv, g * rows, 1).repeat(bb, 1, 1, 1)
+        denom = torch.ones(bb, nkv, g * rows, 1, device=q.device)
+    acc = torch.zeros(bb, nkv, g * rows, dv, device=q.device)
+    for j0 in range(0, extent, kv_chunk):
+        j1 = min(extent, j0 + kv_chunk)
+        k, v = source.read(b0, b1, j0, j1)
+        scores = torch.matmul(q, k.transpose(-1, -2))  # [b, Nkv, g*rows, L]
+        if masker.needed(b0, b1, i1, j1):
+            keep = masker.keep(b0, b1, i0, i1, j0, j1)
+            scores.view(bb, nkv, g, rows, -1).masked_fill_(~keep[:, None, None], -math.inf)
+        m_new = torch.maximum(m, scores.amax(dim=-1, keepdim=True))
+        # Rows with nothing visible yet keep max -inf; use 0 there so exp() gives 0, not nan.
+        m_safe = m_new.masked_fill(torch.isinf(m_new), 0.0)
+        p = scores.sub_(m_safe).exp_()
+        alpha = torch.exp(m - m_safe)
+        denom.mul_(alpha).add_(p.sum(dim=-1, keepdim=True))
+        acc.mul_(alpha).add_(torch.matmul(p, v))
+        m = m_new
+    # denom >= 1 wherever a logit was visible (the max contributes exp(0)); rows with none give
+    # output 0 and LSE -inf (the reference's choice for fully masked rows, inferred).
+    visible = denom > 0
+    out = torch.where(visible, acc / denom.clamp_min(1e-30), 0.0)
+    lse = torch.where(visible, m + torch.log(denom.clamp_min(1e-30)), -math.inf)
+    return out.view(bb, nkv, g, rows, dv), lse.view(bb, nkv, g, rows)
 
 
 def _to_output_layout(
