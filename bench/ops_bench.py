@@ -1,0 +1,104 @@
+"""Reference paged-decode attention throughput against this machine's memory bandwidth.
+
+Decode attention is memory bound: each step reads every cached K and V byte once. The figure is
+
+    ratio = (KV bytes read per second by the reference's paged decode)
+            / (bytes per second torch moves copying a buffer of the same size)
+
+both measured in the same run, so it compares like with like on whatever machine runs it. Shape:
+GQA 32 query heads / 4 KV heads, head_dim 128, page 128, bf16 cache, batch 16, KV length 2048
+and 8192 per request, shuffled block tables.
+
+``run()`` returns ``{"ops": {...}}``; ``ops.paged_decode_bw_ratio`` is the *worse* of the two
+lengths (the conservative figure). ``python -m bench.ops_bench`` prints the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from sglang_ascend_fia import ops
+
+BATCH, Q_HEADS, KV_HEADS, HEAD_DIM, PAGE = 16, 32, 4, 128, 128
+KV_LENGTHS = (2048, 8192)
+REPEATS = 7
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _median_pair(a: Callable[[], object], b: Callable[[], object]) -> tuple[float, float]:
+    """Median seconds of ``a`` and of ``b``, interleaved so drift hits both alike."""
+    a(), b()  # warm-up: allocator, thread pool, first-touch pages
+    times_a, times_b = [], []
+    for _ in range(REPEATS):
+        times_a.append(_timed(a))
+        times_b.append(_timed(b))
+    return statistics.median(times_a), statistics.median(times_b)
+
+
+def measure(kv_len: int, seed: int = 0) -> dict[str, float]:
+    g = torch.Generator().manual_seed(seed)
+    pages_per_seq = kv_len // PAGE
+    blocks = BATCH * pages_per_seq + 1
+    k_cache = torch.randn(blocks, PAGE, KV_HEADS * HEAD_DIM, generator=g).bfloat16()
+    v_cache = torch.randn(blocks, PAGE, KV_HEADS * HEAD_DIM, generator=g).bfloat16()
+    table = torch.randperm(blocks, generator=g)[: BATCH * pages_per_seq]
+    table = table.view(BATCH, pages_per_seq).int()
+    query = torch.randn(BATCH, 1, Q_HEADS, HEAD_DIM, generator=g).bfloat16()
+    lengths = [kv_len] * BATCH
+
+    def attention() -> object:
+        return ops.fused_infer_attention_score(
+            query,
+            k_cache,
+            v_cache,
+            num_heads=Q_HEADS,
+            num_key_value_heads=KV_HEADS,
+            input_layout="BSND",
+            scale=HEAD_DIM**-0.5,
+            block_table=table,
+            block_size=PAGE,
+            actual_seq_lengths_kv=lengths,
+        )
+
+    kv_bytes = 2 * BATCH * kv_len * KV_HEADS * HEAD_DIM * k_cache.element_size()
+    src = torch.empty(kv_bytes // 2, dtype=torch.bfloat16).normal_(generator=g)
+    dst = torch.empty_like(src)
+    t_attn, t_copy = _median_pair(attention, lambda: dst.copy_(src))
+    return {
+        "attention_ms": t_attn * 1e3,
+        "copy_ms": t_copy * 1e3,
+        "attention_gb_s": kv_bytes / t_attn / 1e9,
+        "copy_gb_s": kv_bytes / t_copy / 1e9,
+        "ratio": t_copy / t_attn,
+    }
+
+
+def run() -> dict[str, Any]:
+    per_length = {f"kv{n}": measure(n) for n in KV_LENGTHS}
+    ratios = [figures["ratio"] for figures in per_length.values()]
+    return {
+        "ops": {
+            "paged_decode_bw_ratio": min(ratios),  # the worse of the KV lengths
+            "paged_decode_bw_ratio_mean": statistics.fmean(ratios),
+            "paged_decode": per_length,
+            "paged_decode_shape": (
+                f"B={BATCH} q_heads={Q_HEADS} kv_heads={KV_HEADS} D={HEAD_DIM} page={PAGE} bf16, "
+                f"threads={torch.get_num_threads()}"
+            ),
+        }
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))
