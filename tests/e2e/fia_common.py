@@ -10,7 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from testbed.engine import EngineProcess, testbed_env
 from testbed.models import encode_prompts
+from testbed.oracle import hf_greedy
 
 NEW_TOKENS = 32
 PAGE_SIZE = 128  # the smallest page size FIA accepts for MHA/GQA prompts
@@ -61,3 +63,25 @@ def read_launch_log(path: Path) -> list[dict[str, Any]]:
 def fia_launches_per_layer(records: list[dict[str, Any]]) -> set[float]:
     """Distinct FIA launches per layer over every logged forward (ideally exactly ``{1.0}``)."""
     return {r["launches"].get("fused_infer_attention_score", 0) / r["num_layers"] for r in records}
+
+
+def run_workloads(
+    model: Path, prompts: dict[str, list[list[int]]], launch_log: Path
+) -> dict[str, Any]:
+    """Every workload, in order, through the plugin engine, the torch_native engine and HF."""
+    runs: dict[str, Any] = {"fia": {}, "torch_native": {}, "meta": {}}
+    fia_env = testbed_env(ASCEND_USE_FIA="1", FIA_LAUNCH_LOG=str(launch_log))
+    with EngineProcess(model, env=fia_env, attention_backend="ascend", **ENGINE_ARGS) as engine:
+        for name, batch in prompts.items():
+            out = engine.generate(batch, NEW_TOKENS)
+            runs["fia"][name] = out["output_ids"]
+            runs["meta"][name] = out["meta"]
+    native_env = testbed_env(ASCEND_USE_FIA=None)
+    with EngineProcess(
+        model, env=native_env, attention_backend="torch_native", **ENGINE_ARGS
+    ) as engine:
+        for name, batch in prompts.items():
+            runs["torch_native"][name] = engine.generate(batch, NEW_TOKENS)["output_ids"]
+    runs["hf"] = {name: hf_greedy(model, batch, NEW_TOKENS) for name, batch in prompts.items()}
+    runs["launches"] = read_launch_log(launch_log)
+    return runs

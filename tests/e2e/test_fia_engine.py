@@ -13,45 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testbed.engine import EngineProcess, testbed_env
 from testbed.models import build_qwen2
-from testbed.oracle import hf_greedy
 
 from e2e.fia_common import (
     CHUNK,
-    ENGINE_ARGS,
     NEW_TOKENS,
     PAGE_SIZE,
     fia_launches_per_layer,
-    read_launch_log,
+    run_workloads,
     workloads,
 )
 
 pytestmark = pytest.mark.engine
 
 WORKLOADS = ("parity", "prefix-seed", "prefix-hits", "chunked", "mixed")
-
-
-def run_workloads(
-    model: Path, prompts: dict[str, list[list[int]]], launch_log: Path
-) -> dict[str, Any]:
-    """Every workload, in order, through the plugin engine, the torch_native engine and HF."""
-    runs: dict[str, Any] = {"fia": {}, "torch_native": {}, "meta": {}}
-    fia_env = testbed_env(ASCEND_USE_FIA="1", FIA_LAUNCH_LOG=str(launch_log))
-    with EngineProcess(model, env=fia_env, attention_backend="ascend", **ENGINE_ARGS) as engine:
-        for name, batch in prompts.items():
-            out = engine.generate(batch, NEW_TOKENS)
-            runs["fia"][name] = out["output_ids"]
-            runs["meta"][name] = out["meta"]
-    native_env = testbed_env(ASCEND_USE_FIA=None)
-    with EngineProcess(
-        model, env=native_env, attention_backend="torch_native", **ENGINE_ARGS
-    ) as engine:
-        for name, batch in prompts.items():
-            runs["torch_native"][name] = engine.generate(batch, NEW_TOKENS)["output_ids"]
-    runs["hf"] = {name: hf_greedy(model, batch, NEW_TOKENS) for name, batch in prompts.items()}
-    runs["launches"] = read_launch_log(launch_log)
-    return runs
 
 
 @pytest.fixture(scope="module")
