@@ -34,7 +34,7 @@ test: $(STAMP) lint
 	$(RUN) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(RUN) -m sglang_ascend_fia.cli doctor
+	$(RUN) -m demo.run
 
 bench: $(STAMP)
 	$(RUN) -m bench.run

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.engine import EngineProcess, testbed_env
-from testbed.models import encode_prompts
+from testbed.models import encode_prompts, token_stream
 from testbed.oracle import hf_greedy
 
 NEW_TOKENS = 32
@@ -25,12 +25,6 @@ ENGINE_ARGS: dict[str, Any] = {
     "enable_mixed_chunk": True,  # a chunked prefill rides along with running decodes
     "max_running_requests": 16,
 }
-
-
-def token_stream(model_dir: Path, n: int, offset: int = 0) -> list[int]:
-    """``n`` real token ids from the test prompts, cycled; ``offset`` picks a different text."""
-    ids = [t for p in encode_prompts(model_dir) for t in p]
-    return [ids[(offset + i) % len(ids)] for i in range(n)]
 
 
 def workloads(model_dir: Path) -> dict[str, list[list[int]]]:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from testbed.engine import EngineProcess, start_error, testbed_env
-from testbed.models import build_qwen2, encode_prompts
+from testbed.models import build_qwen2, encode_prompts, token_stream
 from testbed.oracle import hf_greedy
 
-from e2e.fia_common import NEW_TOKENS, token_stream
+from e2e.fia_common import NEW_TOKENS
 from sglang_ascend_fia import ops
 
 pytestmark = pytest.mark.engine

@@ -208,3 +208,12 @@ def encode_prompts(model_dir: Path, prompts: list[str] | None = None) -> list[li
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return [tokenizer.encode(p) for p in (prompts or PROMPTS)]
+
+
+def token_stream(model_dir: Path, n: int, offset: int = 0) -> list[int]:
+    """``n`` real token ids from the test prompts, cycled; ``offset`` picks a different text.
+
+    Long prompts built this way share whole pages when they share a prefix, so a second request
+    is served from sglang's radix cache."""
+    ids = [t for p in encode_prompts(model_dir) for t in p]
+    return [ids[(offset + i) % len(ids)] for i in range(n)]

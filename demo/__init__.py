@@ -1,0 +1,1 @@
+"""``make demo``: the plugin generating through a real ``sglang.Engine`` on CPU (not shipped)."""

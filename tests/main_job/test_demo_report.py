@@ -1,0 +1,56 @@
+"""``make demo``'s verdict: any token mismatch or a forward with other than one FIA launch per
+layer must fail it (the generation itself is covered by the e2e engine tests)."""
+
+from __future__ import annotations
+
+from demo.run import Row, main, render
+
+TOKENS = list(range(10, 26))
+
+
+def rows(**changes: list[int]) -> list[Row]:
+    good = [
+        Row(5, 0, TOKENS, TOKENS, TOKENS),
+        Row(300, 256, TOKENS[::-1], TOKENS[::-1], TOKENS[::-1]),
+    ]
+    for field, value in changes.items():
+        setattr(good[1], field, value)
+    return good
+
+
+def test_all_matching_passes() -> None:
+    text, ok = render(rows(), {1.0}, {"plugin generate": 1.5})
+    assert ok
+    assert "✗" not in text
+    assert "all tokens match" in text
+    assert "plugin generate 1.50s" in text
+    assert " 256 " in text  # the cached-token column
+
+
+def test_hf_mismatch_fails() -> None:
+    text, ok = render(rows(hf=[*TOKENS[:-1], 0]), {1.0}, {})
+    assert not ok
+    assert "MISMATCH" in text
+    line = text.splitlines()[2]
+    assert line.rstrip().endswith("✗     ✓"), line
+
+
+def test_stock_mismatch_fails() -> None:
+    text, ok = render(rows(stock=[0, *TOKENS[1:]]), {1.0}, {})
+    assert not ok
+    assert text.splitlines()[2].rstrip().endswith("✓     ✗")
+
+
+def test_extra_launches_fail() -> None:
+    text, ok = render(rows(), {1.0, 2.0}, {})
+    assert not ok
+    assert "[1.0, 2.0] ✗" in text
+
+
+def test_no_arguments_accepted(capsys) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--fast"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --fast" in capsys.readouterr().err
