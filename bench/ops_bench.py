@@ -11,6 +11,13 @@ and 8192 per request, shuffled block tables.
 
 ``run()`` returns ``{"ops": {...}}``; ``ops.paged_decode_bw_ratio`` is the *worse* of the two
 lengths (the conservative figure). ``python -m bench.ops_bench`` prints the figures.
+
+For context the same run also times the fp32 compute floor: plain ``matmul -> softmax -> matmul``
+over K/V that are already fp32, contiguous and unpaged (no gather, no conversion, no masking).
+The reference computes in fp32 (so its result does not depend on reduced-precision GEMM
+rounding), and on a CPU without a fast fp32 path that floor, not memory bandwidth, bounds it:
+``fp32_floor_ratio`` is the ratio the floor itself reaches, and ``reference_vs_floor`` how close
+the reference comes to it (1.0 = no overhead beyond the matmuls).
 """
 
 from __future__ import annotations
@@ -75,12 +82,26 @@ def measure(kv_len: int, seed: int = 0) -> dict[str, float]:
     src = torch.empty(kv_bytes // 2, dtype=torch.bfloat16).normal_(generator=g)
     dst = torch.empty_like(src)
     t_attn, t_copy = _median_pair(attention, lambda: dst.copy_(src))
+
+    # The fp32 floor: the same attention with K/V already gathered, fp32 and contiguous.
+    dense_k = torch.randn(BATCH, KV_HEADS, kv_len, HEAD_DIM, generator=g)
+    dense_v = torch.randn(BATCH, KV_HEADS, kv_len, HEAD_DIM, generator=g)
+    q32 = query.float().view(BATCH, KV_HEADS, Q_HEADS // KV_HEADS, HEAD_DIM)
+
+    def floor() -> object:
+        scores = torch.matmul(q32, dense_k.transpose(-1, -2)).mul_(HEAD_DIM**-0.5)
+        return torch.matmul(scores.softmax(dim=-1), dense_v)
+
+    t_floor, t_copy2 = _median_pair(floor, lambda: dst.copy_(src))
     return {
         "attention_ms": t_attn * 1e3,
         "copy_ms": t_copy * 1e3,
         "attention_gb_s": kv_bytes / t_attn / 1e9,
         "copy_gb_s": kv_bytes / t_copy / 1e9,
         "ratio": t_copy / t_attn,
+        "fp32_floor_ms": t_floor * 1e3,
+        "fp32_floor_ratio": t_copy2 / t_floor,
+        "reference_vs_floor": t_floor / t_attn,
     }
 
 
@@ -91,6 +112,9 @@ def run() -> dict[str, Any]:
         "ops": {
             "paged_decode_bw_ratio": min(ratios),  # the worse of the KV lengths
             "paged_decode_bw_ratio_mean": statistics.fmean(ratios),
+            "paged_decode_fp32_floor_ratio": min(
+                f["fp32_floor_ratio"] for f in per_length.values()
+            ),
             "paged_decode": per_length,
             "paged_decode_shape": (
                 f"B={BATCH} q_heads={Q_HEADS} kv_heads={KV_HEADS} D={HEAD_DIM} page={PAGE} bf16, "
