@@ -6,7 +6,8 @@ value stops sglang from starting, with one line that names the variable, the val
 accepted spellings.
 
 The accepted spellings are exactly sglang's (``1``/``true``/``0``/``false``, any case), so the
-plugin and any in-tree code that reads the same variable always agree on its meaning.
+plugin and any in-tree code that reads the same variable always agree on its meaning. An empty
+value is refused too: sglang's reader also finds it unrecognised (it warns and reads false).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ _SYNONYMS = {
 }
 
 
-class ToggleError(SystemExit):
-    """An invalid ``ASCEND_USE_FIA``.
+class StartupError(SystemExit):
+    """A reason the plugin refuses to let sglang start, carried as one line of text.
 
     A ``SystemExit`` on purpose: sglang's ``load_plugins()`` logs and swallows every
     ``Exception`` a plugin raises (``sglang/srt/plugins/__init__.py:135-136``), which would let
@@ -55,6 +56,14 @@ class ToggleError(SystemExit):
         return self.message
 
 
+class ToggleError(StartupError):
+    """An invalid ``ASCEND_USE_FIA``."""
+
+    def __init__(self, message: str, raw: str | None = None) -> None:
+        super().__init__(message)
+        self.raw = raw  # the refused value, for doctor's report
+
+
 def _suggestion(lowered: str) -> str | None:
     if lowered in _SYNONYMS:
         return _SYNONYMS[lowered]
@@ -63,12 +72,14 @@ def _suggestion(lowered: str) -> str | None:
 
 
 def parse_toggle(raw: str | None) -> bool:
-    """Parse a value of ``ASCEND_USE_FIA``; ``None`` (unset) and ``""`` mean off.
+    """Parse a value of ``ASCEND_USE_FIA``; ``None`` (unset) means off.
 
-    An empty value counts as unset because ``export ASCEND_USE_FIA=`` is how shells clear a
-    variable, and sglang's in-tree reader also treats it as off.
+    An empty (or blank) value is refused rather than read as off: ``ASCEND_USE_FIA=`` is as
+    likely a half-written ``ASCEND_USE_FIA=1`` as a request to disable, and unsetting the
+    variable says "off" unambiguously. Rejected alternative: treating ``""`` as unset, which
+    silently runs stock sglang.
     """
-    if raw is None or raw == "":
+    if raw is None:
         return False
     lowered = raw.lower()
     if lowered in _TRUE:
@@ -76,10 +87,13 @@ def parse_toggle(raw: str | None) -> bool:
     if lowered in _FALSE:
         return False
     message = f"{TOGGLE_ENV}={raw!r} is not a boolean; use 1/true or 0/false"
-    hint = _suggestion(lowered.strip())
-    if hint is not None:
-        message += f" (did you mean {hint!r}?)"
-    raise ToggleError(message)
+    if not lowered.strip():
+        message += " (unset it to disable)"
+    else:
+        hint = _suggestion(lowered.strip())
+        if hint is not None:
+            message += f" (did you mean {hint!r}?)"
+    raise ToggleError(message, raw)
 
 
 @dataclass(frozen=True)

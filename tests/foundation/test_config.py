@@ -15,7 +15,7 @@ def test_on_spellings(raw: str) -> None:
     assert config.parse_toggle(raw) is True
 
 
-@pytest.mark.parametrize("raw", [None, "", "0", "false", "FALSE", "False", "fAlSe"])
+@pytest.mark.parametrize("raw", [None, "0", "false", "FALSE", "False", "fAlSe"])
 def test_off_spellings(raw: str | None) -> None:
     assert config.parse_toggle(raw) is False
 
@@ -36,6 +36,10 @@ BAD_VALUES = [
     ("true ", "did you mean 'true'?"),
     ("enable_fia", None),
     ("'true'", "did you mean 'true'?"),
+    # Empty or blank is refused, not read as off: unsetting the variable is the way to disable.
+    ("", "unset it to disable"),
+    (" ", "unset it to disable"),
+    ("\t", "unset it to disable"),
 ]
 
 
@@ -51,12 +55,42 @@ def test_bad_values_are_refused_with_one_clear_line(raw: str, hint: str | None) 
     else:
         assert message == f"{expected} ({hint})"
     assert "\n" not in message
+    assert info.value.raw == raw  # doctor reports the refused value
+
+
+def test_documented_examples_verbatim() -> None:
+    """The two messages users see in the docs, character for character."""
+    with pytest.raises(config.ToggleError) as typo:
+        config.parse_toggle("ture")
+    assert str(typo.value) == (
+        "ASCEND_USE_FIA='ture' is not a boolean; use 1/true or 0/false (did you mean 'true'?)"
+    )
+    with pytest.raises(config.ToggleError) as empty:
+        config.parse_toggle("")
+    assert str(empty.value) == (
+        "ASCEND_USE_FIA='' is not a boolean; use 1/true or 0/false (unset it to disable)"
+    )
+
+
+def test_empty_toggle_stops_the_process() -> None:
+    """``export ASCEND_USE_FIA=`` ends the process with status 1 and the one line."""
+    code = "from sglang_ascend_fia import plugin\nplugin.activate()\nprint('RAN')\n"
+    env = {**_env(), "ASCEND_USE_FIA": ""}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert "RAN" not in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "ASCEND_USE_FIA='' is not a boolean; use 1/true or 0/false (unset it to disable)"
+    )
 
 
 def test_toggle_error_escapes_except_exception() -> None:
     """sglang's load_plugins() swallows Exception; the toggle error must not be one."""
     assert not issubclass(config.ToggleError, Exception)
     assert issubclass(config.ToggleError, SystemExit)
+    with pytest.raises(SystemExit) as info:
+        config.parse_toggle("ture")
+    assert info.value.code == info.value.message  # printed by the interpreter, exit status 1
 
 
 def test_read_once_per_process() -> None:
