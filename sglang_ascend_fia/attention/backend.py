@@ -40,6 +40,15 @@ logger = logging.getLogger(__name__)
 _SPARSE_RIGHT_DOWN_CAUSAL = 3
 
 
+# Query/KV dtypes the FIA kernel documents for float attention.
+_NPU_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _device_type(device: object) -> str:
+    # A string compare: torch.device("npu") itself fails where torch_npu is not imported.
+    return str(device).split(":", 1)[0]
+
+
 class UnsupportedConfiguration(ValueError):
     """Startup-time refusal: this backend cannot serve the requested configuration."""
 
@@ -95,7 +104,7 @@ class AscendFIABackend(AttentionBackend):
         self.kv_cache_dtype = model_runner.kv_cache_dtype
         from sglang.srt.runtime_context import get_parallel
 
-        self._validate_shapes(
+        self._validate_configuration(
             model_runner.model_config.get_num_attention_heads(get_parallel().attn_tp_size)
         )
         self.mask_template = torch.triu(
@@ -116,7 +125,7 @@ class AscendFIABackend(AttentionBackend):
             self.head_dim,
         )
 
-    def _validate_shapes(self, q_heads: int) -> None:
+    def _validate_configuration(self, q_heads: int) -> None:
         """Refuse at startup what FIA would reject in kernel tiling (notes §2.4, §3.1)."""
         problems: list[str] = []
         try:
@@ -128,6 +137,13 @@ class AscendFIABackend(AttentionBackend):
             problems.append(
                 f"{q_heads} query heads over {self.kv_heads} KV heads is not a GQA ratio FIA "
                 f"takes (an integer <= {MAX_GQA_RATIO})"
+            )
+        if _device_type(self.device) == "npu" and self.data_type not in _NPU_DTYPES:
+            # The reference ops also take fp32 (the CPU test bed compares against HF in fp32);
+            # FIA itself does not, so refuse here instead of in the first forward.
+            problems.append(
+                f"--dtype {str(self.data_type).removeprefix('torch.')} is not a dtype FIA takes "
+                "on an NPU (use bfloat16 or float16)"
             )
         for dim in {self.head_dim, self.v_head_dim}:
             if self.kv_heads * dim > MAX_3D_CACHE_HIDDEN:

@@ -345,3 +345,21 @@ def test_gqa_ratio_above_fia_limit_refused(monkeypatch: pytest.MonkeyPatch) -> N
     pool = make_pool("npu-fia", shape, 128, 8, monkeypatch)
     with pytest.raises(UnsupportedConfiguration, match="GQA ratio"):
         AscendFIABackend(make_runner(pool, shape, 128))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_float32_refused_on_an_npu(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32 runs on the reference ops only; on an NPU it is refused before anything allocates
+    there (no NPU is needed: the refusal comes first)."""
+    pool = make_pool("npu-fia", TINY, 128, 8, monkeypatch)
+    runner = make_runner(pool, TINY, 128, device="npu:0", dtype=dtype)
+    with pytest.raises(UnsupportedConfiguration, match="is not a dtype FIA takes on an NPU"):
+        AscendFIABackend(runner)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_any_float_dtype_runs_on_the_reference(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = make_pool("npu-fia", TINY, 128, 8, monkeypatch)
+    assert AscendFIABackend(make_runner(pool, TINY, 128, dtype=dtype)).data_type == dtype
