@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from sglang_ascend_fia import config, plugin
+from sglang_ascend_fia.manifest import ManifestError
 
 
 def _version(dist: str) -> str:
@@ -40,16 +41,29 @@ def _device() -> str:
 
 
 def _exercise_targets() -> None:
-    """Import each patched module so its hooks fire, recording import failures as skips."""
-    for status in plugin.status():
-        if status.state != "pending":
-            continue
+    """Import each patched module so its hooks fire, as sglang would, and record why not."""
+    pending = dict.fromkeys(s.entry.module for s in plugin.status() if s.state == "pending")
+    for module in pending:
         try:
-            importlib.import_module(status.entry.module)
+            importlib.import_module(module)
         except ImportError as exc:
-            plugin.mark_unimportable(status.entry.module, f"cannot import here: {exc}")
-        except Exception:
-            pass  # a failing hook has already recorded itself as failed
+            # e.g. a module that needs torch_npu on a CPU host: sglang would not load it either.
+            plugin.mark_unimportable(module, f"cannot import here: {exc}")
+        except Exception as exc:
+            # sglang would crash on this import too (e.g. a broken torchvision); a hook that
+            # raised has already recorded its own failure, which this leaves as it is.
+            plugin.mark_import_failed(module, exc)
+
+
+def _patch_rows(reason_if_inactive: str) -> list[dict[str, str]]:
+    return [
+        {
+            **_entry_fields(s.entry),
+            "status": s.state,
+            "reason": reason_if_inactive if s.state == "inactive" else s.reason,
+        }
+        for s in plugin.status()
+    ]
 
 
 def collect() -> dict[str, Any]:
@@ -65,28 +79,32 @@ def collect() -> dict[str, Any]:
     try:
         settings = config.resolve()
     except config.ToggleError as exc:
-        report["toggle"] = {"value": None, "error": exc.message}
-        report["patches"] = [
-            {**_entry_fields(s.entry), "status": "inactive", "reason": "invalid toggle"}
-            for s in plugin.status()
-        ]
-        return report
-    report["toggle"] = {
-        "env": config.TOGGLE_ENV,
-        "raw": settings.raw_toggle,
-        "value": settings.use_fia,
-    }
-    if settings.use_fia:
-        plugin.activate()
-        _exercise_targets()
-    report["patches"] = [
-        {
-            **_entry_fields(s.entry),
-            "status": s.state,
-            "reason": "ASCEND_USE_FIA is off" if s.state == "inactive" else s.reason,
+        report["toggle"] = {
+            "env": config.TOGGLE_ENV,
+            "raw": exc.raw,
+            "value": None,
+            "error": exc.message,
         }
-        for s in plugin.status()
-    ]
+        reason = "invalid toggle"
+    else:
+        report["toggle"] = {
+            "env": config.TOGGLE_ENV,
+            "raw": settings.raw_toggle,
+            "value": settings.use_fia,
+        }
+        reason = f"{config.TOGGLE_ENV} is off"
+    try:
+        if report["toggle"]["value"]:
+            plugin.activate()
+            _exercise_targets()
+        report["patches"] = _patch_rows(reason)
+    except (plugin.ActivationError, ManifestError) as exc:
+        # What sglang would stop on; report it instead of a traceback.
+        report["error"] = str(exc)
+        try:
+            report["patches"] = _patch_rows(reason)
+        except ManifestError:
+            report["patches"] = []  # the manifest itself is what is broken
     return report
 
 
@@ -105,6 +123,8 @@ def _print_report(report: dict[str, Any]) -> None:
     for name, version in report["versions"].items():
         print(f"  {name:<18} {version}")
     print(f"  {'device':<18} {report['device']}")
+    if "error" in report:
+        print(f"  {'ERROR':<18} {report['error']}")
     toggle = report["toggle"]
     if "error" in toggle:
         print(f"  {'ASCEND_USE_FIA':<18} INVALID: {toggle['error']}")
@@ -126,7 +146,11 @@ def doctor(as_json: bool) -> int:
         print(json.dumps(report, indent=2))
     else:
         _print_report(report)
-    bad = "error" in report["toggle"] or any(p["status"] == "failed" for p in report["patches"])
+    bad = (
+        "error" in report
+        or "error" in report["toggle"]
+        or any(p["status"] == "failed" for p in report["patches"])
+    )
     return 1 if bad else 0
 
 

@@ -170,9 +170,15 @@ def load_file(path: Path) -> list[PatchEntry]:
 def load_manifest(directory: Path | None = None) -> list[PatchEntry]:
     """Every entry of every ``*.toml`` file in ``directory``, in file then entry order."""
     directory = directory if directory is not None else default_directory()
+    if not directory.is_dir():
+        raise ManifestError(f"patch manifest directory {directory} does not exist")
+    paths = sorted(directory.glob("*.toml"))
+    if not paths:
+        # An empty manifest would "activate" and patch nothing: a broken install, not a choice.
+        raise ManifestError(f"patch manifest directory {directory} holds no *.toml file")
     entries: list[PatchEntry] = []
     modules: dict[str, str] = {}
-    for path in sorted(directory.glob("*.toml")):
+    for path in paths:
         file_entries = load_file(path)
         module = file_entries[0].module
         if module in modules:

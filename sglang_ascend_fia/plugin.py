@@ -41,8 +41,15 @@ class PatchStatus:
     reason: str = ""
 
 
+class ActivationError(config.StartupError):
+    """The plugin cannot load: the manifest is missing or malformed, or a hook raised while
+    ``activate()`` applied it to an already-imported module. Fatal, like an invalid toggle:
+    sglang must not run stock when the user asked for FIA."""
+
+
 _lock = threading.RLock()
-_active = False
+_active = False  # True only once activate() has fully succeeded
+_activating = False  # hooks may fire inside activate(), before _active is set
 _manifest_dir: Path | None = None  # tests point this at fixture manifests
 _entries: list[PatchEntry] = []
 _applied: dict[str, AppliedPatch] = {}
@@ -97,12 +104,17 @@ def _skip(entry: PatchEntry, reason: str) -> None:
     _status[entry.name] = PatchStatus(entry, "skipped", reason)
 
 
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line, for statuses and the fatal message."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
 def _on_import(module: ModuleType) -> None:
     """The post-import hook: patch every pending entry that targets ``module``."""
     from sglang_ascend_fia import patcher
 
     with _lock:
-        if not _active:
+        if not (_active or _activating):
             # wrapt cannot unregister a post-import hook; after deactivate() it must do nothing.
             return
         for entry in _entries:
@@ -116,8 +128,13 @@ def _on_import(module: ModuleType) -> None:
                 _skip(entry, str(exc))
                 continue
             except Exception as exc:
-                # A broken hook is our bug: fail loudly instead of running half-patched.
-                _status[entry.name] = PatchStatus(entry, "failed", f"{type(exc).__name__}: {exc}")
+                # A broken hook is our bug: fail loudly instead of running half-patched. On a
+                # lazy import the error propagates from sglang's import statement; inside
+                # activate() it becomes an ActivationError.
+                _status[entry.name] = PatchStatus(entry, "failed", _one_line(exc))
+                # wrapt has dropped its hook for this module once it fired, so a later
+                # activate() must register it again.
+                _hooked_modules.discard(module.__name__)
                 logger.error("sglang-ascend-fia: patch %s failed: %s", entry.name, exc)
                 raise
             _status[entry.name] = PatchStatus(entry, "applied")
@@ -127,23 +144,23 @@ def _on_import(module: ModuleType) -> None:
 def activate() -> None:
     """Entry point for sglang's plugin loader. Idempotent.
 
-    Raises :class:`config.ToggleError` (a ``SystemExit``) on an invalid ``ASCEND_USE_FIA``.
+    Raises :class:`config.ToggleError` on an invalid ``ASCEND_USE_FIA`` and
+    :class:`ActivationError` when the manifest cannot be loaded or a hook fails on an
+    already-imported module; both are ``SystemExit``, so sglang stops instead of running stock.
     """
-    global _active, _entries
+    global _active, _activating, _entries
     settings = config.resolve()
     with _lock:
         if not settings.use_fia or _active:
             return
         import wrapt
 
-        from sglang_ascend_fia.manifest import load_manifest
-
-        _active = True
-        _entries = load_manifest(_manifest_dir)
+        _entries = _load_entries()
         version = sglang_version()
         _status.clear()
         for entry in _entries:
-            if entry.name in _applied:
+            if entry.name in _applied:  # left installed by an activation that failed later
+                _status[entry.name] = PatchStatus(entry, "applied")
                 continue
             reason = _skip_reason(entry, version)
             if reason is not None:
@@ -151,13 +168,20 @@ def activate() -> None:
             else:
                 _status[entry.name] = PatchStatus(entry, "pending")
         modules = {e.module for e in _entries if _status[e.name].state == "pending"}
-        for module in sorted(modules):
-            if module in _hooked_modules and module in sys.modules:
-                _on_import(sys.modules[module])  # re-activation: the hook already fired
-            elif module not in _hooked_modules:
-                _hooked_modules.add(module)
-                # Runs _on_import at once if the module is already imported.
-                wrapt.register_post_import_hook(_on_import, module)
+        _activating = True
+        try:
+            for module in sorted(modules):
+                if module in _hooked_modules and module in sys.modules:
+                    _on_import(sys.modules[module])  # re-activation: the hook already fired
+                elif module not in _hooked_modules:
+                    _hooked_modules.add(module)
+                    # Runs _on_import at once if the module is already imported.
+                    wrapt.register_post_import_hook(_on_import, module)
+        except Exception as exc:
+            raise ActivationError(_hook_failure_message(exc)) from exc
+        finally:
+            _activating = False
+        _active = True
         registered = sum(1 for s in _status.values() if s.state != "skipped")
         logger.info(
             "sglang-ascend-fia: %s; %d of %d patch(es) registered for sglang %s",
@@ -166,6 +190,35 @@ def activate() -> None:
             len(_entries),
             version,
         )
+
+
+def _load_entries() -> list[PatchEntry]:
+    from sglang_ascend_fia.manifest import ManifestError, default_directory, load_manifest
+
+    def fatal(exc: Exception, where: str) -> ActivationError:
+        cause = " ".join(str(exc).split())
+        return ActivationError(f"sglang-ascend-fia: cannot load the patch manifest{where}: {cause}")
+
+    try:
+        directory = _manifest_dir if _manifest_dir is not None else default_directory()
+    except ManifestError as exc:  # its message names both places it looked
+        raise fatal(exc, "") from exc
+    try:
+        return load_manifest(directory)
+    except (ManifestError, OSError, UnicodeDecodeError) as exc:
+        # ManifestError names the file and key; the directory says which install it was.
+        raise fatal(exc, f" in {directory}") from exc
+
+
+def _hook_failure_message(exc: Exception) -> str:
+    failed = [s for s in _status.values() if s.state == "failed"]
+    if not failed:  # raised outside a hook (e.g. by wrapt itself)
+        return f"sglang-ascend-fia: activation failed: {_one_line(exc)}"
+    entry = failed[0].entry
+    return (
+        f"sglang-ascend-fia: patch {entry.name} ({entry.source}) failed on "
+        f"{entry.qualified_target}: {failed[0].reason}"
+    )
 
 
 def deactivate() -> None:
@@ -179,12 +232,27 @@ def deactivate() -> None:
 
 
 def mark_unimportable(module: str, reason: str) -> None:
-    """Record that ``module`` cannot be imported in this process (e.g. it needs ``torch_npu``):
-    its pending entries can never apply here. Used by ``doctor``."""
+    """Record that ``module`` cannot be imported in this process (an ``ImportError``, e.g. it
+    needs ``torch_npu``): its pending entries are ``skipped``. Used by ``doctor``."""
+    _mark_pending(module, "skipped", reason)
+
+
+def mark_import_failed(module: str, error: BaseException) -> None:
+    """Record that importing ``module`` raised ``error`` (not an ``ImportError``): its pending
+    entries are ``failed``, since sglang itself would fail the same way. Used by ``doctor``."""
+    _mark_pending(module, "failed", _one_line(error))
+
+
+def _mark_pending(module: str, state: State, reason: str) -> None:
     with _lock:
-        for entry in _entries:
-            if entry.module == module and _status[entry.name].state == "pending":
-                _status[entry.name] = PatchStatus(entry, "skipped", reason)
+        mine = [e for e in _entries if e.module == module]
+        hook_failed = next((e for e in mine if _status[e.name].state == "failed"), None)
+        if hook_failed is not None:
+            # The import failed because of that hook, not because of the others or of sglang.
+            state, reason = "failed", f"not applied: patch {hook_failed.name} failed first"
+        for entry in mine:
+            if _status[entry.name].state == "pending":  # a failed hook keeps its own reason
+                _status[entry.name] = PatchStatus(entry, state, reason)
 
 
 def is_active() -> bool:
@@ -196,7 +264,7 @@ def status() -> list[PatchStatus]:
     from sglang_ascend_fia.manifest import load_manifest
 
     with _lock:
-        if not _active:
-            entries = load_manifest(_manifest_dir)
-            return [PatchStatus(e, "inactive", "plugin not active") for e in entries]
-        return [_status[e.name] for e in _entries]
+        if _status:  # active, or an activation that failed part-way (see activate())
+            return [_status[e.name] for e in _entries]
+        entries = load_manifest(_manifest_dir)
+        return [PatchStatus(e, "inactive", "plugin not active") for e in entries]

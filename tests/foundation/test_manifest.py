@@ -6,12 +6,13 @@ import ast
 import importlib
 import logging
 import pkgutil
+import re
 from pathlib import Path
 
 import pytest
 
 import sglang_ascend_fia
-from sglang_ascend_fia import config, plugin
+from sglang_ascend_fia import plugin
 from sglang_ascend_fia.manifest import ManifestError, load_file, load_manifest
 from sglang_ascend_fia.patcher import load_hook, resolve_container
 
@@ -37,6 +38,13 @@ def test_every_hook_exists_and_lives_in_the_plugin(entry) -> None:  # type: igno
     assert callable(load_hook(entry))
 
 
+def _by_manifest() -> dict[str, set[str]]:
+    by_manifest: dict[str, set[str]] = {}
+    for entry in ENTRIES:
+        by_manifest.setdefault(entry.hook_module, set()).add(entry.name)
+    return by_manifest
+
+
 def test_every_hook_module_is_named_by_the_manifest() -> None:
     """A module declares the entries it serves in ``__sglang_patches__``; both sides must agree."""
     declared: dict[str, set[str]] = {}
@@ -45,10 +53,59 @@ def test_every_hook_module_is_named_by_the_manifest() -> None:
         names = getattr(module, "__sglang_patches__", None)
         if names is not None:
             declared[name] = set(names)
-    by_manifest: dict[str, set[str]] = {}
-    for entry in ENTRIES:
-        by_manifest.setdefault(entry.hook_module, set()).add(entry.name)
-    assert declared == by_manifest
+    assert declared == _by_manifest()
+
+
+PACKAGE_DIR = Path(sglang_ascend_fia.__file__).resolve().parent
+WRAPPER_ARGS = ["wrapped", "instance", "args", "kwargs"]
+HOOK_REF = re.compile(r"\b(sglang_ascend_fia(?:\.\w+)+):\w+")
+
+
+def _hook_like_modules(package_dir: Path = PACKAGE_DIR) -> dict[str, list[str]]:
+    """Modules that look like they hold hooks, read from the source without importing it:
+    a function with wrapt's wrapper signature, or a ``sglang_ascend_fia.x:attr`` reference."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        parts = path.relative_to(package_dir.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                params = [a.arg for a in node.args.posonlyargs + node.args.args]
+                if params in (WRAPPER_ARGS, ["self", *WRAPPER_ARGS]):
+                    found.setdefault(module, []).append(f"{path.name}: def {node.name}")
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                for match in HOOK_REF.finditer(node.value):
+                    found.setdefault(match[1], []).append(f"{path.name}: {match[0]!r}")
+    return found
+
+
+def test_no_hook_module_escapes_the_manifest() -> None:
+    """A hook module that forgot ``__sglang_patches__`` is still caught by what it contains."""
+    found = _hook_like_modules()
+    # The scan must see the real hook, or it proves nothing.
+    assert "sglang_ascend_fia.attention.registry" in found
+    unlisted = {m: why for m, why in found.items() if m not in _by_manifest()}
+    assert not unlisted, f"hook-like code outside the manifest's hook modules: {unlisted}"
+
+
+def test_hook_scan_catches_undeclared_hooks(tmp_path: Path) -> None:
+    """The scan itself, on a fixture package: a wrapper-shaped function and a hook reference in
+    modules that declare nothing are both reported."""
+    package = tmp_path / "sglang_ascend_fia"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "sneaky.py").write_text(
+        "def sneaky(\n    wrapped, instance, args, kwargs\n):\n    return wrapped(*args)\n"
+    )
+    (package / "notes.py").write_text('HOOK = "sglang_ascend_fia.elsewhere:create"\n')
+    (package / "plain.py").write_text("def call(wrapped, args):\n    return wrapped(*args)\n")
+    found = _hook_like_modules(package)
+    assert found == {
+        "sglang_ascend_fia.sub.sneaky": ["sneaky.py: def sneaky"],
+        "sglang_ascend_fia.elsewhere": ["notes.py: 'sglang_ascend_fia.elsewhere:create'"],
+    }
 
 
 def _top_level_names(module: str) -> set[str]:
@@ -69,14 +126,21 @@ def _top_level_names(module: str) -> set[str]:
     return names
 
 
+# The only modules whose absence excuses an sglang module from importing on the CPU test bed.
+NPU_ONLY_IMPORTS = {"torch_npu", "sgl_kernel_npu"}
+
+
 @pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.name)
 def test_every_target_exists_in_installed_sglang(entry) -> None:  # type: ignore[no-untyped-def]
     assert plugin.module_file_exists(entry.module), entry.module
     assert entry.attr_path[0] in _top_level_names(entry.module)
     try:
         module = importlib.import_module(entry.module)
-    except ImportError:
-        return  # e.g. needs torch_npu; the source check above is what this machine can do
+    except ImportError as exc:
+        # Only an NPU-only dependency may stop the import; anything else means the test bed
+        # (or the entry) is broken, and must not pass on the source check alone.
+        assert exc.name in NPU_ONLY_IMPORTS, f"{entry.module} should import here: {exc!r}"
+        return  # the source check above is what a CPU host can do for this module
     resolve_container(entry, module)
 
 
@@ -150,14 +214,6 @@ def test_duplicate_module_files_are_refused(tmp_path: Path) -> None:
 
 
 # --- skips: out of range, module missing, target missing ----------------------------------
-
-
-@pytest.fixture
-def fixture_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(plugin, "_manifest_dir", tmp_path)
-    monkeypatch.setattr(config, "resolve", lambda: config.Settings(use_fia=True, raw_toggle="1"))
-    yield tmp_path
-    plugin.deactivate()
 
 
 def _statuses() -> dict[str, plugin.PatchStatus]:
