@@ -6,7 +6,20 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
+from typing import Any
 
+import pytest
+
+from foundation.helpers import (
+    BROKEN_HOOK,
+    BROKEN_HOOK_REASON,
+    GOOD_HOOK,
+    LAZY_MODULE,
+    NPU_ONLY_MODULE,
+    run_fixture_process,
+    write_manifest,
+)
 from sglang_ascend_fia.manifest import load_manifest
 
 
@@ -49,3 +62,92 @@ def test_doctor_reports_invalid_toggle() -> None:
     proc = doctor(toggle="ture")
     assert proc.returncode == 1
     assert "INVALID: ASCEND_USE_FIA='ture' is not a boolean" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (
+            "ture",
+            "ASCEND_USE_FIA='ture' is not a boolean; use 1/true or 0/false (did you mean 'true'?)",
+        ),
+        ("", "ASCEND_USE_FIA='' is not a boolean; use 1/true or 0/false (unset it to disable)"),
+    ],
+)
+def test_doctor_json_keeps_one_toggle_schema_when_invalid(raw: str, error: str) -> None:
+    proc = doctor("--json", toggle=raw)
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    assert report["toggle"] == {"env": "ASCEND_USE_FIA", "raw": raw, "value": None, "error": error}
+    assert {p["status"] for p in report["patches"]} == {"inactive"}
+    assert {p["reason"] for p in report["patches"]} == {"invalid toggle"}
+
+
+# --- fixture manifests, in a fresh interpreter -----------------------------------------------
+
+
+def fixture_doctor(*args: str) -> tuple[int, dict[str, Any]]:
+    proc = run_fixture_process(*args, "doctor", "--json")
+    try:
+        return proc.returncode, json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(
+            f"doctor printed no JSON:\n{proc.stdout}\n{proc.stderr[-3000:]}"
+        ) from None
+
+
+def _statuses(report: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {p["name"]: (p["status"], p["reason"]) for p in report["patches"]}
+
+
+def test_doctor_fails_when_a_target_module_raises_on_import() -> None:
+    """Outside the test bed importing the registry raises RuntimeError (torchvision::nms);
+    doctor must say so and exit 1, not report the patch pending."""
+    code, report = fixture_doctor("--break", "sglang.srt.layers.attention.attention_registry")
+    assert code == 1
+    assert _statuses(report)["ascend-fia-backend"] == (
+        "failed",
+        "RuntimeError: operator torchvision::nms does not exist",
+    )
+
+
+def test_doctor_fails_when_a_hook_raises(tmp_path: Path) -> None:
+    write_manifest(
+        tmp_path,
+        LAZY_MODULE,
+        ("fixture-broken", "GIB_BYTES", BROKEN_HOOK),
+        ("fixture-sibling", "HEALTH_CHECK_RID_PREFIX", GOOD_HOOK),
+    )
+    code, report = fixture_doctor("--manifest", str(tmp_path))
+    assert code == 1
+    assert _statuses(report) == {
+        "fixture-broken": ("failed", BROKEN_HOOK_REASON),  # the hook's own record
+        "fixture-sibling": ("failed", "not applied: patch fixture-broken failed first"),
+    }
+    assert "error" not in report
+
+
+def test_doctor_skips_a_module_that_needs_torch_npu(tmp_path: Path) -> None:
+    """mark_unimportable: an ImportError is 'cannot run here', not a failure; exit 0."""
+    write_manifest(
+        tmp_path, NPU_ONLY_MODULE, ("fixture-npu", "AscendAttnBackend", GOOD_HOOK), name="a.toml"
+    )
+    write_manifest(tmp_path, LAZY_MODULE, ("fixture-entry", "GIB_BYTES", GOOD_HOOK), name="b.toml")
+    code, report = fixture_doctor("--manifest", str(tmp_path))
+    assert code == 0
+    assert _statuses(report) == {
+        "fixture-npu": ("skipped", "cannot import here: No module named 'torch_npu'"),
+        "fixture-entry": ("applied", ""),
+    }
+
+
+def test_doctor_reports_a_malformed_manifest(tmp_path: Path) -> None:
+    path = write_manifest(tmp_path, LAZY_MODULE, ("fixture-entry", "GIB_BYTES", GOOD_HOOK))
+    path.write_text(path.read_text().replace('sglang = ">=0.5.23"', 'sglang = "newest"'))
+    code, report = fixture_doctor("--manifest", str(tmp_path))
+    assert code == 1
+    assert report["error"] == (
+        f"sglang-ascend-fia: cannot load the patch manifest in {tmp_path}: fixture.toml[0] "
+        "(fixture-entry): 'sglang' 'newest' is not a PEP 440 range"
+    )
+    assert report["patches"] == []
