@@ -1,46 +1,40 @@
-"""``verify-ops`` cases for the MoE and quantisation ops (NPU kernel vs pure-PyTorch reference).
+"""``verify-ops`` cases for the MoE ops: gating, init/finalize routing, grouped matmul, SwiGLU.
 
-``CASES`` is a list of functions; each returns ``(name, run, dtype)``:
+Protocol and helpers: :mod:`sglang_ascend_fia.verify_cases_util`; quantisation ops live in
+:mod:`.verify_cases_quant`. Integer outputs (expert ids, row indices, counts) must match exactly;
+outputs are restricted to what the docs define: routed rows only (``[:avail]``), key-value pairs
+up to the terminator, ``norm_out`` only with ``out_flag``, int8 results dequantised next to their
+scale. Gating inputs are well-separated scores (random permutations times a step), so no two
+experts are close enough for the kernel's rounding to reorder them; top-k ties (whose order no
+doc states) cannot occur. The first case of each op is sglang 0.5.23's call (see ``ops/moe.py``).
 
-* ``run(device)`` builds seeded inputs on the CPU, moves them to ``device``, calls the facade op
-  (torch_npu on an NPU device, the reference elsewhere) and returns CPU tensors. Calling it with
-  the NPU device and with ``"cpu"`` gives the two sides to compare.
-* ``dtype`` is the compute dtype that sets the float tolerance; integer outputs (expert ids,
-  row indices, counts) must match exactly.
-
-Outputs are restricted to what the docs define: routed rows only (``[:avail]``), key-value pairs
-up to the terminator, and int8 results returned dequantised (``y * scale``) next to their
-scale, so a one-step rounding difference shows up as a bounded float error, not an int8
-mismatch. Inputs are continuous random values, so top-k ties (whose order no doc states) do
-not occur. The shapes are the ones sglang 0.5.23 passes on Ascend (see ``ops/moe.py``).
+Covered per op (enforced by ``tests/ops/test_verify_coverage.py``): every float dtype the kernel
+takes (and int8 where it takes it); gating softmax 2-D/3-D with and without ``finished``, k=1 and
+k>1; gating top-k with softmax/sigmoid, with/without bias, ungrouped and both group-select modes,
+renorm 0/1, out_flag on/off; init routing with quant_mode -1/1, every expert_tokens_num_type,
+row_idx_type 0/1, full and partial expert ranges, with and without ``scale``; grouped matmul with
+one ``[E, K, N]`` weight (plain and transposed) and a list of weights, group_list_type 0/1, float
+and int32 bias, bf16/fp32 scales with and without per-token scales; finalize routing in
+drop_pad_mode 0/2, with and without scales, skips and bias; SwiGLU along the last and other axes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from sglang_ascend_fia import ops
-
-Outputs = tuple[torch.Tensor, ...]
-Case = tuple[str, Callable[[str], Outputs], torch.dtype]
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _cpu(*tensors: torch.Tensor) -> Outputs:
-    return tuple(t.cpu() for t in tensors)
+from sglang_ascend_fia.verify_cases_util import BF16, FP16, FP32, cpu, dequantised, gen
+from sglang_ascend_fia.verify_ops import Case, CaseFactory, Outputs
 
 
 def _topk_ids(tokens: int, experts: int, k: int, g: torch.Generator) -> torch.Tensor:
     return torch.stack([torch.randperm(experts, generator=g)[:k] for _ in range(tokens)]).int()
 
 
-def _dequantised(y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return y.float() * scale.float().unsqueeze(-1)
+def _separated(shape: tuple[int, ...], g: torch.Generator, step: float) -> torch.Tensor:
+    """Scores whose last axis is a random permutation of ``0, step, 2*step, ...``, centred."""
+    ranks = torch.argsort(torch.rand(shape, generator=g), dim=-1).float()
+    return (ranks - (shape[-1] - 1) / 2) * step
 
 
 # ---- gating ----------------------------------------------------------------------------------
@@ -48,15 +42,35 @@ def _dequantised(y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def gating_top_k_softmax() -> Case:
     def run(device: str) -> Outputs:
-        x = torch.randn(32, 64, generator=_gen(1)).bfloat16().to(device)
-        return _cpu(*ops.moe_gating_top_k_softmax(x, k=8))
+        x = torch.randn(32, 64, generator=gen(1)).to(BF16).to(device)
+        return cpu(*ops.moe_gating_top_k_softmax(x, k=8))
 
-    return "moe_gating_top_k_softmax bf16 T=32 E=64 k=8", run, torch.bfloat16
+    return "moe_gating_top_k_softmax bf16 T=32 E=64 k=8", run, BF16
+
+
+def gating_top_k_softmax_finished_3d() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(14)
+        x = _separated((2, 12, 32), g, 0.25).to(FP16)
+        finished = torch.rand(2, 12, generator=g) < 0.3
+        return cpu(*ops.moe_gating_top_k_softmax(x.to(device), finished.to(device), k=4))
+
+    return "moe_gating_top_k_softmax fp16 3-D x with a (B, S) finished mask, k=4", run, FP16
+
+
+def gating_top_k_softmax_k1() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(15)
+        x = _separated((16, 16), g, 0.25)
+        finished = torch.rand(16, generator=g) < 0.3
+        return cpu(*ops.moe_gating_top_k_softmax(x.to(device), finished=finished.to(device)))
+
+    return "moe_gating_top_k_softmax fp32 with a (T,) finished mask, k=1 (default)", run, FP32
 
 
 def gating_top_k_deepseek_v3() -> Case:
     def run(device: str) -> Outputs:
-        g = _gen(2)
+        g = gen(2)
         x = torch.randn(32, 256, generator=g).to(device)
         bias = (torch.rand(256, generator=g) * 0.1).to(device)
         y, idx, norm = ops.moe_gating_top_k(
@@ -72,14 +86,14 @@ def gating_top_k_deepseek_v3() -> Case:
             routed_scaling_factor=2.5,
             eps=1e-20,
         )
-        return _cpu(y, idx, norm)
+        return cpu(y, idx, norm)
 
-    return "moe_gating_top_k sigmoid+bias grouped (DeepSeek-V3) fp32", run, torch.float32
+    return "moe_gating_top_k sigmoid+bias grouped (DeepSeek-V3) fp32", run, FP32
 
 
 def gating_top_k_softmax_bias() -> Case:
     def run(device: str) -> Outputs:
-        g = _gen(3)
+        g = gen(3)
         x = torch.randn(32, 64, generator=g).to(device)
         bias = (torch.rand(64, generator=g) * 0.01).to(device)
         outs = []
@@ -90,9 +104,43 @@ def gating_top_k_softmax_bias() -> Case:
                 x, k=6, bias=bias, renorm=renorm, norm_type=0, out_flag=True, eps=1e-20
             )
             outs += [y, idx, norm]
-        return _cpu(*outs)
+        return cpu(*outs)
 
-    return "moe_gating_top_k softmax+bias renorm 0/1 fp32", run, torch.float32
+    return "moe_gating_top_k softmax+bias renorm 0/1 fp32", run, FP32
+
+
+def gating_top_k_group_max() -> Case:
+    def run(device: str) -> Outputs:
+        x = _separated((24, 64), gen(16), 0.125).to(BF16)
+        y, idx, _ = ops.moe_gating_top_k(
+            x.to(device), k=4, k_group=2, group_count=4, group_select_mode=0, norm_type=0
+        )
+        return cpu(y, idx)  # norm_out is written only with out_flag (doc)
+
+    return "moe_gating_top_k softmax, group max (mode 0), no bias, out_flag off bf16", run, BF16
+
+
+def gating_top_k_sigmoid_fp16() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(17)
+        x = _separated((20, 32), g, 0.2).to(FP16)
+        # +1 lifts four experts above every sigmoid score, so biased scores stay separated.
+        bias = (torch.randperm(32, generator=g) < 4).to(FP16)
+        return cpu(
+            *ops.moe_gating_top_k(
+                x.to(device),
+                k=3,
+                bias=bias.to(device),
+                k_group=2,
+                group_count=4,
+                group_select_mode=1,
+                norm_type=1,
+                out_flag=True,
+                routed_scaling_factor=1.5,
+            )
+        )
+
+    return "moe_gating_top_k sigmoid+bias, group top-2 sum (mode 1), scaled fp16", run, FP16
 
 
 # ---- routing ---------------------------------------------------------------------------------
@@ -100,8 +148,8 @@ def gating_top_k_softmax_bias() -> Case:
 
 def init_routing_v2_sglang_bf16() -> Case:
     def run(device: str) -> Outputs:
-        g = _gen(4)
-        x = torch.randn(24, 128, generator=g).bfloat16()
+        g = gen(4)
+        x = torch.randn(24, 128, generator=g).to(BF16)
         ids = _topk_ids(24, 16, 4, g)
         ex, row_idx, counts, _ = ops.moe_init_routing_v2(
             x.to(device),
@@ -113,15 +161,16 @@ def init_routing_v2_sglang_bf16() -> Case:
             active_expert_range=[0, 16],
             quant_mode=-1,
         )
-        return _cpu(ex, row_idx, counts)
+        return cpu(ex, row_idx, counts)
 
-    return "moe_init_routing_v2 quant_mode=-1 (sglang BF16 dispatch)", run, torch.bfloat16
+    return "moe_init_routing_v2 quant_mode=-1 (sglang BF16 dispatch)", run, BF16
 
 
 def init_routing_v2_dynamic_quant() -> Case:
     def run(device: str) -> Outputs:
-        g = _gen(5)
-        x = torch.randn(24, 128, generator=g).bfloat16()
+        g = gen(5)
+        # x * 0.5: one int8 step (rowmax / 127) stays below the bf16 tolerance.
+        x = (torch.randn(24, 128, generator=g) * 0.5).to(BF16)
         ids = _topk_ids(24, 16, 4, g)
         ex, row_idx, counts, scale = ops.moe_init_routing_v2(
             x.to(device),
@@ -133,14 +182,21 @@ def init_routing_v2_dynamic_quant() -> Case:
             active_expert_range=[0, 16],
             quant_mode=1,
         )
-        return _cpu(_dequantised(ex, scale), row_idx, counts, scale)
+        ex, row_idx, counts, scale = cpu(ex, row_idx, counts, scale)
+        return dequantised(ex, scale), row_idx, counts, scale
 
-    return "moe_init_routing_v2 quant_mode=1 (sglang W8A8 dispatch)", run, torch.bfloat16
+    return "moe_init_routing_v2 quant_mode=1 (sglang W8A8 dispatch)", run, BF16
+
+
+def _kv_pairs(expert_tokens: torch.Tensor, experts: int) -> torch.Tensor:
+    """The defined head of a key_value (type 2) count: the pairs plus the (0, 0) terminator."""
+    pairs = int((expert_tokens[:, 1] > 0).sum())
+    return expert_tokens[: min(pairs + 1, experts)]
 
 
 def init_routing_v2_expert_range() -> Case:
     def run(device: str) -> Outputs:
-        g = _gen(6)
+        g = gen(6)
         x = torch.randn(20, 64, generator=g)
         ids = _topk_ids(20, 16, 4, g)
         start, end = 4, 12
@@ -159,19 +215,100 @@ def init_routing_v2_expert_range() -> Case:
                 active_expert_range=[start, end],
                 row_idx_type=row_idx_type,
             )
-            ex, row_idx, expert_tokens = _cpu(ex, row_idx, expert_tokens)
+            ex, row_idx, expert_tokens = cpu(ex, row_idx, expert_tokens)
             if row_idx_type == 1:
                 row_idx = row_idx[:avail]  # the scatter index's tail is undefined
             if tokens_type == 2:
-                pairs = int((expert_tokens[:, 1] > 0).sum())
-                expert_tokens = expert_tokens[: min(pairs + 1, 16)]  # pairs + (0, 0) terminator
+                expert_tokens = _kv_pairs(expert_tokens, 16)
             outs += [ex[:avail], row_idx, expert_tokens]
         return tuple(outs)
 
     return (
         "moe_init_routing_v2 active_expert_range [4,12), row_idx_type 0/1, count/kv/cumsum",
         run,
-        torch.float32,
+        FP32,
+    )
+
+
+def init_routing_v2_row_scale_fp16() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(18)
+        x = torch.randn(16, 64, generator=g).to(FP16)
+        ids = _topk_ids(16, 8, 3, g)
+        scale = torch.rand(16, generator=g) + 0.5  # quant_mode -1: one value per row
+        ex, row_idx, expert_tokens, ex_scale = ops.moe_init_routing_v2(
+            x.to(device),
+            ids.to(device),
+            scale=scale.to(device),
+            active_num=0,
+            expert_num=8,
+            expert_tokens_num_type=2,
+            expert_tokens_num_flag=True,
+            row_idx_type=1,
+        )
+        return cpu(ex, row_idx, _kv_pairs(expert_tokens.cpu(), 8), ex_scale)
+
+    return (
+        "moe_init_routing_v2 fp16 with a per-row scale, scatter index, key_value counts",
+        run,
+        FP16,
+    )
+
+
+def init_routing_v2_int8_x() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(19)
+        x = torch.randint(-127, 128, (12, 32), generator=g, dtype=torch.int8)
+        ids = _topk_ids(12, 8, 2, g)
+        avail = int(((ids >= 2) & (ids < 6)).sum())
+        ex, row_idx, counts, _ = ops.moe_init_routing_v2(
+            x.to(device),
+            ids.to(device),
+            active_num=-1,
+            expert_num=8,
+            expert_tokens_num_type=1,
+            expert_tokens_num_flag=True,
+            active_expert_range=[2, 6],
+            quant_mode=-1,  # the only mode for int8 x (doc)
+        )
+        ex, row_idx, counts = cpu(ex, row_idx, counts)
+        return ex[:avail], row_idx, counts
+
+    return "moe_init_routing_v2 int8 x (already quantised), experts [2,6)", run, FP32
+
+
+def init_routing_v2_smooth_quant() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(21)
+        start, end = 4, 12
+        x = (torch.randn(20, 128, generator=g) * 0.3).to(BF16)
+        ids = _topk_ids(20, 16, 4, g)
+        smooth = torch.rand(end - start, 128, generator=g) + 0.5  # one row per active expert
+        avail = int(((ids >= start) & (ids < end)).sum())
+        ex, row_idx, expert_tokens, scale = ops.moe_init_routing_v2(
+            x.to(device),
+            ids.to(device),
+            scale=smooth.to(device),
+            active_num=20 * 4,
+            expert_num=16,
+            expert_tokens_num_type=2,
+            expert_tokens_num_flag=True,
+            active_expert_range=[start, end],
+            quant_mode=1,
+            row_idx_type=1,
+        )
+        ex, row_idx, expert_tokens, scale = cpu(ex, row_idx, expert_tokens, scale)
+        return (
+            dequantised(ex[:avail], scale[:avail]),
+            row_idx[:avail],
+            _kv_pairs(expert_tokens, 16),
+            scale[:avail],
+        )
+
+    return (
+        "moe_init_routing_v2 quant_mode=1 with smooth scales, experts [4,12), scatter index",
+        run,
+        BF16,
     )
 
 
@@ -186,9 +323,9 @@ def _counts(experts: int, rows: int, g: torch.Generator) -> torch.Tensor:
 
 def grouped_matmul_unquant_transposed() -> Case:
     def run(device: str) -> Outputs:
-        g = _gen(7)
-        x = torch.randn(96, 128, generator=g).bfloat16()
-        w13 = (torch.randn(8, 256, 128, generator=g) / 11).bfloat16()  # stored [E, out, in]
+        g = gen(7)
+        x = torch.randn(96, 128, generator=g).to(BF16)
+        w13 = (torch.randn(8, 256, 128, generator=g) / 11).to(BF16)  # stored [E, out, in]
         counts = _counts(8, 96, g)
         outs = []
         for group_list_type in (1, 0):
@@ -200,20 +337,80 @@ def grouped_matmul_unquant_transposed() -> Case:
                 group_list_type=group_list_type,
                 group_type=0,
                 group_list=group_list.to(device),
-                output_dtype=torch.bfloat16,
+                output_dtype=BF16,
             )
             outs.append(y)
-        return _cpu(*outs)
+        return cpu(*outs)
 
-    return "grouped_matmul bf16, weight=[w.transpose(1,2)], counts and cumsum", run, torch.bfloat16
+    return "grouped_matmul bf16, weight=[w.transpose(1,2)], counts and cumsum", run, BF16
+
+
+def grouped_matmul_plain_bias_bf16() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(22)
+        x = torch.randn(64, 96, generator=g).to(BF16)
+        w = (torch.randn(6, 96, 80, generator=g) / 10).to(BF16)  # contiguous [E, K, N]
+        bias = torch.randn(6, 80, generator=g)  # fp32: the bias dtype for bf16 x (doc table)
+        (y,) = ops.grouped_matmul(
+            x=[x.to(device)],
+            weight=[w.to(device)],
+            bias=[bias.to(device)],
+            split_item=2,
+            group_list_type=0,
+            group_type=0,
+            group_list=_counts(6, 64, g).cumsum(0).to(device),
+        )
+        return cpu(y)
+
+    return "grouped_matmul bf16, contiguous [E, K, N] weight, fp32 bias, cumsum groups", run, BF16
+
+
+def grouped_matmul_weight_list_fp16() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(23)
+        x = torch.randn(48, 64, generator=g).to(FP16)
+        stored = [(torch.randn(32, 64, generator=g) / 8).to(FP16) for _ in range(4)]  # [N, K]
+        bias = [torch.randn(32, generator=g).to(FP16) for _ in range(4)]
+        (y,) = ops.grouped_matmul(
+            x=[x.to(device)],
+            weight=[w.to(device).t() for w in stored],  # transposed views, like sglang's BF16 path
+            bias=[b.to(device) for b in bias],
+            split_item=2,
+            group_list_type=1,
+            group_type=0,
+            group_list=_counts(4, 48, g).to(device),
+            output_dtype=FP16,
+        )
+        return cpu(y)
+
+    return "grouped_matmul fp16, list of 4 transposed [K, N] weights, fp16 bias", run, FP16
+
+
+def grouped_matmul_fp32() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(24)
+        x = torch.randn(40, 32, generator=g)
+        w = torch.randn(3, 32, 24, generator=g) / 6
+        (y,) = ops.grouped_matmul(
+            x=[x.to(device)],
+            weight=[w.to(device)],
+            split_item=2,
+            group_list_type=1,
+            group_type=0,
+            group_list=_counts(3, 40, g).to(device),
+            output_dtype=FP32,
+        )
+        return cpu(y)
+
+    return "grouped_matmul fp32, [E, K, N] weight, counts", run, FP32
 
 
 def grouped_matmul_w8a8() -> Case:
     def run(device: str) -> Outputs:
-        g = _gen(8)
+        g = gen(8)
         x = torch.randint(-127, 128, (96, 128), generator=g, dtype=torch.int8)
         w = torch.randint(-127, 128, (8, 128, 64), generator=g, dtype=torch.int8)  # [E, in, out]
-        scale = (torch.rand(8, 64, generator=g) / 500).bfloat16()
+        scale = (torch.rand(8, 64, generator=g) / 500).to(BF16)
         pts = torch.rand(96, generator=g) / 50
         (y,) = ops.grouped_matmul(
             x=[x.to(device)],
@@ -224,11 +421,57 @@ def grouped_matmul_w8a8() -> Case:
             group_list_type=1,
             group_type=0,
             group_list=_counts(8, 96, g).to(device),
-            output_dtype=torch.bfloat16,
+            output_dtype=BF16,
         )
-        return _cpu(y)
+        return cpu(y)
 
-    return "grouped_matmul int8 per-token x per-channel (sglang W8A8 MoE)", run, torch.bfloat16
+    return "grouped_matmul int8 per-token x per-channel (sglang W8A8 MoE)", run, BF16
+
+
+def grouped_matmul_w8a8_bias_cumsum() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(25)
+        x = torch.randint(-127, 128, (80, 128), generator=g, dtype=torch.int8)
+        w = torch.randint(-127, 128, (6, 128, 64), generator=g, dtype=torch.int8)
+        bias = torch.randint(-3000, 3000, (6, 64), generator=g, dtype=torch.int32)
+        scale = (torch.rand(6, 64, generator=g) / 500).to(BF16)
+        pts = torch.rand(80, generator=g) / 50
+        (y,) = ops.grouped_matmul(
+            x=[x.to(device)],
+            weight=[w.to(device)],
+            bias=[bias.to(device)],
+            scale=[scale.to(device)],
+            per_token_scale=[pts.to(device)],
+            split_item=2,
+            group_list_type=0,
+            group_type=0,
+            group_list=_counts(6, 80, g).cumsum(0).to(device),
+            output_dtype=BF16,
+        )
+        return cpu(y)
+
+    return "grouped_matmul int8 with int32 bias, per-token scale, cumsum groups", run, BF16
+
+
+def grouped_matmul_w8a8_weight_list() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(26)
+        x = torch.randint(-127, 128, (40, 64), generator=g, dtype=torch.int8)
+        w = [torch.randint(-127, 128, (64, 32), generator=g, dtype=torch.int8) for _ in range(4)]
+        scale = [torch.rand(32, generator=g) / 5000 for _ in range(4)]  # fp32 -> fp16 out (doc)
+        (y,) = ops.grouped_matmul(
+            x=[x.to(device)],
+            weight=[t.to(device) for t in w],
+            scale=[s.to(device) for s in scale],
+            split_item=2,
+            group_list_type=1,
+            group_type=0,
+            group_list=_counts(4, 40, g).to(device),
+            output_dtype=FP16,
+        )
+        return cpu(y)
+
+    return "grouped_matmul int8, list of 4 weights, per-channel fp32 scale, fp16 out", run, FP16
 
 
 # ---- finalize, activations -------------------------------------------------------------------
@@ -236,11 +479,11 @@ def grouped_matmul_w8a8() -> Case:
 
 def finalize_routing() -> Case:
     def run(device: str) -> Outputs:
-        g = _gen(9)
+        g = gen(9)
         tokens, top_k, hidden, experts = 24, 4, 128, 16
-        rows = torch.randn(tokens * top_k, hidden, generator=g).bfloat16()
+        rows = torch.randn(tokens * top_k, hidden, generator=g).to(BF16)
         src_to_dst = torch.randperm(tokens * top_k, generator=g).int()
-        scales = torch.rand(tokens, top_k, generator=g).bfloat16()
+        scales = torch.rand(tokens, top_k, generator=g).to(BF16)
         ids = _topk_ids(tokens, experts, top_k, g)
         out2 = ops.moe_finalize_routing(
             rows.to(device),
@@ -252,8 +495,8 @@ def finalize_routing() -> Case:
             export_for_source_row=ids.to(device),
             drop_pad_mode=2,
         )
-        skip = torch.randn(tokens, hidden, generator=g).bfloat16()
-        bias = torch.randn(experts, hidden, generator=g).bfloat16()
+        skip = torch.randn(tokens, hidden, generator=g).to(BF16)
+        bias = torch.randn(experts, hidden, generator=g).to(BF16)
         out0 = ops.moe_finalize_routing(
             rows.to(device),
             skip.to(device),
@@ -264,105 +507,115 @@ def finalize_routing() -> Case:
             ids.to(device),
             0,
         )
-        return _cpu(out2, out0)
+        return cpu(out2, out0)
 
-    return (
-        "moe_finalize_routing drop_pad_mode 2 (sglang) and 0 with skips+bias",
-        run,
-        torch.bfloat16,
-    )
+    return "moe_finalize_routing drop_pad_mode 2 (sglang) and 0 with skips+bias", run, BF16
+
+
+def finalize_routing_fp32_scales() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(27)
+        tokens, top_k, hidden, experts = 16, 2, 64, 8
+        rows = torch.randn(tokens * top_k, hidden, generator=g).to(BF16)
+        src_to_dst = torch.randperm(tokens * top_k, generator=g).int()
+        scales = torch.rand(tokens, top_k, generator=g)  # fp32 weights with bf16 rows
+        skip1, skip2 = (torch.randn(tokens, hidden, generator=g).to(BF16) for _ in range(2))
+        bias = torch.randn(experts, hidden, generator=g).to(BF16)
+        ids = _topk_ids(tokens, experts, top_k, g)
+        out = ops.moe_finalize_routing(
+            rows.to(device),
+            skip1.to(device),
+            skip2.to(device),
+            bias.to(device),
+            scales.to(device),
+            src_to_dst.to(device),
+            ids.to(device),
+            drop_pad_mode=2,
+        )
+        return cpu(out)
+
+    return "moe_finalize_routing bf16 rows, fp32 scales, skips+bias, drop_pad_mode 2", run, BF16
+
+
+def finalize_routing_unscaled_fp16() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(28)
+        tokens, top_k, hidden = 12, 3, 64
+        rows = torch.randn(tokens * top_k, hidden, generator=g).to(FP16)
+        src_to_dst = torch.randperm(tokens * top_k, generator=g).int()
+        out = ops.moe_finalize_routing(
+            rows.to(device), None, None, None, None, src_to_dst.to(device), None, 0, k=top_k
+        )
+        return cpu(out)
+
+    return "moe_finalize_routing fp16 without scales (k=3), drop_pad_mode 0", run, FP16
+
+
+def finalize_routing_fp32() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(29)
+        tokens, top_k, hidden = 10, 4, 32
+        rows = torch.randn(tokens * top_k, hidden, generator=g)
+        src_to_dst = torch.randperm(tokens * top_k, generator=g).int()
+        scales = torch.rand(tokens, top_k, generator=g)
+        out = ops.moe_finalize_routing(
+            rows.to(device), None, None, None, scales.to(device), src_to_dst.to(device), None
+        )
+        return cpu(out)
+
+    return "moe_finalize_routing fp32, scales, drop_pad_mode 0 (default)", run, FP32
 
 
 def swiglu_bf16() -> Case:
     def run(device: str) -> Outputs:
-        x = torch.randn(96, 256, generator=_gen(10)).bfloat16().to(device)
-        return _cpu(ops.swiglu(x))
+        x = torch.randn(96, 256, generator=gen(10)).to(BF16).to(device)
+        return cpu(ops.swiglu(x))
 
-    return "swiglu bf16", run, torch.bfloat16
-
-
-# ---- quantisation ----------------------------------------------------------------------------
+    return "swiglu bf16", run, BF16
 
 
-def dynamic_quant_bf16() -> Case:
+def swiglu_fp16_dim1() -> Case:
     def run(device: str) -> Outputs:
-        g = _gen(11)
-        x = torch.randn(64, 512, generator=g).bfloat16()
-        smooth = (torch.rand(512, generator=g) + 0.5).bfloat16()
-        y, s = ops.dynamic_quant(x.to(device))
-        ys, ss = ops.dynamic_quant(x.to(device), smooth_scales=smooth.to(device))
-        y, s, ys, ss = _cpu(y, s, ys, ss)
-        return _dequantised(y, s), s, _dequantised(ys, ss), ss
+        x = torch.randn(4, 64, 24, generator=gen(30)).to(FP16).to(device)
+        return cpu(ops.swiglu(x, dim=1))
 
-    return "dynamic_quant bf16 (plain and smooth_scales)", run, torch.bfloat16
+    return "swiglu fp16 3-D, split along dim 1", run, FP16
 
 
-def quant_matmul_w8a8() -> Case:
+def swiglu_fp32_dim0() -> Case:
     def run(device: str) -> Outputs:
-        g = _gen(12)
-        x1 = torch.randint(-127, 128, (32, 256), generator=g, dtype=torch.int8)
-        x2 = torch.randint(-127, 128, (256, 128), generator=g, dtype=torch.int8)
-        scale = torch.rand(128, generator=g) / 500
-        pts = torch.rand(32, generator=g) / 50
-        bias_f = torch.randn(128, generator=g)
-        bias_i = torch.randint(-3000, 3000, (128,), generator=g, dtype=torch.int32)
-        dynamic = ops.quant_matmul(
-            x1.to(device),
-            x2.to(device),
-            scale.to(device),
-            pertoken_scale=pts.to(device),
-            bias=bias_f.to(device),
-            output_dtype=torch.bfloat16,
-        )
-        static = ops.quant_matmul(
-            x1.to(device),
-            x2.to(device),
-            scale.to(device),
-            bias=bias_i.to(device),
-            output_dtype=torch.bfloat16,
-        )
-        return _cpu(dynamic, static)
+        x = torch.randn(32, 48, generator=gen(31)).to(device)
+        return cpu(ops.swiglu(x, 0))
 
-    return "quant_matmul bf16 (dynamic: float bias; static: int32 bias)", run, torch.bfloat16
+    return "swiglu fp32, split along dim 0", run, FP32
 
 
-def dequant_swiglu_quant_cases() -> Case:
-    def run(device: str) -> Outputs:
-        g = _gen(13)
-        h = torch.randn(64, 256, generator=g).bfloat16()
-        y, s = ops.dequant_swiglu_quant(h.to(device), quant_mode=1, activate_left=True)
-        x = torch.randint(-2000, 2000, (64, 256), generator=g, dtype=torch.int32)
-        weight_scale = torch.rand(2, 256, generator=g) / 100
-        activation_scale = torch.rand(64, generator=g) / 10
-        quant_scale = torch.rand(2, 128, generator=g) + 0.5
-        counts = torch.tensor([20, 44])
-        yi, si = ops.dequant_swiglu_quant(
-            x.to(device),
-            weight_scale=weight_scale.to(device),
-            activation_scale=activation_scale.to(device),
-            quant_scale=quant_scale.to(device),
-            group_index=counts.to(device),
-            activate_left=True,
-            quant_mode=1,
-        )
-        y, s, yi, si = _cpu(y, s, yi, si)
-        return _dequantised(y, s), s, _dequantised(yi, si), si
-
-    return "dequant_swiglu_quant (sglang bf16; int32 with group_index)", run, torch.bfloat16
-
-
-CASES: list[Callable[[], Case]] = [
+CASES: list[CaseFactory] = [
     gating_top_k_softmax,
+    gating_top_k_softmax_finished_3d,
+    gating_top_k_softmax_k1,
     gating_top_k_deepseek_v3,
     gating_top_k_softmax_bias,
+    gating_top_k_group_max,
+    gating_top_k_sigmoid_fp16,
     init_routing_v2_sglang_bf16,
     init_routing_v2_dynamic_quant,
     init_routing_v2_expert_range,
+    init_routing_v2_row_scale_fp16,
+    init_routing_v2_int8_x,
+    init_routing_v2_smooth_quant,
     grouped_matmul_unquant_transposed,
+    grouped_matmul_plain_bias_bf16,
+    grouped_matmul_weight_list_fp16,
+    grouped_matmul_fp32,
     grouped_matmul_w8a8,
+    grouped_matmul_w8a8_bias_cumsum,
+    grouped_matmul_w8a8_weight_list,
     finalize_routing,
+    finalize_routing_fp32_scales,
+    finalize_routing_unscaled_fp16,
+    finalize_routing_fp32,
     swiglu_bf16,
-    dynamic_quant_bf16,
-    quant_matmul_w8a8,
-    dequant_swiglu_quant_cases,
+    swiglu_fp16_dim1,
+    swiglu_fp32_dim0,
 ]

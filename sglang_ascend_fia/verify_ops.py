@@ -5,9 +5,13 @@ the facade calls torch_npu, and once on the CPU, where it runs the reference. Th
 compared with per-dtype tolerances and printed as one table; the exit status is 0 when every case
 is within tolerance, 1 otherwise, and 2 when there is no NPU to run on.
 
+The cases cover every argument value each op documents and the reference implements, in fp16
+and bf16 wherever the kernel takes both; ``tests/ops/test_verify_coverage.py`` holds the table
+of required (op, argument, value) combinations and fails when a case change drops one.
+
 To add cases, append to ``CASES`` in one of the case modules, or add a module with a ``CASES``
 list of ``() -> (name, run(device) -> tuple[Tensor, ...], dtype)`` functions to
-:data:`CASE_MODULES`.
+:data:`CASE_MODULES`; :mod:`sglang_ascend_fia.verify_cases_util` has the shared helpers.
 """
 
 from __future__ import annotations
@@ -28,7 +32,11 @@ CaseFactory = Callable[[], Case]
 
 CASE_MODULES = (
     "sglang_ascend_fia.verify_cases_attention",
+    "sglang_ascend_fia.verify_cases_attention_v2",
+    "sglang_ascend_fia.verify_cases_mla",
+    "sglang_ascend_fia.verify_cases_kv_helpers",
     "sglang_ascend_fia.verify_cases_moe",
+    "sglang_ascend_fia.verify_cases_quant",
 )
 
 # (atol, rtol) per compute dtype: a few units in the last place of the dtype, since the kernel

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Iterator
 
@@ -10,6 +11,8 @@ import torch
 
 from sglang_ascend_fia import verify_ops
 from sglang_ascend_fia.verify_cases_attention import CASES as ATTENTION_CASES
+
+ALL_CASES = verify_ops.all_cases()
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -25,11 +28,12 @@ def cases() -> list[verify_ops.CaseFactory]:
     return verify_ops.all_cases()
 
 
-def test_registry_collects_attention_and_moe_cases(cases: list[verify_ops.CaseFactory]) -> None:
+def test_registry_collects_every_case_module(cases: list[verify_ops.CaseFactory]) -> None:
     names = [make()[0] for make in cases]
     assert len(names) == len(set(names))
-    assert {make()[0] for make in ATTENTION_CASES} <= set(names)
-    assert any(name.startswith("moe_") for name in names)
+    for module in verify_ops.CASE_MODULES:
+        listed = importlib.import_module(module).CASES
+        assert listed and {make()[0] for make in listed} <= set(names), module
     covered = " ".join(names)
     for op in (
         "FIA",
@@ -40,16 +44,23 @@ def test_registry_collects_attention_and_moe_cases(cases: list[verify_ops.CaseFa
         "attention_update",
         "interleave_rope",
         "add_rms_norm",
+        "moe_",
+        "grouped_matmul",
+        "dynamic_quant",
+        "quant_matmul",
+        "dequant_swiglu_quant",
+        "swiglu",
     ):
         assert op in covered
 
 
-@pytest.mark.parametrize("make", ATTENTION_CASES, ids=lambda make: make.__name__)
-def test_attention_case_is_deterministic_and_fully_defined(make: verify_ops.CaseFactory) -> None:
+@pytest.mark.parametrize("make", ALL_CASES, ids=lambda make: make.__name__)
+def test_case_is_deterministic_and_fully_defined(make: verify_ops.CaseFactory) -> None:
     name, run, dtype = make()
     first, second = run("cpu"), run("cpu")
     assert dtype in verify_ops.TOLERANCES and len(first) > 0
     for a, b in zip(first, second, strict=True):
+        assert a.device.type == "cpu"
         assert torch.equal(a, b)
         assert bool(torch.isfinite(a.float()).all()), f"{name}: output depends on undefined rows"
 
@@ -130,7 +141,7 @@ def test_main_on_a_device_prints_the_table(
 ) -> None:
     """The NPU path end to end, with the CPU standing in for the device."""
     monkeypatch.setattr(verify_ops, "npu_device", lambda: ("cpu", ""))
-    assert verify_ops.main(["-k", "interleave_rope"]) == 0
+    assert verify_ops.main(["-k", "interleave_rope (DeepSeek"]) == 0
     assert "1/1 cases within tolerance" in capsys.readouterr().out
     monkeypatch.setattr(verify_ops, "all_cases", lambda: [_broken_case])
     assert verify_ops.main([]) == 1

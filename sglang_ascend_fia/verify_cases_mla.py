@@ -1,0 +1,291 @@
+"""``verify-ops`` cases for FIA with ``query_rope``/``key_rope`` (MLA), v1 and v2.
+
+Protocol and helpers: :mod:`sglang_ascend_fia.verify_cases_util`. The documented MLA rules these
+cases keep to (torch_npu 2.14 doc, "query_rope和key_rope参数约束"):
+
+- v1, and v2 with query D 512: latent D 512, rope D 64, key N 1, page attention with block size
+  16 or 128; Q_S 1-16; Q_S=1 takes sparse 0 without a mask, Q_S>1 sparse 3 with the template.
+  v1 lists query N 32/64/128 (v2: powers of two up to 128); sglang pads its heads to a power of
+  two, so the v1 cases use 32.
+- MLA sparse_mode 4 is documented only with query N 128 and key N 1, a head ratio the general
+  rule "num_heads/num_key_value_heads <= 64" (which the validator enforces) forbids, so no case
+  can be legal under both; there is none.
+- v2 with query D 128 (sglang's MLA prefill, ``ascend_backend.py`` 2192/2234): TND without
+  paging, Q_D=K_D=V_D=128, bf16, sparse 0 without a mask or 3 with one (each request's query
+  shorter than its keys). v1 documents no such call, so only v2 makes it here.
+
+Shapes are tiny (D 512 makes every row costly on the CPU reference) but cover BSH, BSND and BNSD,
+both paged cache layouts, fp16 and bf16, LSE on and off.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sglang_ascend_fia import ops
+from sglang_ascend_fia.verify_cases_util import (
+    BF16,
+    FP16,
+    TEMPLATE,
+    call,
+    cpu,
+    cumsum,
+    gen,
+    paged,
+)
+from sglang_ascend_fia.verify_ops import Case, CaseFactory, Outputs
+
+LATENT, ROPE = 512, 64
+SCALE = 192**-0.5  # DeepSeek: 1/sqrt(qk_nope 128 + rope 64)
+
+
+def _fia(device: str, *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+    # Looked up at call time, so a test can record the calls by patching ``ops``.
+    out: tuple[torch.Tensor, torch.Tensor] = call(
+        ops.fused_infer_attention_score, device, *args, **kwargs
+    )
+    return out
+
+
+def _fia_v2(device: str, *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+    out: tuple[torch.Tensor, torch.Tensor] = call(
+        ops.fused_infer_attention_score_v2, device, *args, **kwargs
+    )
+    return out
+
+
+def _latent_cache(
+    kv_lens: list[int], block: int, g: torch.Generator, dtype: torch.dtype, *, nd4: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(latent cache, rope cache in its layout, block table); sglang passes key=value=latent."""
+    latent, table = paged(kv_lens, 1, LATENT, block, g, dtype=dtype, nd4=nd4)
+    rope_shape = (*latent.shape[:-1], ROPE)
+    return latent, torch.randn(rope_shape, generator=g).to(dtype), table
+
+
+# ---- v1 --------------------------------------------------------------------------------------
+
+
+def fia_mla_paged_decode() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(301)
+        kv_lens, n = [1, 129, 700], 32
+        latent, rope, table = _latent_cache(kv_lens, 128, g, BF16)
+        q = torch.randn(3, 1, n, LATENT, generator=g).to(BF16)
+        q_rope = torch.randn(3, 1, n, ROPE, generator=g).to(BF16)
+        return cpu(
+            *_fia(
+                device,
+                q,
+                latent,
+                latent,
+                query_rope=q_rope,
+                key_rope=rope,
+                num_heads=n,
+                num_key_value_heads=1,
+                input_layout="BSND",
+                scale=SCALE,
+                block_table=table,
+                block_size=128,
+                actual_seq_lengths_kv=kv_lens,
+                sparse_mode=0,
+                softmax_lse_flag=True,
+            )
+        )
+
+    return "FIA MLA BSND paged decode, latent 512 + rope 64, 32 heads, + LSE bf16", run, BF16
+
+
+def fia_mla_paged_mtp() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(302)
+        kv_lens, n, s = [40, 300], 32, 2
+        latent, rope, table = _latent_cache(kv_lens, 128, g, BF16)
+        q = torch.randn(2, s, n, LATENT, generator=g).to(BF16)
+        q_rope = torch.randn(2, s, n, ROPE, generator=g).to(BF16)
+        out, _ = _fia(
+            device,
+            q,
+            latent,
+            latent,
+            query_rope=q_rope,
+            key_rope=rope,
+            num_heads=n,
+            num_key_value_heads=1,
+            input_layout="BSND",
+            scale=SCALE,
+            block_table=table,
+            block_size=128,
+            actual_seq_lengths_kv=kv_lens,
+            sparse_mode=3,
+            atten_mask=TEMPLATE,
+        )
+        return cpu(out)
+
+    return "FIA MLA BSND paged multi-token verify (Q_S 2, sparse 3) bf16", run, BF16
+
+
+def fia_mla_bnsd_decode_nd4() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(303)
+        kv_lens, n = [1, 40, 17], 32
+        latent, rope, table = _latent_cache(kv_lens, 16, g, FP16, nd4=True)
+        q = torch.randn(3, n, 1, LATENT, generator=g).to(FP16)
+        q_rope = torch.randn(3, n, 1, ROPE, generator=g).to(FP16)
+        out, _ = _fia(
+            device,
+            q,
+            latent,
+            latent,
+            query_rope=q_rope,
+            key_rope=rope,
+            num_heads=n,
+            num_key_value_heads=1,
+            input_layout="BNSD",
+            scale=SCALE,
+            block_table=table,
+            block_size=16,
+            actual_seq_lengths_kv=kv_lens,
+        )
+        return cpu(out)
+
+    return "FIA MLA BNSD paged decode, (blocks, 1, 16, 512) cache fp16", run, FP16
+
+
+def fia_mla_bsh_mtp() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(304)
+        kv_lens, n, s = [3, 50], 32, 3
+        latent, rope, table = _latent_cache(kv_lens, 16, g, BF16)
+        q = torch.randn(2, s, n * LATENT, generator=g).to(BF16)
+        q_rope = torch.randn(2, s, n * ROPE, generator=g).to(BF16)
+        return cpu(
+            *_fia(
+                device,
+                q,
+                latent,
+                latent,
+                query_rope=q_rope,
+                key_rope=rope,
+                num_heads=n,
+                num_key_value_heads=1,
+                input_layout="BSH",
+                scale=SCALE,
+                block_table=table,
+                block_size=16,
+                actual_seq_lengths_kv=kv_lens,
+                sparse_mode=3,
+                atten_mask=TEMPLATE,
+                softmax_lse_flag=True,
+            )
+        )
+
+    return "FIA MLA BSH paged verify (Q_S 3, sparse 3), page 16, + LSE bf16", run, BF16
+
+
+# ---- v2 --------------------------------------------------------------------------------------
+
+
+def fia_v2_mla_bnsd_verify() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(306)
+        kv_lens, n, s = [130, 2, 40], 16, 2
+        latent, rope, table = _latent_cache(kv_lens, 128, g, FP16)
+        q = torch.randn(3, n, s, LATENT, generator=g).to(FP16)
+        q_rope = torch.randn(3, n, s, ROPE, generator=g).to(FP16)
+        out, _ = _fia_v2(
+            device,
+            q,
+            latent,
+            latent,
+            query_rope=q_rope,
+            key_rope=rope,
+            num_query_heads=n,
+            num_key_value_heads=1,
+            input_layout="BNSD",
+            softmax_scale=SCALE,
+            block_table=table,
+            block_size=128,
+            sparse_mode=3,
+            atten_mask=TEMPLATE,
+            actual_seq_qlen=[s] * 3,
+            actual_seq_kvlen=kv_lens,
+            next_tokens=0,
+        )
+        return cpu(out)
+
+    return "FIA v2 MLA BNSD paged verify (Q_S 2, sparse 3), 16 heads fp16", run, FP16
+
+
+def fia_v2_mla_tnd_extend() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(307)
+        q_lens, kv_lens, n = [6, 50], [9, 64], 16
+        q = torch.randn(sum(q_lens), n, 128, generator=g).to(BF16)
+        q_rope = torch.randn(sum(q_lens), n, ROPE, generator=g).to(BF16)
+        k, v = (torch.randn(sum(kv_lens), n, 128, generator=g).to(BF16) for _ in range(2))
+        k_rope = torch.randn(sum(kv_lens), n, ROPE, generator=g).to(BF16)
+        return cpu(
+            *_fia_v2(
+                device,
+                q,
+                k,
+                v,
+                query_rope=q_rope,
+                key_rope=k_rope,
+                num_query_heads=n,
+                num_key_value_heads=n,
+                input_layout="TND",
+                softmax_scale=SCALE,
+                atten_mask=TEMPLATE,
+                sparse_mode=3,
+                next_tokens=0,
+                actual_seq_qlen=cumsum(q_lens),
+                actual_seq_kvlen=cumsum(kv_lens),
+                return_softmax_lse=True,
+            )
+        )
+
+    return "FIA v2 MLA TND extend, nope 128 + rope 64, sparse 3, + LSE bf16", run, BF16
+
+
+def fia_v2_mla_prefix_lse() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(308)
+        q_lens, prefix, n = [4, 9], [130, 7], 16
+        q = torch.randn(sum(q_lens), n, 128, generator=g).to(BF16)
+        q_rope = torch.randn(sum(q_lens), n, ROPE, generator=g).to(BF16)
+        k = torch.randn(sum(prefix), n, 128, generator=g).to(BF16)
+        k_rope = torch.randn(sum(prefix), n, ROPE, generator=g).to(BF16)
+        v = torch.randn(sum(prefix), n, 128, generator=g).to(BF16)
+        return cpu(
+            *_fia_v2(
+                device,
+                q,
+                k,
+                v,
+                query_rope=q_rope,
+                key_rope=k_rope,
+                num_query_heads=n,
+                num_key_value_heads=n,
+                input_layout="TND",
+                actual_seq_qlen=cumsum(q_lens),
+                actual_seq_kvlen=cumsum(prefix),
+                sparse_mode=0,
+                softmax_scale=SCALE,
+                return_softmax_lse=True,
+            )
+        )
+
+    return "FIA v2 MLA prefix pass (TND, sparse 0, cumulative kv) + LSE bf16", run, BF16
+
+
+CASES: list[CaseFactory] = [
+    fia_mla_paged_decode,
+    fia_mla_paged_mtp,
+    fia_mla_bnsd_decode_nd4,
+    fia_mla_bsh_mtp,
+    fia_v2_mla_bnsd_verify,
+    fia_v2_mla_tnd_extend,
+    fia_v2_mla_prefix_lse,
+]

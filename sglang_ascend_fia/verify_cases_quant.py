@@ -1,0 +1,216 @@
+"""``verify-ops`` cases for the W8A8 ops: dynamic quant, int8 matmul, dequant-SwiGLU-quant.
+
+Protocol and helpers: :mod:`sglang_ascend_fia.verify_cases_util`. int8 results are returned
+dequantised (``y * scale``) next to their scale, and inputs are scaled so that one int8 step
+(``rowmax / 127``) stays below the case's absolute tolerance: a one-step rounding difference on
+the NPU is then within tolerance, anything larger is not. The first case of each op is sglang
+0.5.23's call (``NPUW8A8Int8*LinearMethod``, ``NPUSwigluQuant``).
+
+Covered per op (enforced by ``tests/ops/test_verify_coverage.py``): ``dynamic_quant`` in fp16 and
+bf16, 2-D and 3-D, without smooth scales, with one smooth row and with ``group_index`` groups,
+``dst_type`` None and int8; ``quant_matmul`` with bf16 and fp16 output, fp32 and bf16 scales of
+shape (N,) and (1,), with and without per-token scales, no/int32/bf16/fp16/fp32 bias, 2-D and
+batched 3-D x1; ``dequant_swiglu_quant`` on bf16 and int32 input, activate_left True and False,
+with and without ``group_index`` (its counts summing to all rows and to fewer), fp32/fp16/bf16
+``quant_scale``, (T,) and (T, 1) activation scales.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sglang_ascend_fia import ops
+from sglang_ascend_fia.verify_cases_util import BF16, FP16, cpu, dequantised, gen
+from sglang_ascend_fia.verify_ops import Case, CaseFactory, Outputs
+
+
+def _int8(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
+    return torch.randint(-127, 128, shape, generator=g, dtype=torch.int8)
+
+
+# ---- dynamic_quant ---------------------------------------------------------------------------
+
+
+def dynamic_quant_bf16() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(11)
+        x = (torch.randn(64, 512, generator=g) * 0.5).to(BF16)
+        smooth = (torch.rand(512, generator=g) + 0.5).to(BF16)
+        y, s = ops.dynamic_quant(x.to(device))
+        ys, ss = ops.dynamic_quant(x.to(device), smooth_scales=smooth.to(device))
+        y, s, ys, ss = cpu(y, s, ys, ss)
+        return dequantised(y, s), s, dequantised(ys, ss), ss
+
+    return "dynamic_quant bf16 (plain and smooth_scales)", run, BF16
+
+
+def dynamic_quant_grouped_fp16() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(32)
+        x = (torch.randn(3, 8, 256, generator=g) * 0.08).to(FP16)
+        smooth = (torch.rand(4, 256, generator=g) + 0.5).to(FP16)
+        group_index = torch.tensor([5, 5, 14, 24], dtype=torch.int32)  # row ends; one empty group
+        y, s = ops.dynamic_quant(
+            x.to(device),
+            smooth_scales=smooth.to(device),
+            group_index=group_index.to(device),
+            dst_type=torch.int8,
+        )
+        y, s = cpu(y, s)
+        return dequantised(y, s), s
+
+    return "dynamic_quant fp16 3-D, group_index with 4 smooth rows, dst_type int8", run, FP16
+
+
+# ---- quant_matmul ----------------------------------------------------------------------------
+
+
+def quant_matmul_w8a8() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(12)
+        x1, x2 = _int8((32, 256), g), _int8((256, 128), g)
+        scale = torch.rand(128, generator=g) / 500
+        pts = torch.rand(32, generator=g) / 50
+        bias_f = torch.randn(128, generator=g)
+        bias_i = torch.randint(-3000, 3000, (128,), generator=g, dtype=torch.int32)
+        dynamic = ops.quant_matmul(
+            x1.to(device),
+            x2.to(device),
+            scale.to(device),
+            pertoken_scale=pts.to(device),
+            bias=bias_f.to(device),
+            output_dtype=BF16,
+        )
+        static = ops.quant_matmul(
+            x1.to(device),
+            x2.to(device),
+            scale.to(device),
+            bias=bias_i.to(device),
+            output_dtype=BF16,
+        )
+        return cpu(dynamic, static)
+
+    return "quant_matmul bf16 (dynamic: float bias; static: int32 bias)", run, BF16
+
+
+def quant_matmul_fp16() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(33)
+        x1, x2 = _int8((24, 256), g), _int8((256, 64), g)
+        scale = torch.rand(64, generator=g) / 500
+        pts = torch.rand(24, generator=g) / 50
+        bias_h = torch.randn(64, generator=g).to(FP16)
+        per_token = ops.quant_matmul(
+            x1.to(device),
+            x2.to(device),
+            scale.to(device),
+            pertoken_scale=pts.to(device),
+            bias=bias_h.to(device),
+            output_dtype=FP16,
+        )
+        # Without per-token scales fp16 output takes an fp32 (or int64) scale and an int32 bias.
+        tensor_scale = torch.tensor([1 / 20000.0])
+        bias_i = torch.randint(-3000, 3000, (1, 64), generator=g, dtype=torch.int32)
+        per_tensor = ops.quant_matmul(
+            x1.to(device),
+            x2.to(device),
+            tensor_scale.to(device),
+            bias=bias_i.to(device),
+            output_dtype=FP16,
+        )
+        return cpu(per_token, per_tensor)
+
+    return (
+        "quant_matmul fp16 (per-token + fp16 bias; per-tensor scale + (1, N) int32 bias)",
+        run,
+        FP16,
+    )
+
+
+def quant_matmul_batched_bf16() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(34)
+        x1, x2 = _int8((2, 16, 64), g), _int8((64, 48), g)  # x2 broadcasts over the batch
+        scale = (torch.rand(48, generator=g) / 200).to(BF16)
+        bias = torch.randn(2, 1, 48, generator=g).to(BF16)
+        with_bias = ops.quant_matmul(
+            x1.to(device), x2.to(device), scale.to(device), bias=bias.to(device), output_dtype=BF16
+        )
+        without_bias = ops.quant_matmul(
+            x1.to(device), x2.to(device), scale.to(device), output_dtype=BF16
+        )
+        return cpu(with_bias, without_bias)
+
+    return "quant_matmul bf16 batched 3-D x1, bf16 scale, (B,1,N) bf16 bias and none", run, BF16
+
+
+# ---- dequant_swiglu_quant --------------------------------------------------------------------
+
+
+def dequant_swiglu_quant_cases() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(13)
+        h = (torch.randn(64, 256, generator=g) * 0.5).to(BF16)
+        y, s = ops.dequant_swiglu_quant(h.to(device), quant_mode=1, activate_left=True)
+        x = torch.randint(-2000, 2000, (64, 256), generator=g, dtype=torch.int32)
+        weight_scale = torch.rand(2, 256, generator=g) / 100
+        activation_scale = torch.rand(64, generator=g) / 20
+        quant_scale = torch.rand(2, 128, generator=g) + 0.5
+        counts = torch.tensor([20, 44])
+        yi, si = ops.dequant_swiglu_quant(
+            x.to(device),
+            weight_scale=weight_scale.to(device),
+            activation_scale=activation_scale.to(device),
+            quant_scale=quant_scale.to(device),
+            group_index=counts.to(device),
+            activate_left=True,
+            quant_mode=1,
+        )
+        y, s, yi, si = cpu(y, s, yi, si)
+        return dequantised(y, s), s, dequantised(yi, si), si
+
+    return "dequant_swiglu_quant (sglang bf16; int32 with group_index)", run, BF16
+
+
+def dequant_swiglu_quant_right() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(35)
+        h = (torch.randn(32, 256, generator=g) * 0.5).to(BF16)
+        smooth = (torch.rand(1, 128, generator=g) + 0.5).to(BF16)
+        y, s = ops.dequant_swiglu_quant(
+            h.to(device), quant_scale=smooth.to(device), quant_mode=1, activate_left=False
+        )
+        x = torch.randint(-2000, 2000, (40, 256), generator=g, dtype=torch.int32)
+        weight_scale = torch.rand(2, 256, generator=g) / 100
+        activation_scale = torch.rand(40, 1, generator=g) / 20
+        quant_scale = (torch.rand(2, 128, generator=g) + 0.5).to(FP16)
+        counts = torch.tensor([12, 20])  # 32 of 40 rows: rows past the sum are garbage (doc)
+        yi, si = ops.dequant_swiglu_quant(
+            x.to(device),
+            weight_scale=weight_scale.to(device),
+            activation_scale=activation_scale.to(device),
+            quant_scale=quant_scale.to(device),
+            group_index=counts.to(device),
+            activate_left=False,
+            quant_mode=1,
+        )
+        y, s, yi, si = cpu(y, s, yi, si)
+        covered = int(counts.sum())
+        return dequantised(y, s), s, dequantised(yi[:covered], si[:covered]), si[:covered]
+
+    return (
+        "dequant_swiglu_quant activate_left=False (bf16 + smooth; int32, groups cover 32/40 rows)",
+        run,
+        BF16,
+    )
+
+
+CASES: list[CaseFactory] = [
+    dynamic_quant_bf16,
+    dynamic_quant_grouped_fp16,
+    quant_matmul_w8a8,
+    quant_matmul_fp16,
+    quant_matmul_batched_bf16,
+    dequant_swiglu_quant_cases,
+    dequant_swiglu_quant_right,
+]
