@@ -7,9 +7,10 @@ cases keep to (torch_npu 2.14 doc, "query_rope和key_rope参数约束"):
   16 or 128; Q_S 1-16; Q_S=1 takes sparse 0 without a mask, Q_S>1 sparse 3 with the template.
   v1 lists query N 32/64/128 (v2: powers of two up to 128); sglang pads its heads to a power of
   two, so the v1 cases use 32.
-- MLA sparse_mode 4 is documented only with query N 128 and key N 1, a head ratio the general
-  rule "num_heads/num_key_value_heads <= 64" (which the validator enforces) forbids, so no case
-  can be legal under both; there is none.
+- v1 sparse 4 (band) at either Q_S: query N 128 with key N 1, BSND, block size 64 or 128, each
+  query S at most its key S. The general "num_heads/num_key_value_heads <= 64" and prompt
+  "N*D < 65535" rules would forbid it; the validator exempts MLA from both (its MLA section is
+  the specific rule).
 - v2 with query D 128 (sglang's MLA prefill, ``ascend_backend.py`` 2192/2234): TND without
   paging, Q_D=K_D=V_D=128, bf16, sparse 0 without a mask or 3 with one (each request's query
   shorter than its keys). v1 documents no such call, so only v2 makes it here.
@@ -183,6 +184,44 @@ def fia_mla_bsh_mtp() -> Case:
     return "FIA MLA BSH paged verify (Q_S 3, sparse 3), page 16, + LSE bf16", run, BF16
 
 
+def fia_mla_band() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(305)
+        kv_lens, n = [300, 5], 128  # doc, MLA sparse 4: query N 128, BSND, block 64/128
+        latent, rope, table = _latent_cache(kv_lens, 64, g, BF16)
+        outs = []
+        for s in (1, 4):  # both branches take sparse 4; each query S <= its key S (doc)
+            q = torch.randn(2, s, n, LATENT, generator=g).to(BF16)
+            q_rope = torch.randn(2, s, n, ROPE, generator=g).to(BF16)
+            out, _ = _fia(
+                device,
+                q,
+                latent,
+                latent,
+                query_rope=q_rope,
+                key_rope=rope,
+                num_heads=n,
+                num_key_value_heads=1,
+                input_layout="BSND",
+                scale=SCALE,
+                block_table=table,
+                block_size=64,
+                actual_seq_lengths_kv=kv_lens,
+                sparse_mode=4,
+                atten_mask=TEMPLATE,
+                pre_tokens=100,
+                next_tokens=0,
+            )
+            outs.append(out)
+        return cpu(*outs)
+
+    return (
+        "FIA MLA BSND paged band (sparse 4, pre 100), 128 heads : 1, page 64, Q_S 1 and 4 bf16",
+        run,
+        BF16,
+    )
+
+
 # ---- v2 --------------------------------------------------------------------------------------
 
 
@@ -285,6 +324,7 @@ CASES: list[CaseFactory] = [
     fia_mla_paged_mtp,
     fia_mla_bnsd_decode_nd4,
     fia_mla_bsh_mtp,
+    fia_mla_band,
     fia_v2_mla_bnsd_verify,
     fia_v2_mla_tnd_extend,
     fia_v2_mla_prefix_lse,

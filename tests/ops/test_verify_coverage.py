@@ -10,9 +10,8 @@ implements (a case must run on both sides), restricted to calls legal on the ker
 purpose, with the reason:
 
 - FIA: fp32 (the kernel takes fp16/bf16; fp32 is reference-only), int8/quantised and NZ inputs,
-  the v2 ``*_NBSD``/``NTD`` layouts, pse/prefix/left padding (not implemented by the reference);
-  MLA sparse_mode 4 (documented only for query N 128 with key N 1, a head ratio the general
-  ratio <= 64 rule forbids); TND with rope in v1 (documented in v2 only).
+  the v2 ``*_NBSD``/``NTD`` layouts, pse/prefix/left padding and sparse_mode 9 (not implemented
+  by the reference); TND with rope in v1 (documented in v2 only).
 - grouped_matmul split_item 0/1/3, group_type -1, act_type != 0, antiquant and int64 scales;
   moe_init_routing_v2 drop_pad_mode 1 and quant modes other than -1/1; moe_finalize_routing
   drop_pad_mode 1/3; quant_matmul int8/int32 output and int4; dequant_swiglu_quant quant_mode 0,
@@ -433,6 +432,7 @@ REQUIRED: dict[str, dict[str, set[object]]] = {
             "prompt:256",
             "prompt:512",
             "mla:16",
+            "mla:64",
             "mla:128",
         },
         "actual_seq_lengths": {"none", "broadcast", "per request", "cumulative (TND)"},
@@ -447,7 +447,7 @@ REQUIRED: dict[str, dict[str, set[object]]] = {
         "pre_tokens/next_tokens": {"default", "set"},
         "mla input_layout/phase": {"BSH/prompt", "BSND/decode", "BSND/prompt", "BNSD/decode"},
         "mla kv storage": {"paged-3d", "paged-4d"},
-        "mla sparse_mode/phase": {"0/decode", "3/prompt"},
+        "mla sparse_mode/phase": {"0/decode", "3/prompt", "4/decode", "4/prompt"},
     },
     "fused_infer_attention_score_v2": {
         "dtype": HALF,

@@ -29,29 +29,13 @@ def cases() -> list[verify_ops.CaseFactory]:
 
 
 def test_registry_collects_every_case_module(cases: list[verify_ops.CaseFactory]) -> None:
+    """Names are unique and every module's cases are collected (which ops they call, and with
+    which arguments, is audited in test_verify_coverage.py)."""
     names = [make()[0] for make in cases]
     assert len(names) == len(set(names))
     for module in verify_ops.CASE_MODULES:
         listed = importlib.import_module(module).CASES
         assert listed and {make()[0] for make in listed} <= set(names), module
-    covered = " ".join(names)
-    for op in (
-        "FIA",
-        "FIA v2",
-        "MLA",
-        "scatter_nd_update_",
-        "scatter_pa_kv_cache",
-        "attention_update",
-        "interleave_rope",
-        "add_rms_norm",
-        "moe_",
-        "grouped_matmul",
-        "dynamic_quant",
-        "quant_matmul",
-        "dequant_swiglu_quant",
-        "swiglu",
-    ):
-        assert op in covered
 
 
 @pytest.mark.parametrize("make", ALL_CASES, ids=lambda make: make.__name__)
