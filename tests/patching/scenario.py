@@ -1,8 +1,11 @@
 """Run one import/activate/deactivate ordering in a fresh interpreter and report what it saw.
 
 ``python -m patching.scenario ENTRY STEP...``; each STEP is ``import``, ``activate``,
-``deactivate`` or ``check``. Every ``check`` records the target's state; the report is one JSON
-line on stdout. Kept as a real module (not a string) so it is linted and readable.
+``deactivate`` or ``check``. Every ``check`` records the target's state as plain facts (is it a
+wrapt wrapper, is the wrapper our hook, and where the wrapped or installed object was defined);
+the test compares those with the stock object it names itself, never with something the patcher
+recorded. The report is one JSON line on stdout. Kept as a real module (not a string) so it is
+linted and readable.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from sglang_ascend_fia import plugin
 from sglang_ascend_fia.manifest import PatchEntry, load_manifest
 from sglang_ascend_fia.patcher import load_hook, resolve_container
 
+# Every wrapt proxy: under wrapt 2 a FunctionWrapper is a BaseObjectProxy but not an ObjectProxy.
+PROXY = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
+
 
 def read_target(entry: PatchEntry) -> Any:
     container, key = resolve_container(entry, sys.modules[entry.module])
@@ -28,36 +34,37 @@ def read_target(entry: PatchEntry) -> Any:
     return getattr(container, key)
 
 
-def describe(entry: PatchEntry, value: Any, first_seen: Any) -> dict[str, Any]:
-    hook = load_hook(entry)
-    if entry.kind == "wrap":
-        wrapped = isinstance(value, wrapt.FunctionWrapper)
-        inner = value.__wrapped__ if wrapped else None
-        return {
-            "wrapped": wrapped,
-            "double_wrapped": isinstance(inner, wrapt.FunctionWrapper),
-            "wraps_original": wrapped and inner is first_seen,
-            "is_original": value is first_seen,
-        }
+def identity(obj: Any) -> dict[str, Any]:
+    """Where ``obj`` comes from. Never called on a wrapt proxy, which forwards these names."""
+    code = getattr(obj, "__code__", None)
     return {
-        "wrapped": value is hook,
-        "double_wrapped": False,
-        "wraps_original": value is hook,
-        "is_original": value is first_seen,
+        "type": type(obj).__name__,
+        "module": getattr(obj, "__module__", None),
+        "qualname": getattr(obj, "__qualname__", None),
+        "file": code.co_filename if code is not None else None,
+    }
+
+
+def describe(entry: PatchEntry, value: Any) -> dict[str, Any]:
+    hook = load_hook(entry)
+    wrapped = isinstance(value, wrapt.FunctionWrapper)
+    inner = value.__wrapped__ if wrapped else value
+    return {
+        "wrapped": wrapped,
+        "wrapper_is_hook": wrapped and value._self_wrapper is hook,
+        "double_wrapped": isinstance(inner, PROXY),
+        "is_hook": value is hook,
+        "target": identity(inner) if not isinstance(inner, PROXY) else None,
     }
 
 
 def main(name: str, steps: list[str]) -> None:
     entry = next(e for e in load_manifest(plugin._manifest_dir) if e.name == name)
     report: dict[str, Any] = {"checks": [], "imported_by_activate": []}
-    first_seen: Any = None
     for step in steps:
         if step == "import":
-            importlib.import_module(entry.module)
-            if first_seen is None:
-                applied = plugin._applied.get(entry.name)
-                # Imported while active: the original is what the patcher recorded.
-                first_seen = applied.original if applied else read_target(entry)
+            module = importlib.import_module(entry.module)
+            report["module_file"] = module.__file__
         elif step == "activate":
             before = set(sys.modules)
             plugin.activate()
@@ -65,9 +72,9 @@ def main(name: str, steps: list[str]) -> None:
         elif step == "deactivate":
             plugin.deactivate()
         elif step == "check":
-            state = {"module_imported": entry.module in sys.modules}
+            state: dict[str, Any] = {"module_imported": entry.module in sys.modules}
             if entry.module in sys.modules:
-                state |= describe(entry, read_target(entry), first_seen)
+                state |= describe(entry, read_target(entry))
             report["checks"].append(state)
         else:
             raise SystemExit(f"unknown step {step!r}")

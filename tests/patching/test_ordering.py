@@ -3,6 +3,7 @@ interpreter, against every real manifest entry whose sglang module imports on th
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -16,17 +17,29 @@ from sglang_ascend_fia import plugin
 from sglang_ascend_fia.manifest import PatchEntry, load_manifest
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
+ENTRIES = [e for e in load_manifest() if plugin.module_file_exists(e.module)]
+
+# The object sglang itself puts at each target, named independently of the patcher, so "the
+# original is back" is checked against sglang and not against what the patcher recorded.
+STOCK: dict[str, dict[str, Any]] = {
+    "ascend-fia-backend": {
+        "type": "function",
+        "module": "sglang.srt.layers.attention.attention_registry",
+        "qualname": "create_ascend_backend",
+    },
+}
+# Modules that must import on the CPU test bed: if one stops importing, the test bed is broken
+# and the matrix must fail rather than skip itself away.
+MUST_IMPORT = {"sglang.srt.layers.attention.attention_registry"}
 
 
-def _importable_here(entry: PatchEntry) -> bool:
+@functools.cache
+def _import_error(module: str) -> str | None:
     """Modules such as the in-tree ascend_backend import torch_npu and cannot load on CPU."""
     probe = subprocess.run(
-        [sys.executable, "-c", f"import {entry.module}"], capture_output=True, env=os.environ
+        [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, env=os.environ
     )
-    return probe.returncode == 0
-
-
-ENTRIES = [e for e in load_manifest() if plugin.module_file_exists(e.module)]
+    return None if probe.returncode == 0 else probe.stderr.strip()[-2000:]
 
 
 def run(entry: PatchEntry, *steps: str, toggle: str = "1") -> dict[str, Any]:
@@ -43,32 +56,52 @@ def run(entry: PatchEntry, *steps: str, toggle: str = "1") -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-WRAPPED_ONCE = {"wrapped": True, "double_wrapped": False, "wraps_original": True}
+def _is_stock(entry: PatchEntry, target: dict[str, Any] | None, module_file: str) -> bool:
+    """The target object is sglang's own: its name, and (for code) its defining file."""
+    if target is None:
+        return False
+    expected = STOCK[entry.name]
+    if {k: target[k] for k in expected} != expected:
+        return False
+    return target["file"] is None or target["file"] == module_file
 
 
-def assert_wrapped_once(check: dict[str, Any]) -> None:
-    assert {k: check[k] for k in WRAPPED_ONCE} == WRAPPED_ONCE, check
+def assert_wrapped_once(entry: PatchEntry, report: dict[str, Any], check: dict[str, Any]) -> None:
+    if entry.kind == "wrap":
+        assert check["wrapped"] and check["wrapper_is_hook"], check
+        assert not check["double_wrapped"], check
+        assert _is_stock(entry, check["target"], report["module_file"]), check
+    else:
+        assert check["is_hook"], check
 
 
-def assert_original(check: dict[str, Any]) -> None:
-    assert check["is_original"] and not check["wrapped"], check
+def assert_original(entry: PatchEntry, report: dict[str, Any], check: dict[str, Any]) -> None:
+    assert not check["wrapped"] and not check["is_hook"], check
+    assert _is_stock(entry, check["target"], report["module_file"]), check
 
 
 @pytest.fixture(params=ENTRIES, ids=lambda e: e.name)
 def entry(request: pytest.FixtureRequest) -> PatchEntry:
-    if not _importable_here(request.param):
+    error = _import_error(request.param.module)
+    if error is not None:
+        if request.param.module in MUST_IMPORT:
+            pytest.fail(f"{request.param.module} must import on the CPU test bed:\n{error}")
         pytest.skip(f"{request.param.module} cannot be imported on this machine")
     return request.param
 
 
 def test_matrix_covers_a_real_patch() -> None:
-    assert any(e.module.endswith("attention_registry") for e in ENTRIES)
+    assert any(e.module in MUST_IMPORT for e in ENTRIES)
+
+
+def test_every_entry_names_its_stock_object() -> None:
+    assert set(STOCK) == {e.name for e in ENTRIES}
 
 
 def test_import_then_activate(entry: PatchEntry) -> None:
     report = run(entry, "import", "check", "activate", "check")
-    assert_original(report["checks"][0])
-    assert_wrapped_once(report["checks"][1])
+    assert_original(entry, report, report["checks"][0])
+    assert_wrapped_once(entry, report, report["checks"][1])
 
 
 def test_activate_then_import_is_lazy(entry: PatchEntry) -> None:
@@ -76,33 +109,71 @@ def test_activate_then_import_is_lazy(entry: PatchEntry) -> None:
     assert report["checks"][0] == {"module_imported": False}
     assert not [m for m in report["imported_by_activate"] if m.startswith("sglang.")]
     assert "torch_npu" not in report["imported_by_activate"]
-    assert_wrapped_once(report["checks"][1])
+    assert_wrapped_once(entry, report, report["checks"][1])
 
 
 def test_activate_twice_never_double_wraps(entry: PatchEntry) -> None:
     lazy = run(entry, "activate", "activate", "import", "check", "activate", "check")
-    assert_wrapped_once(lazy["checks"][0])
-    assert_wrapped_once(lazy["checks"][1])
+    assert_wrapped_once(entry, lazy, lazy["checks"][0])
+    assert_wrapped_once(entry, lazy, lazy["checks"][1])
     eager = run(entry, "import", "activate", "activate", "check")
-    assert_wrapped_once(eager["checks"][0])
+    assert_wrapped_once(entry, eager, eager["checks"][0])
 
 
 def test_activate_deactivate_activate(entry: PatchEntry) -> None:
     report = run(entry, "import", "activate", "deactivate", "check", "activate", "check")
-    assert_original(report["checks"][0])
-    assert_wrapped_once(report["checks"][1])
+    assert_original(entry, report, report["checks"][0])
+    assert_wrapped_once(entry, report, report["checks"][1])
     lazy = run(entry, "activate", "import", "deactivate", "check", "activate", "check")
-    assert_original(lazy["checks"][0])
-    assert_wrapped_once(lazy["checks"][1])
+    assert_original(entry, lazy, lazy["checks"][0])
+    assert_wrapped_once(entry, lazy, lazy["checks"][1])
 
 
 def test_deactivate_before_import_leaves_module_stock(entry: PatchEntry) -> None:
     """wrapt cannot unregister its post-import hook; once deactivated it must do nothing."""
     report = run(entry, "activate", "deactivate", "import", "check")
-    assert_original(report["checks"][0])
+    assert_original(entry, report, report["checks"][0])
 
 
-def test_toggle_off_patches_nothing_and_imports_nothing(entry: PatchEntry) -> None:
+def test_toggle_off_patches_nothing(entry: PatchEntry) -> None:
     report = run(entry, "activate", "import", "check", toggle="0")
-    assert report["imported_by_activate"] == []
-    assert_original(report["checks"][0])
+    assert_original(entry, report, report["checks"][0])
+
+
+# --- the real entry point with the toggle off: nothing beyond the stdlib and two modules -----
+
+PROBE = Path(__file__).resolve().parent / "entry_point_probe.py"
+TOGGLE_OFF_MODULES = {"sglang_ascend_fia", "sglang_ascend_fia.config", "sglang_ascend_fia.plugin"}
+
+
+def probe_entry_point(toggle: str | None) -> dict[str, Any]:
+    # No test-bed PYTHONPATH: its sitecustomize imports torch at start-up, which would hide a
+    # plugin that imports torch (or anything torch pulls in) from the before/after diff.
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "ASCEND_USE_FIA"}}
+    if toggle is not None:
+        env["ASCEND_USE_FIA"] = toggle
+    proc = subprocess.run(
+        [sys.executable, str(PROBE)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _not_stdlib(modules: list[str]) -> set[str]:
+    return {m for m in modules if m.split(".")[0] not in sys.stdlib_module_names}
+
+
+@pytest.mark.parametrize("toggle", [None, "0", "false", "FALSE"], ids=str)
+def test_toggle_off_entry_point_imports_only_the_stdlib(toggle: str | None) -> None:
+    report = probe_entry_point(toggle)
+    assert report["value"] == "sglang_ascend_fia.plugin:activate"
+    assert report["active"] is False
+    assert _not_stdlib(report["new_modules"]) == TOGGLE_OFF_MODULES
+
+
+def test_entry_point_probe_sees_what_activation_imports() -> None:
+    """The control: with the toggle on, the same probe does see the patching machinery."""
+    report = probe_entry_point("1")
+    assert report["active"] is True
+    extra = _not_stdlib(report["new_modules"]) - TOGGLE_OFF_MODULES
+    assert {"wrapt", "packaging", "sglang_ascend_fia.manifest"} <= extra, extra
