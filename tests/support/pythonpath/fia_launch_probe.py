@@ -6,6 +6,9 @@ plugin (discovered through the ``fia_launch_probe-0.0.0.dist-info`` entry point 
 test ``PYTHONPATH``) wraps ``ModelRunner.forward`` and appends one JSON line per forward: the
 forward mode, batch size, token count and the ops launched during that forward. Without the
 variable it does nothing. Never shipped.
+
+Remove when: no test, demo or benchmark sets ``FIA_LAUNCH_LOG`` (it is a measuring instrument,
+not a workaround for an sglang quirk).
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ PyPI's torchvision is linked against CUDA torch; beside the CPU torch build its 
 Declaring the two operator schemas before torchvision is imported lets the import succeed. It
 has to run in every process, spawned sglang schedulers and detokenizers included, which is what
 ``sitecustomize`` gives us.
+
+Remove when: the test bed's torchvision is a CPU build matching its torch (``import torchvision``
+succeeds without this file), or nothing the test bed imports needs torchvision.
 """
 
 try:

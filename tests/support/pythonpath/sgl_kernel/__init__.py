@@ -9,6 +9,10 @@ Only ``assign_req_to_token_pool_cpu`` is ever called on the Qwen2 / DeepSeek-V2 
 other name resolves to a function that raises, so an unexpected call fails loudly. Deliberately,
 nothing registers ``torch.ops.sgl_kernel.convert_weight_packed``: sglang probes it to decide AMX
 support, and without it every layer takes its ``forward_native`` path.
+
+Remove when: a CPU build of ``sgl_kernel`` with the ``*_cpu`` ops installs from PyPI for the
+tested sglang, or sglang stops importing ``sgl_kernel`` at import time with
+``SGLANG_USE_CPU_ENGINE=1``.
 """
 
 from __future__ import annotations

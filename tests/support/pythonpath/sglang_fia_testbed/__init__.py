@@ -15,6 +15,9 @@ It also records, when ``FIA_TESTBED_PROCESS_LOG`` names a file, one JSON line pe
 saying which sglang function loaded the plugins there and whether ``ascend_fia`` is active. It
 does so from ``HookRegistry.apply_hooks``, which ``load_plugins()`` calls after *every* plugin has
 run, so the order in which plugins are called does not matter.
+
+Remove when: sglang registers a DeepSeek attention handler for ``torch_native`` itself, and no
+test sets ``FIA_TESTBED_PROCESS_LOG`` (move that log elsewhere first if tests still need it).
 """
 
 from __future__ import annotations
