@@ -36,6 +36,7 @@ CASE_MODULES = (
     "sglang_ascend_fia.verify_cases_mla",
     "sglang_ascend_fia.verify_cases_kv_helpers",
     "sglang_ascend_fia.verify_cases_moe",
+    "sglang_ascend_fia.verify_cases_gmm",
     "sglang_ascend_fia.verify_cases_quant",
 )
 

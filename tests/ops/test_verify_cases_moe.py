@@ -1,4 +1,4 @@
-"""The MoE and quantisation verify-ops cases compare only entries the docs define.
+"""The MoE, grouped-matmul and quantisation verify-ops cases compare only defined entries.
 
 Determinism and finiteness of every case are checked in ``test_verify_ops.py``; argument coverage
 in ``test_verify_coverage.py``.
@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sglang_ascend_fia import verify_cases_moe, verify_cases_quant
+from sglang_ascend_fia import verify_cases_gmm, verify_cases_moe, verify_cases_quant
 
-CASES = [*verify_cases_moe.CASES, *verify_cases_quant.CASES]
+CASES = [*verify_cases_moe.CASES, *verify_cases_gmm.CASES, *verify_cases_quant.CASES]
 OPS = (
     "moe_gating_top_k_softmax",
     "moe_gating_top_k",
