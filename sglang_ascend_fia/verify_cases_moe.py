@@ -5,7 +5,7 @@ Protocol and helpers: :mod:`sglang_ascend_fia.verify_cases_util`; quantisation o
 outputs are restricted to what the docs define: routed rows only (``[:avail]``), key-value pairs
 up to the terminator, ``norm_out`` only with ``out_flag``, int8 results dequantised next to their
 scale. Gating inputs are continuous random values, so top-k ties (whose order no doc states)
-do not occur; the fp16 cases and the new bf16 ones use well-separated scores (a random
+do not occur; the fp16 cases and the bf16 group-max case use well-separated scores (a random
 permutation times a step) so the kernel's rounding cannot reorder close experts either. The first
 case of each op is sglang 0.5.23's call (see ``ops/moe.py``).
 
