@@ -7,6 +7,7 @@ sources are listed there.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
@@ -16,11 +17,17 @@ import torch
 from sglang_ascend_fia.ops._fia_rules import (
     MASK_TEMPLATE_SIZE,
     MAX_3D_CACHE_HIDDEN,
-    MAX_ROPE_PAGED_QUERY_S,
+    OP,
+    TREE_MASK_SPARSE_MODE,
+    CallShape,
     check_block_size,
     check_head_counts,
+    check_mla,
+    check_sizes,
     check_sparse_mode,
+    check_tnd_dense,
 )
+from sglang_ascend_fia.ops._fia_rules import fail as _fail
 
 INT32_MAX = 2147483647
 
@@ -35,23 +42,31 @@ _LAYOUTS: dict[str, tuple[str, str, int]] = {
 }
 # v2 layouts the kernel documents but the reference does not model (output transposed to N-first).
 _V2_ONLY_LAYOUTS = ("BSH_NBSD", "BSND_NBSD", "BNSD_NBSD", "TND_NTD", "NTD_TND")
-# fp32 is a reference-only extension (the kernel documents fp16/bf16/int8 queries); the tests use
-# it for tight tolerances.
+# fp32 is accepted off the NPU only; see the dtype policy below.
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _QUERY_DTYPES = (*_FLOAT_DTYPES, torch.int8)
 _KV_QUANT_DTYPES = (torch.int8, torch.int32)  # int8, and int4 packed in int32 (doc)
 _MASK_DTYPES = (torch.bool, torch.int8, torch.uint8)
 
-# Chunk budgets of the reference, in fp32 elements. A K+V chunk of about 4 MiB stays in cache
-# while it is converted and multiplied; the score chunk bounds the prefill working set.
-_KV_CHUNK_ELEMS = 1 << 20
-_SCORE_CHUNK_ELEMS = 1 << 22
+_OP = OP
 
-_OP = "fused_infer_attention_score"
+# ---------------------------------------------------------------------------------------------
+# dtype policy (decided for the project, shared by every op that documents fp16/bf16 only)
+# ---------------------------------------------------------------------------------------------
+# The kernels take float16/bfloat16 (FIA also int8) inputs. The references also take float32 so
+# that the CPU test bed, which runs whole models in fp32, can compare against HF and brute force
+# at fp32 tolerance. float32 is therefore accepted only off the NPU: on an NPU tensor it is
+# refused, as the kernel would refuse it. A "bf16 only" rule accepts bf16, and float32 off the
+# NPU; float16 is refused everywhere. The device check is a string compare: no import, no sync.
 
 
-def _fail(argument: str, value: object, rule: str) -> NoReturn:
-    raise ValueError(f"{_OP}: {argument}={value!r} is not allowed: {rule}")
+def refuse_npu_float32(op: str, argument: str, tensor: torch.Tensor, kernel_dtypes: str) -> None:
+    """``ValueError`` for a float32 ``tensor`` on an NPU; the kernel takes ``kernel_dtypes``."""
+    if tensor.dtype == torch.float32 and tensor.device.type == "npu":
+        raise ValueError(
+            f"{op}: {argument}={tensor.dtype!r} is not allowed on an NPU tensor: the kernel takes "
+            f"{kernel_dtypes}; float32 is accepted off the NPU only, by the reference"
+        )
 
 
 def _not_supported(argument: str, value: object, what: str) -> NoReturn:
@@ -91,14 +106,23 @@ class _Plan:
     next_tokens: int
 
 
+def _is_integral(t: torch.Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex())
+
+
 def _int_list(name: str, value: object) -> list[int]:
+    """Lengths as ints: a list/tuple of ints or a 1-D integer tensor, all non-negative."""
     if isinstance(value, torch.Tensor):
-        if value.dim() != 1:
-            _fail(name, _shape(value), "must be a 1-D list of ints")
-        return [int(v) for v in value.tolist()]
-    if not isinstance(value, Sequence) or isinstance(value, str):
+        if value.dim() != 1 or value.dtype == torch.bool or not _is_integral(value):
+            _fail(name, (value.dtype, _shape(value)), "must be a list of ints or a 1-D int tensor")
+        out = [int(v) for v in value.tolist()]
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        try:
+            out = [operator.index(v) for v in value]
+        except TypeError:
+            _fail(name, value, "must be a list of ints")
+    else:
         _fail(name, value, "must be a list of ints")
-    out = [int(v) for v in value]  # type: ignore[union-attr]
     if any(v < 0 for v in out):
         _fail(name, out, "lengths must be non-negative")
     return out
@@ -233,12 +257,17 @@ def _plan(
     inner_precise: int,
     block_size: int,
     reference: bool,
+    version: int = 1,
 ) -> _Plan:
-    """Check the documented constraints (and, with ``reference``, the reference's own limits)."""
+    """Check the documented constraints (and, with ``reference``, the reference's own limits).
+
+    ``version`` picks the doc (v1 or v2 op) where the two state different MLA/TND rules.
+    """
     if input_layout not in _LAYOUTS:
         _fail("input_layout", input_layout, f"must be one of {tuple(_LAYOUTS)}")
     q_layout, out_layout, rank = _LAYOUTS[input_layout]
     _check_tensor("query", query, _QUERY_DTYPES)
+    refuse_npu_float32(_OP, "query", query, "float16, bfloat16 or int8 queries")
     if query.dim() != rank:
         _fail("query", _shape(query), f"input_layout={input_layout} needs a {rank}-D query")
     kv_dtypes = (query.dtype, *_KV_QUANT_DTYPES)
@@ -250,13 +279,13 @@ def _plan(
             (query.dtype, key.dtype),
             "only float attention with key/value in the query's dtype is implemented",
         )
-    nkv = check_head_counts(num_heads, num_key_value_heads)
-    check_sparse_mode(sparse_mode)
+    rope = query_rope is not None or key_rope is not None
+    nkv = check_head_counts(num_heads, num_key_value_heads, mla=rope)
+    check_sparse_mode(sparse_mode, rope=rope, version=version)
     if inner_precise not in (0, 1, 2, 3):
         _fail("inner_precise", inner_precise, "must be 0, 1, 2 or 3")
 
     s_or_t, _, q_dim = _query_geometry(query, q_layout, num_heads)
-    rope = query_rope is not None or key_rope is not None
     if rope and (query_rope is None or key_rope is None):
         _fail("query_rope/key_rope", "only one given", "MLA needs both or neither")
 
@@ -282,6 +311,8 @@ def _plan(
     prefill = q_s > 1
     if inner_precise > 1 and not prefill:
         _fail("inner_precise", inner_precise, "Q_S=1 only supports 0 and 1")
+    if not prefill and query.dtype == key.dtype == torch.int8:
+        _fail("query/key/value dtype", torch.int8, "Q_S=1 does not support all-int8 inputs")
 
     # Key/value geometry and lengths.
     paged = block_table is not None
@@ -289,35 +320,22 @@ def _plan(
     cache_4d = False
     if paged:
         assert block_table is not None
-        if block_table.dtype != torch.int32 or block_table.dim() != 2:
-            _fail(
-                "block_table",
-                (block_table.dtype, _shape(block_table)),
-                "must be a 2-D int32 tensor",
-            )
-        if block_table.size(0) != batch:
-            _fail("block_table", _shape(block_table), f"dim 0 must equal the batch B={batch}")
-        if block_size <= 0:
-            _fail("block_size", block_size, "page attention (block_table given) needs it > 0")
-        check_block_size(block_size, prefill=prefill, rope=rope, sparse_mode=sparse_mode)
-        if rope and q_s > MAX_ROPE_PAGED_QUERY_S:
-            _fail(
-                "query_rope",
-                _shape(query_rope),
-                f"MLA page attention supports query S 1-{MAX_ROPE_PAGED_QUERY_S}, got {q_s}",
-            )
-        k_blocks, k_dim, k_rank = _paged_kv_geometry("key", key, q_layout, nkv, block_size)
-        v_blocks, v_dim, v_rank = _paged_kv_geometry("value", value, q_layout, nkv, block_size)
-        if (v_blocks, v_rank) != (k_blocks, k_rank):
-            _fail("value", _shape(value), f"must have the key's block count/layout {_shape(key)}")
-        if reference and k_rank == 5:
-            _not_supported("key", _shape(key), "NZ caches are not implemented; use ND")
-        cache_4d = k_rank == 4
-        if actual_seq_lengths_kv is None:
-            _fail("actual_seq_lengths_kv", None, "page attention requires per-request KV lengths")
-        capacity = block_table.size(1) * block_size
-        # Paged: per-batch lengths, also for a TND query (doc, Q_S=1 page attention section).
-        kv_lens = _per_batch("actual_seq_lengths_kv", actual_seq_lengths_kv, batch, capacity)
+        kv_lens, v_dim, cache_4d = _paged_lengths(
+            query,
+            key,
+            value,
+            block_table,
+            actual_seq_lengths_kv,
+            q_layout=q_layout,
+            batch=batch,
+            nkv=nkv,
+            q_dim=q_dim,
+            prefill=prefill,
+            rope=rope,
+            sparse_mode=sparse_mode,
+            block_size=block_size,
+            reference=reference,
+        )
     else:
         if key.dim() != query.dim():
             _fail("key", _shape(key), f"a dense {q_layout} key must have the query's rank")
@@ -325,6 +343,8 @@ def _plan(
         v_s, v_dim = _dense_kv_geometry("value", value, q_layout, batch, nkv)
         if value.dim() != key.dim() or v_s != kv_s:
             _fail("value", _shape(value), f"must match the key's shape {_shape(key)} but for D")
+        if k_dim != q_dim:
+            _fail("key", _shape(key), f"its D ({k_dim}) must equal the query's D ({q_dim})")
         if q_layout == "TND":
             if actual_seq_lengths_kv is None:
                 _fail("actual_seq_lengths_kv", None, "a dense TND key needs cumulative lengths")
@@ -341,78 +361,71 @@ def _plan(
             kv_lens = [kv_s] * batch
         else:
             kv_lens = _per_batch("actual_seq_lengths_kv", actual_seq_lengths_kv, batch, kv_s)
-    if k_dim != q_dim:
-        _fail("key", _shape(key), f"its D ({k_dim}) must equal the query's D ({q_dim})")
 
     rope_dim = 0
     if rope:
         assert query_rope is not None and key_rope is not None
-        _check_tensor(
-            "query_rope", query_rope, (query.dtype,) if query.is_floating_point() else _FLOAT_DTYPES
-        )
-        _check_tensor(
-            "key_rope", key_rope, (key.dtype,) if key.is_floating_point() else _FLOAT_DTYPES
-        )
-        if query_rope.dim() != query.dim() or (
-            q_layout != "BSH" and query_rope.shape[:-1] != query.shape[:-1]
-        ):
-            _fail("query_rope", _shape(query_rope), f"must match the query {_shape(query)} but D")
-        rope_dim = query_rope.size(2) // num_heads if q_layout == "BSH" else query_rope.size(-1)
-        if q_layout == "BSH" and (
-            query_rope.shape[:2] != query.shape[:2] or query_rope.size(2) % num_heads
-        ):
-            _fail("query_rope", _shape(query_rope), "must be (B, S, N*rope_D)")
-        if key_rope.dim() != key.dim() or key_rope.shape[:-1] != key.shape[:-1]:
-            _fail("key_rope", _shape(key_rope), f"must match the key {_shape(key)} but D")
-        k_rope_dim = key_rope.size(-1)
-        if key.dim() == 3 and (paged or q_layout == "BSH"):
-            k_rope_dim = key_rope.size(2) // nkv
-        elif key.dim() == 5:
-            k_rope_dim = key_rope.size(2) * key_rope.size(4)
-        if k_rope_dim != rope_dim or rope_dim == 0:
-            _fail("key_rope", _shape(key_rope), f"rope D must equal query_rope's ({rope_dim})")
+        rope_dim = _rope_dim(query, key, query_rope, key_rope, q_layout, num_heads, nkv, paged)
 
-    # Masks. Q_S=1 without rope runs the incremental branch, which ignores sparse_mode (doc);
-    # a 2048 template passed there masks nothing (inferred: its contents are never the mask).
-    mask_mode = "none"
-    ignores_sparse = not prefill and not rope
-    if rope:
-        if sparse_mode not in (0, 3, 4):
-            _fail("sparse_mode", sparse_mode, "with query_rope/key_rope only 0, 3 or 4")
-        if sparse_mode == 0 and atten_mask is not None:
-            _fail("atten_mask", _shape(atten_mask), "MLA with sparse_mode=0 takes no mask")
-    if atten_mask is not None and atten_mask.dtype not in _MASK_DTYPES:
-        _fail("atten_mask", atten_mask.dtype, f"dtype must be one of {_MASK_DTYPES}")
-    if sparse_mode in (2, 3, 4) and not ignores_sparse:
-        template = (MASK_TEMPLATE_SIZE, MASK_TEMPLATE_SIZE)
-        if (
-            atten_mask is None
-            or tuple(atten_mask.shape[-2:]) != template
-            or any(d != 1 for d in atten_mask.shape[:-2])
-        ):
+    tnd_dense = q_layout == "TND" and not paged
+    call = CallShape(
+        version=version,
+        input_layout=input_layout,
+        q_layout=q_layout,
+        q_s=q_s,
+        num_heads=num_heads,
+        num_kv_heads=nkv,
+        q_dim=q_dim,
+        v_dim=v_dim,
+        rope_dim=rope_dim,
+        paged=paged,
+        nz=paged and key.dim() == 5,
+        int8=torch.int8 in (query.dtype, key.dtype),
+        sparse_mode=sparse_mode,
+        mask_shape=_shape(atten_mask),  # type: ignore[arg-type]
+        q_lens=tuple(q_lens),
+        kv_lens=tuple(kv_lens),
+        tokens=(s_or_t, key.size(0), value.size(0)) if tnd_dense else (),
+        pre_tokens=pre_tokens,
+        next_tokens=next_tokens,
+    )
+    check_sizes(call)
+    if tnd_dense:
+        if query.dtype not in (torch.bfloat16, torch.float32):
             _fail(
-                "atten_mask",
-                _shape(atten_mask),
-                f"sparse_mode={sparse_mode} needs the 2048x2048 lower-triangular template "
-                "(2048,2048), (1,2048,2048) or (1,1,2048,2048)",
+                "query",
+                query.dtype,
+                "TND without page attention takes bfloat16 only (float32 off the NPU, for the "
+                "reference)",
             )
-        mask_mode = {2: "left_up", 3: "right_down", 4: "band"}[sparse_mode]
-    elif sparse_mode in (0, 1) and atten_mask is not None:
-        banded = (pre_tokens, next_tokens) != (INT32_MAX, INT32_MAX)
-        if reference and prefill and sparse_mode == 0 and banded:
-            # Doc: a sparse_mode=0 mask "表示pre_tokens和next_tokens之间的部分需要计算"; how the
-            # two combine is not stated, so the reference does not guess.
-            _not_supported(
-                "pre_tokens/next_tokens",
-                (pre_tokens, next_tokens),
-                "with a sparse_mode=0 mask only the defaults are implemented; use sparse_mode=4",
-            )
-        mask_mode = "dense"
-        _dense_mask_view(
-            atten_mask, batch, max(q_lens, default=0), max(kv_lens, default=0), prefill=prefill
+        check_tnd_dense(call)
+    elif rope:
+        check_mla(call)
+
+    mask_mode = _mask_mode(
+        atten_mask,
+        sparse_mode=sparse_mode,
+        batch=batch,
+        q_lens=q_lens,
+        kv_lens=kv_lens,
+        prefill=prefill,
+        rope=rope,
+        two_d_mask_ok=q_layout != "TND" and q_dim == v_dim and not rope,
+        block_table=block_table,
+        block_size=block_size,
+    )
+    banded = (pre_tokens, next_tokens) != (INT32_MAX, INT32_MAX)
+    if reference and prefill and mask_mode == "dense" and sparse_mode == 0 and banded:
+        # Doc: a sparse_mode=0 mask "表示pre_tokens和next_tokens之间的部分需要计算"; where that
+        # band is anchored (top-left or bottom-right) is not stated, so the reference does not
+        # guess (rejected: the bottom-right anchor of sparse_mode=4).
+        _not_supported(
+            "pre_tokens/next_tokens",
+            (pre_tokens, next_tokens),
+            "with a sparse_mode=0 mask only the defaults are implemented; use sparse_mode=4",
         )
-    elif sparse_mode == 1 and not ignores_sparse:
-        _fail("atten_mask", None, "sparse_mode=1 (allMask) needs a full mask")
+    if reference and sparse_mode == TREE_MASK_SPARSE_MODE:
+        _not_supported("sparse_mode", sparse_mode, "the treeMask layout is not documented")
 
     return _Plan(
         q_layout=q_layout,
@@ -436,6 +449,177 @@ def _plan(
         pre_tokens=pre_tokens,
         next_tokens=next_tokens,
     )
+
+
+def _paged_lengths(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    block_table: torch.Tensor,
+    actual_seq_lengths_kv: object,
+    *,
+    q_layout: str,
+    batch: int,
+    nkv: int,
+    q_dim: int,
+    prefill: bool,
+    rope: bool,
+    sparse_mode: int,
+    block_size: int,
+    reference: bool,
+) -> tuple[list[int], int, bool]:
+    """Page-attention checks; returns (per-request KV lengths, value D, 4-D cache)."""
+    if block_table.dtype != torch.int32 or block_table.dim() != 2:
+        _fail("block_table", (block_table.dtype, _shape(block_table)), "must be a 2-D int32 tensor")
+    if block_table.size(0) != batch:
+        _fail("block_table", _shape(block_table), f"dim 0 must equal the batch B={batch}")
+    if block_size <= 0:
+        _fail("block_size", block_size, "page attention (block_table given) needs it > 0")
+    if prefill and query.dtype == torch.int8:
+        _fail("query", query.dtype, "page attention with Q_S>1 does not take an int8 query")
+    if not prefill and key.dtype == torch.int32 and query.is_floating_point():
+        _fail("key", key.dtype, "page attention with Q_S=1 does not take int4 (int32) KV")
+    check_block_size(
+        block_size,
+        prefill=prefill,
+        rope=rope,
+        sparse_mode=sparse_mode,
+        kv_int8=key.dtype == torch.int8,
+        nz=key.dim() == 5,
+    )
+    k_blocks, k_dim, k_rank = _paged_kv_geometry("key", key, q_layout, nkv, block_size)
+    v_blocks, v_dim, v_rank = _paged_kv_geometry("value", value, q_layout, nkv, block_size)
+    if (v_blocks, v_rank) != (k_blocks, k_rank):
+        _fail("value", _shape(value), f"must have the key's block count/layout {_shape(key)}")
+    if k_dim != q_dim:
+        _fail("key", _shape(key), f"its D ({k_dim}) must equal the query's D ({q_dim})")
+    for name, t in (("key", key), ("value", value)):
+        if t.numel() > INT32_MAX:
+            _fail(name, _shape(t), "a page-attention cache must have at most 2**31-1 elements")
+    if reference and k_rank == 5:
+        _not_supported("key", _shape(key), "NZ caches are not implemented; use ND")
+    if actual_seq_lengths_kv is None:
+        _fail("actual_seq_lengths_kv", None, "page attention requires per-request KV lengths")
+    capacity = block_table.size(1) * block_size
+    # Paged: per-batch lengths, also for a TND query (doc, Q_S=1 page attention section).
+    kv_lens = _per_batch("actual_seq_lengths_kv", actual_seq_lengths_kv, batch, capacity)
+    needed = sum(-(-n // block_size) for n in kv_lens)
+    if k_blocks < needed:
+        _fail(
+            "key",
+            _shape(key),
+            f"the cache has {k_blocks} blocks but actual_seq_lengths_kv={kv_lens} need {needed} "
+            f"blocks of {block_size}",
+        )
+    return kv_lens, v_dim, k_rank == 4
+
+
+def _rope_dim(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    query_rope: torch.Tensor,
+    key_rope: torch.Tensor,
+    q_layout: str,
+    num_heads: int,
+    nkv: int,
+    paged: bool,
+) -> int:
+    """The rope D after checking query_rope/key_rope against the query and key."""
+    _check_tensor(
+        "query_rope", query_rope, (query.dtype,) if query.is_floating_point() else _FLOAT_DTYPES
+    )
+    _check_tensor("key_rope", key_rope, (key.dtype,) if key.is_floating_point() else _FLOAT_DTYPES)
+    if query_rope.dim() != query.dim() or (
+        q_layout != "BSH" and query_rope.shape[:-1] != query.shape[:-1]
+    ):
+        _fail("query_rope", _shape(query_rope), f"must match the query {_shape(query)} but D")
+    rope_dim = query_rope.size(2) // num_heads if q_layout == "BSH" else query_rope.size(-1)
+    if q_layout == "BSH" and (
+        query_rope.shape[:2] != query.shape[:2] or query_rope.size(2) % num_heads
+    ):
+        _fail("query_rope", _shape(query_rope), "must be (B, S, N*rope_D)")
+    if key.dim() == 5:  # NZ: (blocks, KV_N, D/16, block_size, 16), D sits in dims 2 and 4
+        same = key_rope.dim() == 5 and (key_rope.shape[:2], key_rope.shape[3:]) == (
+            key.shape[:2],
+            key.shape[3:],
+        )
+    else:
+        same = key_rope.dim() == key.dim() and key_rope.shape[:-1] == key.shape[:-1]
+    if not same:
+        _fail("key_rope", _shape(key_rope), f"must match the key {_shape(key)} but D")
+    k_rope_dim = key_rope.size(-1)
+    if key.dim() == 3 and (paged or q_layout == "BSH"):
+        k_rope_dim = key_rope.size(2) // nkv
+    elif key.dim() == 5:
+        k_rope_dim = key_rope.size(2) * key_rope.size(4)
+    if k_rope_dim != rope_dim or rope_dim == 0:
+        _fail("key_rope", _shape(key_rope), f"rope D must equal query_rope's ({rope_dim})")
+    return rope_dim
+
+
+def _mask_mode(
+    atten_mask: torch.Tensor | None,
+    *,
+    sparse_mode: int,
+    batch: int,
+    q_lens: list[int],
+    kv_lens: list[int],
+    prefill: bool,
+    rope: bool,
+    two_d_mask_ok: bool,
+    block_table: torch.Tensor | None,
+    block_size: int,
+) -> str:
+    """Check the mask against ``sparse_mode``; return the plan's mask mode.
+
+    Q_S=1 without rope runs the incremental branch, which ignores sparse_mode (doc); a 2048
+    template passed there masks nothing (inferred: its contents are never the mask).
+    """
+    if atten_mask is not None:
+        _check_tensor("atten_mask", atten_mask, _MASK_DTYPES)
+    ignores_sparse = not prefill and not rope
+    if sparse_mode in (2, 3, 4) and not ignores_sparse:
+        template = (MASK_TEMPLATE_SIZE, MASK_TEMPLATE_SIZE)
+        if (
+            atten_mask is None
+            or tuple(atten_mask.shape[-2:]) != template
+            or any(d != 1 for d in atten_mask.shape[:-2])
+        ):
+            _fail(
+                "atten_mask",
+                _shape(atten_mask),
+                f"sparse_mode={sparse_mode} needs the 2048x2048 lower-triangular template "
+                "(2048,2048), (1,2048,2048) or (1,1,2048,2048)",
+            )
+        return {2: "left_up", 3: "right_down", 4: "band"}[sparse_mode]
+    if sparse_mode == TREE_MASK_SPARSE_MODE:
+        return "tree"  # shape undocumented; the reference refuses the mode
+    if sparse_mode in (0, 1) and atten_mask is not None:
+        if atten_mask.dim() == 2 and not two_d_mask_ok:
+            _fail(
+                "atten_mask",
+                _shape(atten_mask),
+                "the 2-D (Q_S,KV_S)/(B,KV_S) form needs BSH/BSND/BNSD/BNSD_BSND, equal query "
+                "and value D and no query_rope; pass (1,Q_S,KV_S) or (B,1,Q_S,KV_S)",
+            )
+        _dense_mask_view(
+            atten_mask, batch, max(q_lens, default=0), max(kv_lens, default=0), prefill=prefill
+        )
+        if block_table is not None:
+            # Doc, Q_S=1: the last dim ">= block_table的第二维 * block_size"; Q_S>1: KV_S >=
+            # maxBlockNumPerSeq * blockSize, the blocks of the longest request.
+            blocks = -(-max(kv_lens, default=0) // block_size) if prefill else block_table.size(1)
+            if atten_mask.size(-1) < blocks * block_size:
+                _fail(
+                    "atten_mask",
+                    _shape(atten_mask),
+                    f"with page attention its last dim must be >= {blocks} blocks * "
+                    f"block_size {block_size} = {blocks * block_size}",
+                )
+        return "dense"
+    if sparse_mode == 1 and not ignores_sparse:
+        _fail("atten_mask", None, "sparse_mode=1 (allMask) needs a full mask")
+    return "none"
 
 
 def _dense_mask_view(
@@ -468,8 +652,3 @@ def _dense_mask_view(
             f"must cover Q_S={q_len} query rows and KV_S={kv_len} key columns",
         )
     return view
-
-
-# ---------------------------------------------------------------------------------------------
-# The reference computation.
-# ---------------------------------------------------------------------------------------------

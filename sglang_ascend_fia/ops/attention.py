@@ -45,7 +45,11 @@ from sglang_ascend_fia.ops._fia_plan import (
     _shape,
 )
 from sglang_ascend_fia.ops._fia_reference import _attention, _no_lse, _to_output_layout
-from sglang_ascend_fia.ops._fia_rules import check_head_counts, check_sparse_mode
+from sglang_ascend_fia.ops._fia_rules import (
+    TREE_MASK_SPARSE_MODE,
+    check_head_counts,
+    check_sparse_mode,
+)
 
 # ---------------------------------------------------------------------------------------------
 # v1
@@ -118,7 +122,30 @@ def _reject_unsupported(op: str, a: dict[str, Any], names: tuple[str, ...]) -> N
             )
 
 
-def _plan_v1(a: dict[str, Any], *, reference: bool) -> _Plan:
+# What the doc excludes from sparse_mode=9 (treeMask): "不支持左padding、pse_shift、sharedPrefix,
+# 输出dtype不支持int8" (an int8 output is what quant_scale2 asks for).
+_TREE_MASK_EXCLUDES = (
+    "pse_shift",
+    "query_padding_size",
+    "kv_padding_size",
+    "key_shared_prefix",
+    "value_shared_prefix",
+    "actual_shared_prefix_len",
+    "quant_scale2",
+)
+
+
+def _plan_v1(a: dict[str, Any], *, reference: bool, version: int = 1) -> _Plan:
+    if a["sparse_mode"] == TREE_MASK_SPARSE_MODE:
+        for name in _TREE_MASK_EXCLUDES:
+            if a.get(name) is not None:
+                shown = _shape(a[name]) if isinstance(a[name], torch.Tensor) else a[name]
+                _fail(
+                    name,
+                    shown,
+                    "sparse_mode=9 (treeMask) takes no left padding, pse_shift, "
+                    "shared prefix or int8 output",
+                )
     if reference:
         _reject_unsupported(_OP, a, _V1_UNSUPPORTED)
     return _plan(
@@ -140,14 +167,15 @@ def _plan_v1(a: dict[str, Any], *, reference: bool) -> _Plan:
         inner_precise=a["inner_precise"],
         block_size=a["block_size"],
         reference=reference,
+        version=version,
     )
 
 
 def _run_v1(
-    a: dict[str, Any], sink: torch.Tensor | None = None
+    a: dict[str, Any], sink: torch.Tensor | None = None, version: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference for a complete v1 argument dict (every parameter present)."""
-    plan = _plan_v1(a, reference=True)
+    plan = _plan_v1(a, reference=True, version=version)
     query = a["query"]
     if query.numel() == 0:  # doc: an empty query returns at once
         return query.new_empty(_out_shape(plan, query)), _no_lse(query.device)
@@ -238,38 +266,58 @@ def fused_infer_attention_score(
 
     - **Layouts** (``input_layout``): BSH, BSND, BNSD, BNSD_BSND (BNSD in, BSND out, Q_S>1 only),
       TND. The output has the query's layout (BSND for BNSD_BSND) with the value's D (meta
-      ``get_value_d``), and the query's dtype. For TND, Q_S is the longest request (inferred).
+      ``get_value_d``), and the query's dtype. For TND, Q_S is the longest request (inferred;
+      rejected: T, the token axis, which would make a TND batch of one-token requests a prompt
+      call).
     - **Lengths**: ``actual_seq_lengths`` is cumulative and required for TND (its length is B);
       otherwise per batch (1 value broadcasts, else the first B) and ignored when Q_S=1.
       ``actual_seq_lengths_kv`` is cumulative for a dense TND key and **per batch** with page
       attention (also for a TND query — doc, Q_S=1 page-attention section); page attention
-      requires it. Rows past a request's query length come out 0 (inferred).
-    - **GQA**: ``num_key_value_heads`` (0 = ``num_heads``) divides ``num_heads``, ratio ≤ 64.
-      Query head h reads KV head ``h // (N/Nkv)`` (inferred from sglang's ``repeat_interleave``
-      fallback; rejected alternative: ``h % Nkv``).
+      requires it. Lengths are lists of non-negative ints or 1-D integer tensors. Rows past a
+      request's query length come out 0 (inferred: the doc leaves them undefined; rejected:
+      leaving them unwritten, which is not deterministic). TND tokens past the last cumulative
+      length likewise give output 0 and LSE -inf (inferred, same reason).
+    - **GQA**: ``num_key_value_heads`` (0 = ``num_heads``) divides ``num_heads``, ratio ≤ 64
+      (not applied to MLA, which takes one key head for up to 128 query heads). Query head h
+      reads KV head ``h // (N/Nkv)`` (inferred from sglang's ``repeat_interleave`` fallback;
+      rejected alternative: ``h % Nkv``).
     - **Page attention**: ``block_table`` int32 ``[B, ≥ max blocks]`` (-1 allowed past a
       request's length), ``block_size``, caches ``(blocks, block_size, Nkv*D)`` (Nkv*D ≤ 65535)
-      or, for BNSD/TND queries, ``(blocks, Nkv, block_size, D)``. Token j of request b is
+      or, for BNSD/TND queries, ``(blocks, Nkv, block_size, D)``, with at least as many blocks
+      as the KV lengths need. Token j of request b is
       ``cache[block_table[b, j // block_size], j % block_size]``. Block-size rules:
       :func:`sglang_ascend_fia.ops.check_block_size`.
     - **Masks** (True/1 = masked): ``sparse_mode`` 0 — ``atten_mask`` None means none, else an
       explicit mask; 1 — explicit mask required; 2 — leftUpCausal, masked iff ``j > i``;
       3 — rightDownCausal, masked iff ``j > i + (kv_len - q_len)`` per request; 4 — band around
       that diagonal, kept iff ``diag - pre_tokens ≤ j ≤ diag + next_tokens`` (both ends
-      inclusive: inferred). Modes 2-4 take the 2048×2048 template, whose contents are not read.
-      Q_S=1 without rope ignores ``sparse_mode`` (doc), so the template then masks nothing.
+      inclusive: inferred from "参数起点为右下角"; rejected: exclusive ends); 9 — treeMask, MLA
+      only (validated; the reference refuses it). Modes 2-4 take the 2048×2048 template, whose
+      contents are not read. Q_S=1 without rope ignores ``sparse_mode`` (doc), so the template
+      then masks nothing. With page attention an explicit mask spans at least the block
+      table's width × block_size (Q_S=1) or the longest request's blocks (Q_S>1).
+    - **TND without page attention** (doc section of its own): N in 8/16/32/64/128 with
+      Q_N = K_N = V_N, Q_D = K_D = 192 and V_D 128 or 192 (with rope: 128/128/128 and rope D 64,
+      the v2 doc's rule), T ≤ 65536, bf16 only, sparse_mode 0 without a mask, 3 or 4 with one.
     - **MLA**: ``query_rope``/``key_rope`` add ``q_rope·k_ropeᵀ`` to the scores; key_rope has
-      the key's layout. With page attention query S must be 1-16 and block_size 16 or 128.
+      the key's layout. D 512, rope D 64, one key head; except sparse_mode 4 (BSND, 128 heads)
+      page attention is required, query S 1-16, block_size 16 or 128. v1's "N 32/64/128" is not
+      enforced: sglang 0.5.23 calls it with 8-16 heads (inferred documentation gap).
     - **LSE** (``softmax_lse_flag``): fp32 ``(B, N, S, 1)``, ``(T, N, 1)`` for TND: log Σ exp
       of the scaled scores over visible keys. Otherwise a ``[1]`` zero tensor (the doc's shape;
       the meta registration says ``[0]``). Rows with no visible key give output 0 and LSE -inf
-      (inferred: the doc leaves such rows unspecified unless inner_precise bit 1 is set).
+      (inferred: the doc leaves such rows unspecified unless inner_precise bit 1 is set;
+      rejected: NaN, or a uniform average over the masked keys).
     - ``inner_precise`` picks kernel precision and row-invalid correction; the reference always
       computes in fp32 and zeroes fully masked rows, which is what the corrected modes ask for.
 
     Not modelled: quantisation/antiquantisation arguments, ``pse_shift``, shared prefixes,
-    query/kv left padding, NZ caches and int8 inputs raise ``ValueError`` ("not supported by the
-    reference"). fp32 inputs are accepted by the reference only (the kernel takes fp16/bf16).
+    query/kv left padding, NZ caches, int8 inputs, sparse_mode 9 (treeMask: its mask layout is
+    not documented) and a sparse_mode 0 mask with non-default ``pre_tokens``/``next_tokens``
+    (the doc says the band between them is computed but not where it is anchored) raise
+    ``ValueError`` ("not supported by the reference") after the validator has passed them.
+    dtype policy: fp32 is accepted off the NPU only (the CPU test bed runs in fp32); on an NPU
+    tensor it is refused like the kernel refuses it.
     """
     return _run_v1(dict(locals()))
 
@@ -330,10 +378,11 @@ def _validate_v2(*args: Any, **kwargs: Any) -> None:
     a = _bind(fused_infer_attention_score_v2, args, kwargs)
     if a["input_layout"] in _V2_ONLY_LAYOUTS:
         # Documented v2 layouts the plan does not model: check what does not depend on them.
-        check_head_counts(a["num_query_heads"], a["num_key_value_heads"])
-        check_sparse_mode(a["sparse_mode"])
+        rope = a["query_rope"] is not None
+        check_head_counts(a["num_query_heads"], a["num_key_value_heads"], mla=rope)
+        check_sparse_mode(a["sparse_mode"], rope=rope, version=2)
         return
-    _plan_v1(_v2_to_v1(a, reference=False), reference=False)
+    _plan_v1(_v2_to_v1(a, reference=False), reference=False, version=2)
 
 
 @npu_op("npu_fused_infer_attention_score_v2", validate=_validate_v2)
@@ -388,19 +437,26 @@ def fused_infer_attention_score_v2(
     """``torch_npu.npu_fused_infer_attention_score_v2``: FIA with the v2 argument names.
 
     Same semantics as :func:`fused_infer_attention_score` (the v2 docstring repeats the v1
-    formula and constraints), delegated to the same core under the renames
+    formula), delegated to the same core under the renames
     ``num_query_heads``→``num_heads``, ``softmax_scale``→``scale``,
     ``actual_seq_qlen``/``actual_seq_kvlen``→``actual_seq_lengths``/``actual_seq_lengths_kv``,
     ``return_softmax_lse``→``softmax_lse_flag``.
 
     ``learnable_sink`` (shape ``(Q_N,)``) adds one logit per query head to every softmax
     denominator and contributes no value: ``p_j = exp(s_j) / (exp(sink_h) + Σ_k exp(s_k))``
-    (inferred from "通过可学习的Sink Token起到吸收Attention Score的作用"; the returned LSE includes
-    the sink term, also inferred). The doc limits sinks to TND with value D ≤ 128, but sglang
-    0.5.23 also passes them to BSND decode, so the reference does not enforce the layout.
+    (inferred from "通过可学习的Sink Token起到吸收Attention Score的作用"). The returned LSE includes
+    the sink term (inferred: the doc defines softmaxLse as the log of the softmax denominator,
+    which the sink is part of; rejected: the LSE over the keys alone). The doc limits sinks to TND
+    with value D ≤ 128, but sglang 0.5.23 also passes them to BSND decode, so the reference does
+    not enforce the layout.
+
+    The validator holds v2 calls to the v2 doc where it differs from v1's: TND without page
+    attention also takes GQA and Q_D = K_D = V_D = 128, up to 1M tokens and 4096 requests;
+    MLA at D 512 takes sparse_mode 0 (Q_S=1) or 3 (Q_S>1) only, N in 1/2/4/.../128, and TND
+    with page attention; MLA at D 128 needs TND without page attention; sparse_mode 9 is v1's.
 
     The quantisation arguments and the reserved ``*_dtype``/``out_dtype`` must keep their
     defaults ("not supported by the reference"); the ``*_NBSD``/``NTD`` layouts are not modelled.
     """
     a = dict(locals())
-    return _run_v1(_v2_to_v1(a, reference=True), sink=learnable_sink)
+    return _run_v1(_v2_to_v1(a, reference=True), sink=learnable_sink, version=2)

@@ -13,6 +13,7 @@ from typing import NoReturn
 import torch
 
 from sglang_ascend_fia.ops._dispatch import npu_op
+from sglang_ascend_fia.ops._fia_plan import refuse_npu_float32
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 INTERLEAVE_ROPE_DIM = 64  # doc: "输入x、cos、sin的D维度均必须等于64"
@@ -96,8 +97,13 @@ def attention_update(
 
 def _validate_interleave_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
     op = "interleave_rope"
+    # Doc: x/cos/sin bf16 or fp16; fp32 follows the project's dtype policy (off the NPU only).
     if x.dtype not in _FLOATS:
-        _fail(op, "x", x.dtype, "dtype must be bf16 or fp16 (fp32 is reference-only)")
+        _fail(op, "x", x.dtype, "dtype must be bf16 or fp16 (fp32 off the NPU only)")
+    refuse_npu_float32(op, "x", x, "bfloat16 or float16")
+    for name, t in (("x", x), ("cos", cos), ("sin", sin)):
+        if not t.is_contiguous():
+            _fail(op, name, tuple(t.shape), "must be contiguous (doc: 不支持非连续的Tensor)")
     if x.dim() != 4 or x.size(3) != INTERLEAVE_ROPE_DIM:
         _fail(op, "x", tuple(x.shape), f"must be 4-D (B, N, S, {INTERLEAVE_ROPE_DIM})")
     for name, t in (("cos", cos), ("sin", sin)):

@@ -296,22 +296,27 @@ def test_attention_update_formula(
 
 
 def test_attention_update_merges_split_fia_exactly() -> None:
-    """Attention over a prefix and over the rest, merged by LSE, equals attention over both."""
+    """Attention over a prefix and over the rest, merged by LSE, equals attention over both.
+
+    TND without page attention at its documented shape (N 8, Q_D = K_D = 192, V_D 128), as in
+    sglang's MLA prefix merge.
+    """
     gen = torch.Generator().manual_seed(5)
-    q = torch.randn(3, 4, 16, generator=gen)  # TND: one request of 3 tokens, 4 heads
-    k = torch.randn(40, 4, 16, generator=gen)
-    v = torch.randn(40, 4, 16, generator=gen)
+    n, d, dv = 8, 192, 128
+    q = torch.randn(3, n, d, generator=gen)  # TND: one request of 3 tokens
+    k = torch.randn(40, n, d, generator=gen)
+    v = torch.randn(40, n, dv, generator=gen)
 
     def fia(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return ops.fused_infer_attention_score(
             q,
             keys,
             values,
-            num_heads=4,
+            num_heads=n,
             input_layout="TND",
             actual_seq_lengths=[3],
             actual_seq_lengths_kv=[keys.size(0)],
-            scale=0.25,
+            scale=d**-0.5,
             softmax_lse_flag=True,
         )
 
@@ -320,10 +325,10 @@ def test_attention_update_merges_split_fia_exactly() -> None:
     rest, rest_lse = fia(k[25:], v[25:])
     merged, total = ops.attention_update(
         [first_lse.reshape(-1), rest_lse.reshape(-1)],
-        [first.reshape(-1, 16), rest.reshape(-1, 16)],
+        [first.reshape(-1, dv), rest.reshape(-1, dv)],
         1,
     )
-    torch.testing.assert_close(merged.view(3, 4, 16), whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(merged.view(3, n, dv), whole, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(total, whole_lse.reshape(-1), atol=1e-5, rtol=1e-5)
 
 

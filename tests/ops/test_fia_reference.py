@@ -247,10 +247,17 @@ def fia_cases(draw: st.DrawFn) -> dict[str, object]:
     decode = layout != "BNSD_BSND" and draw(st.booleans())
     cache_4d = paged and layout in ("BNSD", "BNSD_BSND", "TND") and draw(st.booleans())
     batch = draw(st.integers(1, 4))
-    nkv = draw(st.sampled_from([1, 2, 4]))
-    group = draw(st.sampled_from([1, 2, 4, 8]))
-    d = draw(st.sampled_from([16, 32]))
-    dv = draw(st.sampled_from([d, 16]))
+    # TND without page attention has its own documented limits: N in {8, ..., 128} with
+    # Q_N = K_N = V_N, Q_D = K_D = 192, V_D in {128, 192}, sparse 0 (no mask), 3 or 4.
+    tnd_dense = layout == "TND" and not paged
+    if tnd_dense:
+        nkv, group = draw(st.sampled_from([8, 16])), 1
+        d, dv = 192, draw(st.sampled_from([128, 192]))
+    else:
+        nkv = draw(st.sampled_from([1, 2, 4]))
+        group = draw(st.sampled_from([1, 2, 4, 8]))
+        d = draw(st.sampled_from([16, 32]))
+        dv = draw(st.sampled_from([d, 16]))
     block_size = 0
     if paged:
         block_size = draw(st.sampled_from([16, 32, 128])) if decode else 128
@@ -266,7 +273,12 @@ def fia_cases(draw: st.DrawFn) -> dict[str, object]:
     kv_lens = [p + (q if draw(st.booleans()) else 0) for p, q in zip(prefix, q_lens, strict=True)]
     if layout != "TND" and not paged:
         kv_lens = [max(n, 1) for n in kv_lens]
-    sparse = draw(st.sampled_from(["none", "explicit", "mode1", 2, 3, 4]))
+    if tnd_dense:
+        sparse = draw(st.sampled_from(["none", 3, 4]))
+        if sparse == 3:  # the doc requires each request's query length <= its KV length
+            kv_lens = [max(k, q) for k, q in zip(kv_lens, q_lens, strict=True)]
+    else:
+        sparse = draw(st.sampled_from(["none", "explicit", "mode1", 2, 3, 4]))
     return {
         "layout": layout,
         "paged": paged,
@@ -321,10 +333,16 @@ def build(case: dict[str, object]) -> tuple[list[Request], Rule, Packed, list[in
             rule = Rule(modes[sparse], int(case["pre"]), int(case["next"]))  # type: ignore[call-overload]
     elif sparse in ("explicit", "mode1"):
         shape = str(case["mask_shape"])
-        if layout == "TND" and shape == "2d" and not prefill:
-            shape = "4d"  # (B, KV_S) is documented for the non-TND layouts only
+        if shape == "2d" and (layout == "TND" or d != dv):
+            # (Q_S, KV_S) / (B, KV_S) are documented for non-TND layouts with equal D only.
+            shape = "3d" if prefill else "4d"
         per_batch = shape == "4d" or (shape == "2d" and not prefill)
-        full = torch.rand(len(reqs) if per_batch else 1, q_s, max(kv_lens) + 1, generator=gen)
+        mask_kv = max(kv_lens) + 1
+        if case["paged"]:
+            # With page attention the mask spans at least the block table's width (doc).
+            bs = int(case["block_size"])  # type: ignore[call-overload]
+            mask_kv = max(mask_kv, (max(max(-(-k // bs) for k in kv_lens), 1) + 1) * bs)
+        full = torch.rand(len(reqs) if per_batch else 1, q_s, mask_kv, generator=gen)
         full = full < 0.3
         for b, req in enumerate(reqs):
             req.mask = full[b if per_batch else 0, : q_lens[b], : kv_lens[b]]
@@ -484,6 +502,45 @@ def test_tnd_paged_prefill_with_cached_prefix() -> None:
     _check(reqs, Rule("right_down"), unpack_output(out, "TND", q_lens, n), d**-0.5, torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("sparse", [0, 3, 4])
+def test_tnd_dense_prefill(dtype: torch.dtype, sparse: int) -> None:
+    """TND without page attention at its documented shape: N 8, Q_D = K_D = 192, V_D 128."""
+    gen = torch.Generator().manual_seed(12 + sparse)
+    n, d, dv = 8, 192, 128
+    q_lens, kv_lens = [5, 1, 9], [5, 4, 12]  # sparse 3 needs q_len <= kv_len per request
+    reqs = [
+        Request(
+            torch.randn(q, n, d, generator=gen).to(dtype),
+            torch.randn(k, n, d, generator=gen).to(dtype),
+            torch.randn(k, n, dv, generator=gen).to(dtype),
+        )
+        for q, k in zip(q_lens, kv_lens, strict=True)
+    ]
+    extra: dict[str, object] = {}
+    rule = Rule("none")
+    if sparse:
+        extra = {"sparse_mode": sparse, "atten_mask": TEMPLATE, "pre_tokens": 2, "next_tokens": 1}
+        rule = Rule("right_down") if sparse == 3 else Rule("band", 2, 1)
+    out, lse = ops.fused_infer_attention_score(
+        torch.cat([r.q for r in reqs]),
+        torch.cat([r.k for r in reqs]),
+        torch.cat([r.v for r in reqs]),
+        input_layout="TND",
+        actual_seq_lengths=torch.tensor(q_lens).cumsum(0).tolist(),
+        actual_seq_lengths_kv=torch.tensor(kv_lens).cumsum(0).tolist(),
+        num_heads=n,
+        scale=d**-0.5,
+        softmax_lse_flag=True,
+        **extra,
+    )
+    assert out.shape == (sum(q_lens), n, dv) and out.dtype == dtype
+    _check(reqs, rule, unpack_output(out, "TND", q_lens, n), d**-0.5, dtype)
+    _, want_lse = brute_force(reqs, rule, d**-0.5)
+    for b, got in enumerate(unpack_lse(lse, "TND", q_lens)):
+        assert_close(got, want_lse[b], torch.float32, f"request {b} lse")
+
+
 def test_gqa_uses_contiguous_head_groups() -> None:
     """Head h reads KV head h // (N/Nkv); h % Nkv would fail this check."""
     n, nkv, d = 4, 2, 4
@@ -501,9 +558,9 @@ def test_gqa_uses_contiguous_head_groups() -> None:
 
 def test_decode_ignores_sparse_mode_but_prefill_does_not() -> None:
     gen = torch.Generator().manual_seed(3)
-    q = torch.randn(1, 1, 2, 8, generator=gen)
-    k = torch.randn(1, 6, 2, 8, generator=gen)
-    v = torch.randn(1, 6, 2, 8, generator=gen)
+    q = torch.randn(1, 1, 2, 16, generator=gen)
+    k = torch.randn(1, 6, 2, 16, generator=gen)
+    v = torch.randn(1, 6, 2, 16, generator=gen)
     plain, _ = ops.fused_infer_attention_score(q, k, v, num_heads=2, input_layout="BSND")
     band, _ = ops.fused_infer_attention_score(
         q,
@@ -517,7 +574,7 @@ def test_decode_ignores_sparse_mode_but_prefill_does_not() -> None:
         next_tokens=0,
     )
     torch.testing.assert_close(plain, band)
-    q2 = torch.randn(1, 2, 2, 8, generator=gen)
+    q2 = torch.randn(1, 2, 2, 16, generator=gen)
     plain2, _ = ops.fused_infer_attention_score(q2, k, v, num_heads=2, input_layout="BSND")
     band2, _ = ops.fused_infer_attention_score(
         q2,
@@ -594,9 +651,9 @@ def _mla_requests(
 @settings(max_examples=20, deadline=None, derandomize=True, database=None)
 @given(
     batch=st.integers(1, 3),
-    n=st.sampled_from([1, 4, 8, 16]),
-    latent=st.sampled_from([32, 64]),
-    rope=st.sampled_from([16, 64]),
+    n=st.sampled_from([1, 4, 8, 16]),  # v1's "N 32/64/128" is not enforced (sglang uses 8-16)
+    latent=st.just(512),  # the doc fixes MLA at latent D 512, rope D 64, one key head
+    rope=st.just(64),
     block_size=st.sampled_from([16, 128]),
     q_s=st.sampled_from([1, 1, 2, 4]),
     layout=st.sampled_from(["BSND", "BNSD", "BSH"]),
@@ -677,9 +734,12 @@ def test_mla_deepseek_v3_shape_decode() -> None:
 
 
 def test_mla_tnd_extend_with_rope() -> None:
-    """0.5.23 MLA extend: TND, dense q_nope/k_nope/v plus rope, cumulative lengths, sparse 3."""
+    """0.5.23 MLA extend: TND, dense q_nope/k_nope/v plus rope, cumulative lengths, sparse 3.
+
+    The doc's TND-with-rope shape: Q_D = K_D = V_D = 128, rope D 64.
+    """
     gen = torch.Generator().manual_seed(8)
-    n, nope, rope, dv = 4, 32, 16, 24
+    n, nope, rope, dv = 8, 128, 64, 128
     q_lens = [3, 7, 1]
     reqs = [
         Request(
@@ -766,15 +826,16 @@ def test_v2_learnable_sink(layout: str) -> None:
 
 
 def test_empty_query_returns_empty() -> None:
-    q = torch.zeros(0, 4, 8)
-    k = torch.zeros(0, 4, 8)
+    q = torch.zeros(0, 8, 192)
+    k = torch.zeros(0, 8, 192)
+    v = torch.zeros(0, 8, 128)
     out, lse = ops.fused_infer_attention_score(
         q,
         k,
-        k,
-        num_heads=4,
+        v,
+        num_heads=8,
         input_layout="TND",
         actual_seq_lengths=[0],
         actual_seq_lengths_kv=[0],
     )
-    assert out.shape == (0, 4, 8) and lse.shape == (1,)
+    assert out.shape == (0, 8, 128) and lse.shape == (1,)
