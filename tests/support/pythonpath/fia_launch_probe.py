@@ -4,8 +4,9 @@ The engine runs in a child process and the model in a scheduler spawned from it,
 not read the scheduler's launch counters directly. When ``FIA_LAUNCH_LOG`` names a file, this
 plugin (discovered through the ``fia_launch_probe-0.0.0.dist-info`` entry point beside it on the
 test ``PYTHONPATH``) wraps ``ModelRunner.forward`` and appends one JSON line per forward: the
-forward mode, batch size, token count and the ops launched during that forward. Without the
-variable it does nothing. Never shipped.
+forward mode, batch size, token count, the ops launched during that forward, and what served it
+(model class, attention backend, KV pool, each decoder layer's attention and MLP classes).
+Without the variable it does nothing. Never shipped.
 
 Remove when: no test, demo or benchmark sets ``FIA_LAUNCH_LOG`` (it is a measuring instrument,
 not a workaround for an sglang quirk).
@@ -20,6 +21,25 @@ from typing import Any
 import wrapt
 
 ENV = "FIA_LAUNCH_LOG"
+
+
+def _served_by(runner: Any) -> dict[str, Any]:
+    """The classes that ran a forward, so a test can tell e.g. MLA + MoE from a dense fallback."""
+    layers = getattr(getattr(runner.model, "model", None), "layers", None) or []
+    return {
+        "model": type(runner.model).__name__,
+        "use_mla_backend": bool(runner.use_mla_backend),
+        "attn_backend": type(runner.attn_backend).__name__,
+        "kv_pool": type(runner.token_to_kv_pool).__name__,
+        "layers": [
+            {
+                "attn": type(getattr(layer, "self_attn", None)).__name__,
+                "mlp": type(layer.mlp).__name__,
+            }
+            for layer in layers
+            if hasattr(layer, "mlp")
+        ],
+    }
 
 
 def _forward_probe(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -38,6 +58,7 @@ def _forward_probe(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         "num_tokens": int(forward_batch.input_ids.shape[0]),
         "num_layers": int(instance.model_config.num_hidden_layers),
         "launches": ops.launch_counts(),
+        "served_by": _served_by(instance),
     }
     with open(os.environ[ENV], "a") as fh:
         fh.write(json.dumps(record) + "\n")
