@@ -76,8 +76,10 @@ def attention_update(
     ``O = Σ_i O_i · exp(lse_i - L)``. Shapes: ``lse_i (B·S·N,)`` fp32, ``O_i (B·S·N, D)``.
     Returns ``(O in O_i's dtype, L fp32)``. The doc calls the second output valid only for
     ``update_type=1``; the reference returns L for both types. Rows where every ``lse_i`` is
-    -inf (nothing attended anywhere) give O = 0 and L = -inf (inferred; sglang itself writes
-    exactly that for prefix-free rows before merging, ``ascend_backend.py:2252``).
+    -inf (nothing attended anywhere) give O = 0 and L = -inf (inferred: the doc formula gives
+    ``exp(-inf - -inf)`` = NaN there; sglang itself writes exactly 0 / -inf for prefix-free rows
+    before merging, ``ascend_backend.py:2252``. Rejected: the formula's NaN, or a plain average
+    of the partial outputs).
     """
     lses = torch.stack([t.float() for t in lse])  # [P, R]
     outs = torch.stack([t.float() for t in local_out])  # [P, R, D]
@@ -135,6 +137,8 @@ def interleave_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> to
     even elements first, then odd), then ``y = q·cos + RotateHalf(q)·sin`` with
     ``RotateHalf(q) = cat(-q[..., 32:], q[..., :32])``. x is ``(B, N, S, 64)``; cos/sin are
     ``(B, 1, 1 or S, 64)`` and broadcast over N (and S). Computed in fp32, returned in x's dtype.
+    The doc takes bf16/fp16, contiguous; fp32 is accepted off the NPU only (the project's dtype
+    policy, :func:`sglang_ascend_fia.ops._fia_plan.refuse_npu_float32`).
     """
     half = x.size(-1) // 2
     q = x.float().unflatten(-1, (half, 2)).transpose(-1, -2).reshape(x.shape)

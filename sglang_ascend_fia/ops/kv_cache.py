@@ -49,63 +49,69 @@ def _fail(op: str, argument: str, value: object, rule: str) -> NoReturn:
 # ---------------------------------------------------------------------------------------------
 
 
+# The first parameter is ``self``, as in the op schema (npu_native_functions_by_codegen.yaml:
+# ``npu_scatter_nd_update_(Tensor(a!) self, Tensor indices, Tensor updates)``), so a keyword
+# call means the same here and on an NPU. The doc calls this argument ``input``.
+
+
 def _validate_scatter_nd_update(
-    input: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor
+    self: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor
 ) -> None:
     op = "scatter_nd_update_"
-    if input.dtype not in SCATTER_ND_DTYPES:
-        _fail(op, "input", input.dtype, f"dtype must be one of {SCATTER_ND_DTYPES}")
-    if updates.dtype != input.dtype:
-        _fail(op, "updates", updates.dtype, f"dtype must equal input's {input.dtype}")
-    if not 1 <= input.dim() <= 8:
-        _fail(op, "input", tuple(input.shape), "must have 1 to 8 dimensions")
+    if self.dtype not in SCATTER_ND_DTYPES:
+        _fail(op, "self", self.dtype, f"dtype must be one of {SCATTER_ND_DTYPES}")
+    if updates.dtype != self.dtype:
+        _fail(op, "updates", updates.dtype, f"dtype must equal self's {self.dtype}")
+    if not 1 <= self.dim() <= 8:
+        _fail(op, "self", tuple(self.shape), "must have 1 to 8 dimensions")
     if indices.dtype not in _INDEX_DTYPES:
         _fail(op, "indices", indices.dtype, "dtype must be int32 or int64")
-    if indices.dim() < 2 or indices.size(-1) > input.dim():
+    if indices.dim() < 2 or indices.size(-1) > self.dim():
         _fail(
             op,
             "indices",
             tuple(indices.shape),
-            f"must be at least 2-D with a last dim <= input's rank {input.dim()}",
+            f"must be at least 2-D with a last dim <= self's rank {self.dim()}",
         )
     depth = indices.size(-1)
-    expected = (*indices.shape[:-1], *input.shape[depth:])
+    expected = (*indices.shape[:-1], *self.shape[depth:])
     if tuple(updates.shape) != expected:
         _fail(
             op,
             "updates",
             tuple(updates.shape),
-            f"must be indices.shape[:-1] + input.shape[{depth}:] = {expected}",
+            f"must be indices.shape[:-1] + self.shape[{depth}:] = {expected}",
         )
 
 
 @npu_op("npu_scatter_nd_update_", validate=_validate_scatter_nd_update)
 def scatter_nd_update_(
-    input: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor
+    self: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor
 ) -> torch.Tensor:
-    """``torch_npu.npu_scatter_nd_update_``: ``input[indices[n]] = updates[n]`` in place.
+    """``torch_npu.npu_scatter_nd_update_``: ``self[indices[n]] = updates[n]`` in place.
 
-    With ``indices`` of shape ``[..., a]`` each index row addresses the first ``a`` dims of
-    ``input``; ``updates`` has shape ``indices.shape[:-1] + input.shape[a:]`` (doc example:
-    input (4,5,6), indices (3,2) -> updates (3,6)). sglang uses ``a = 1``: ``indices[N, 1]``
-    selects rows along dim 0. Indices must be in bounds ("不支持越界", negatives included); the
-    reference raises ``ValueError`` otherwise. Duplicate indices: last write wins is not
-    guaranteed (same as the kernel, which documents no order). Returns ``input``.
+    ``self`` is the schema's name for the doc's ``input``. With ``indices`` of shape
+    ``[..., a]`` each index row addresses the first ``a`` dims of ``self``; ``updates`` has shape
+    ``indices.shape[:-1] + self.shape[a:]`` (doc example: input (4,5,6), indices (3,2) ->
+    updates (3,6)). sglang uses ``a = 1``: ``indices[N, 1]`` selects rows along dim 0. Indices
+    must be in bounds ("不支持越界", negatives included); the reference raises ``ValueError``
+    otherwise. Duplicate indices: last write wins is not guaranteed (same as the kernel, which
+    documents no order). Returns ``self``.
     """
     depth = indices.size(-1)
-    flat = indices.reshape(-1, depth).to(device=input.device, dtype=torch.long)
-    bounds = torch.tensor(input.shape[:depth], device=input.device)
+    flat = indices.reshape(-1, depth).to(device=self.device, dtype=torch.long)
+    bounds = torch.tensor(self.shape[:depth], device=self.device)
     if flat.numel() and bool(((flat < 0) | (flat >= bounds)).any()):
         bad = flat[((flat < 0) | (flat >= bounds)).any(dim=1)][0].tolist()
         _fail(
             "scatter_nd_update_",
             "indices",
             bad,
-            f"out of bounds for input dims {tuple(input.shape[:depth])}",
+            f"out of bounds for self's dims {tuple(self.shape[:depth])}",
         )
-    values = updates.reshape(flat.size(0), *input.shape[depth:])
-    input[tuple(flat.unbind(dim=1))] = values
-    return input
+    values = updates.reshape(flat.size(0), *self.shape[depth:])
+    self[tuple(flat.unbind(dim=1))] = values
+    return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +230,10 @@ def scatter_pa_kv_cache(
       ``[blocks, block_size, H, Dk]``: ``key_cache.view(-1, H, Dk)[slot] = key``. sglang 0.5.23
       calls it this way (``memory_pool_npu.py:317-329``).
     - ``'PA_NZ'`` (scenario 1, the default): key_cache ``[blocks, H*Dk//last, block_size, last]``;
-      token t's row ``key[t].reshape(H*Dk//last, last)`` goes to ``key_cache[blk, :, off, :]``.
+      token t's row ``key[t].reshape(H*Dk//last, last)`` goes to ``key_cache[blk, :, off, :]``
+      (inferred: the doc gives only the shapes; this is the FRACTAL_NZ tiling of each block's
+      ``[block_size, H*Dk]`` matrix into ``last``-wide column tiles. Rejected: filling the block
+      token-major, i.e. writing the token's whole row contiguously at ``off * H*Dk``).
 
     The compressed scenario 3 (4-D key with ``compress_lens``/``seq_lens``) passes the validator
     (the kernel supports it) but the reference raises ``ValueError`` ("not supported by the

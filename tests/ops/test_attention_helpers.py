@@ -82,6 +82,13 @@ def test_scatter_nd_update_doc_example_depth_two() -> None:
     assert int((target != 0).sum()) == 17  # updates[0][0] is 0
 
 
+def test_scatter_nd_update_takes_the_schema_keyword_self() -> None:
+    """The schema names the target ``self``: a keyword call works as it would on an NPU."""
+    target = torch.zeros(4, 2)
+    out = ops.scatter_nd_update_(self=target, indices=torch.tensor([[2]]), updates=torch.ones(1, 2))
+    assert out is target and target[2].eq(1).all() and int(target.sum()) == 2
+
+
 def test_scatter_nd_update_writes_through_a_layer_view() -> None:
     """sglang scatters into ``k_buffer[layer].view(-1, H, D)``: the pool itself must change."""
     pool = torch.zeros(2, 16, 2, 4)  # [layers, slots, H, D]
@@ -110,13 +117,13 @@ def test_scatter_nd_update_writes_through_a_layer_view() -> None:
             torch.zeros(4, 2, dtype=torch.int32),
             torch.tensor([[0]]),
             torch.zeros(1, 2, dtype=torch.int32),
-            r"input=torch.int32 .*dtype must be one of",
+            r"self=torch.int32 .*dtype must be one of",
         ),
         (
             torch.zeros(4, 2),
             torch.tensor([[0]]),
             torch.zeros(1, 2).half(),
-            r"updates=torch.float16 .*must equal input's torch.float32",
+            r"updates=torch.float16 .*must equal self's torch.float32",
         ),
         (torch.zeros(4, 2), torch.tensor([0]), torch.zeros(1, 2), r"indices=\(1,\) .*at least 2-D"),
         (
@@ -129,7 +136,25 @@ def test_scatter_nd_update_writes_through_a_layer_view() -> None:
             torch.zeros(4, 2),
             torch.tensor([[0]]),
             torch.zeros(1, 3),
-            r"updates=\(1, 3\) .*indices.shape\[:-1\] \+ input.shape\[1:\] = \(1, 2\)",
+            r"updates=\(1, 3\) .*indices.shape\[:-1\] \+ self.shape\[1:\] = \(1, 2\)",
+        ),
+        (
+            torch.tensor(1.0),
+            torch.tensor([[0]]),
+            torch.zeros(1),
+            r"self=\(\) .*must have 1 to 8 dimensions",
+        ),
+        (
+            torch.zeros((1,) * 9),
+            torch.tensor([[0]]),
+            torch.zeros((1,) * 9),
+            r"self=\(1, 1, 1, 1, 1, 1, 1, 1, 1\) .*must have 1 to 8 dimensions",
+        ),
+        (
+            torch.zeros(4, 2),
+            torch.tensor([[0, 0, 0]]),
+            torch.zeros(1),
+            r"indices=\(1, 3\) .*last dim <= self's rank 2",
         ),
     ],
 )
@@ -233,6 +258,43 @@ def test_scatter_pa_kv_cache_sglang_call_writes_the_pool() -> None:
         ({"key_cache": torch.zeros(2, 128, 2, 16)}, r"key_cache=\(2, 128, 2, 16\) .*'Norm' needs"),
         ({"slot_mapping": torch.tensor([[0]])}, r"slot_mapping=.*1-D int32/int64"),
         ({"key_cache": torch.zeros(2, 2, 128, 8).transpose(1, 2)}, r"key_cache=.*contiguous"),
+        (
+            {
+                "key": torch.zeros(1, 2, 8, dtype=torch.int64),
+                "value": torch.zeros(1, 2, 8, dtype=torch.int64),
+            },
+            r"key=torch.int64 .*dtype must be one of \(torch.float16, torch.float32",
+        ),
+        (
+            {"key": torch.zeros(1, 16), "value": torch.zeros(1, 16)},
+            r"key/value=\(\(1, 16\), \(1, 16\)\) .*must be 3-D \[tokens, heads, head_size\]",
+        ),
+        (
+            {"value": torch.zeros(1, 3, 8)},
+            r"key/value=\(\(1, 2, 8\), \(1, 3, 8\)\) .*share \[tokens, heads\] with one slot "
+            r"per token \(1\)",
+        ),
+        (
+            {"slot_mapping": torch.tensor([0, 1], dtype=torch.int32)},
+            r"key/value=.*one slot per token \(2\)",
+        ),
+        (
+            {"key_cache": torch.zeros(256, 2, 8)},
+            r"key_cache/value_cache=\(\(256, 2, 8\), \(2, 128, 2, 8\)\) .*must be 4-D",
+        ),
+        (
+            {"value_cache": torch.zeros(3, 128, 2, 8)},
+            r"value_cache=\(3, 128, 2, 8\) .*must have key_cache's block count",
+        ),
+        (
+            {"cache_mode": "PA_NZ"},
+            r"key_cache=\(2, 128, 2, 8\) .*PA_NZ needs \[blocks, heads\*size//last, block_size, "
+            r"last\] for heads=2, size=8",
+        ),
+        (
+            {"value_cache": torch.zeros(2, 64, 2, 8)},
+            r"value_cache=\(2, 64, 2, 8\) .*must have key_cache's block size",
+        ),
     ],
 )
 def test_scatter_pa_kv_cache_rejects(change: dict[str, object], message: str) -> None:
@@ -409,26 +471,63 @@ def test_interleave_rope_is_a_pairwise_rotation_with_a_half_layout_output() -> N
 
 
 @pytest.mark.parametrize(
-    ("x", "cos", "message"),
+    ("x", "cos", "sin", "message"),
     [
         (
             torch.zeros(1, 2, 1, 32),
             torch.zeros(1, 1, 1, 32),
+            None,
             r"x=\(1, 2, 1, 32\) .*\(B, N, S, 64\)",
         ),
-        (torch.zeros(1, 2, 1, 64), torch.zeros(1, 2, 1, 64), r"cos=\(1, 2, 1, 64\) .*\(B=1, 1,"),
-        (torch.zeros(2, 2, 1, 64), torch.zeros(1, 1, 1, 64), r"cos=\(1, 1, 1, 64\) .*\(B=2, 1,"),
-        (torch.zeros(1, 2, 1, 64), torch.zeros(1, 1, 1, 64).half(), r"cos=torch.float16 .*x's"),
+        (
+            torch.zeros(1, 2, 1, 64),
+            torch.zeros(1, 2, 1, 64),
+            None,
+            r"cos=\(1, 2, 1, 64\) .*\(B=1, 1,",
+        ),
+        (
+            torch.zeros(2, 2, 1, 64),
+            torch.zeros(1, 1, 1, 64),
+            None,
+            r"cos=\(1, 1, 1, 64\) .*\(B=2, 1,",
+        ),
+        (
+            torch.zeros(1, 2, 1, 64),
+            torch.zeros(1, 1, 1, 64).half(),
+            None,
+            r"cos=torch.float16 .*x's",
+        ),
         (
             torch.zeros(1, 2, 1, 64, dtype=torch.int8),
             torch.zeros(1, 1, 1, 64, dtype=torch.int8),
+            None,
             r"x=torch.int8 .*bf16 or fp16",
+        ),
+        (
+            torch.zeros(1, 2, 3, 64),
+            torch.zeros(1, 1, 3, 64),
+            torch.zeros(1, 1, 1, 64),
+            r"sin=\(1, 1, 1, 64\) .*must have cos's shape \(1, 1, 3, 64\)",
+        ),
+        (
+            torch.zeros(1, 2, 64, 3).transpose(2, 3),
+            torch.zeros(1, 1, 3, 64),
+            None,
+            r"x=\(1, 2, 3, 64\) .*must be contiguous",
+        ),
+        (
+            torch.zeros(1, 2, 3, 64),
+            torch.zeros(1, 1, 64, 3).transpose(2, 3),
+            torch.zeros(1, 1, 3, 64),
+            r"cos=\(1, 1, 3, 64\) .*must be contiguous",
         ),
     ],
 )
-def test_interleave_rope_rejects(x: torch.Tensor, cos: torch.Tensor, message: str) -> None:
+def test_interleave_rope_rejects(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor | None, message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
-        ops.interleave_rope(x, cos, cos.clone())
+        ops.interleave_rope(x, cos, cos.clone() if sin is None else sin)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,3 +584,9 @@ def test_add_rms_norm_rejects(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         ops.add_rms_norm(torch.zeros(2, 4), x2, gamma, eps)
+
+
+def test_add_rms_norm_rejects_an_integer_x1() -> None:
+    x = torch.zeros(2, 4, dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"add_rms_norm: x1=torch.int32 .*dtype must be one of"):
+        ops.add_rms_norm(x, x, torch.ones(4))
