@@ -46,7 +46,8 @@ from sglang_ascend_fia.ops._moe_quant_util import (
 
 # The NPU sorts descending; among equal scores the lower index comes first (inferred: the Ascend
 # Sort docs do not state a tie order). A stable descending sort makes the reference
-# deterministic; torch.topk's tie order is unspecified, so it is not used.
+# deterministic; torch.topk's tie order is unspecified, so it is not used. The op docstrings
+# repeat this where they pick experts or groups.
 
 
 def _topk_stable(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,6 +176,10 @@ def moe_gating_top_k(
     alternative, "always renormalise" from the doc formula, contradicts the kernel). Note that
     sigmoid renormalises even when renorm is 0. ``norm_out`` is only written by the kernel when
     ``out_flag`` is set; the reference always returns it (a defined superset).
+
+    Ties (equal scores, for experts and for groups): the lower index wins (inferred: the Ascend
+    Sort docs state no tie order; rejected: ``torch.topk``'s unspecified order, which would make
+    the reference non-deterministic).
     """
     if input_ids is not None:
         not_implemented(_GATING, "input_ids", input_ids, "the non-hash mode: input_ids=None")
@@ -234,9 +239,12 @@ def moe_gating_top_k_softmax(
 
     ``row_idx[i, j] = j * rows + i`` (column-major, from the CANN formula
     ``arange(N*K).reshape(K, N).transpose``); for a 3-D ``x`` the leading two axes are flattened
-    into ``rows`` (inferred: the formula is written for 2-D). Rows with ``finished[i]`` True get
-    expert index ``num_experts`` (documented) and keep their softmax values (inferred from the
-    TensorRT-LLM kernel this op ports; the rejected alternative, zeroed values, has no source).
+    into ``rows`` (inferred: the formula is written for 2-D; rejected: numbering the rows of each
+    leading index from 0). Rows with ``finished[i]`` True get expert index ``num_experts``
+    (documented) and keep their softmax values (inferred from the TensorRT-LLM kernel this op
+    ports; the rejected alternative, zeroed values, has no source). Ties: the lower expert index
+    wins (inferred: the Ascend Sort docs state no tie order; rejected: ``torch.topk``'s
+    unspecified order).
     """
     probs = torch.softmax(x.float(), dim=-1)
     values, idx = _topk_stable(probs, k)
@@ -321,7 +329,15 @@ def _validate_moe_init_routing_v2(
         quant_mode,
         f"must be one of {sorted(_INIT_QUANT_MODES)} (-1 none, 0 static int8, 1 dynamic int8)",
     )
-    if quant_mode in (0, 1):
+    # The meta accepts 0, but the doc's constraints say "不支持静态量化模式".
+    require(
+        quant_mode != 0,
+        op,
+        "quant_mode",
+        quant_mode,
+        "must not be 0: static quantisation is not supported (doc: 不支持静态量化模式)",
+    )
+    if quant_mode == 1:
         require(x.dtype != torch.int8, op, "quant_mode", quant_mode, "must be -1 when x is int8")
     limit = 5120 if expert_tokens_num_type == 2 else 10240
     require(
@@ -395,8 +411,11 @@ def moe_init_routing_v2(
       ``moe_finalize_routing(drop_pad_mode=0)`` expects, hence sglang's ``drop_pad_mode=2``.)
     * ``expanded_x[d] = x[src_d // K]`` for ``d < avail``; quant_mode 1 quantises each such row
       (times the expert's smooth ``scale`` row if given) to int8 with ``expanded_scale[d] =
-      rowmax|.| / 127``. With quant_mode -1, ``expanded_scale[d] = scale[src_d // K]`` if
-      ``scale`` is given.
+      rowmax|.| / 127``. The smooth scale multiplies (inferred: the doc only calls ``scale``
+      "用于计算量化结果的参数" of shape (expert_end-expert_start, H); multiplying matches
+      ``dynamic_quant``'s smooth_scales. Rejected: dividing by it). With quant_mode -1,
+      ``expanded_scale[d] = scale[src_d // K]`` if ``scale`` is given. quant_mode 0 (static)
+      is refused: "不支持静态量化模式".
     * ``expanded_row_idx``: row_idx_type 0 (gather) maps source to destination,
       ``[src_d] = d``, -1 for unrouted pairs; row_idx_type 1 (scatter) maps destination to
       source, ``[d] = src_d``.

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -1489,6 +1490,7 @@ print(json.dumps(out))
 
 
 def test_float32_is_refused_on_an_npu_tensor_only() -> None:
+    """End to end with a real "npu" device type (a renamed PrivateUse1 backend, in a child)."""
     done = subprocess.run(
         [sys.executable, "-c", _NPU_PROBE], capture_output=True, text=True, timeout=120
     )
@@ -1506,3 +1508,31 @@ def test_float32_is_refused_on_an_npu_tensor_only() -> None:
     ops.fused_infer_attention_score.validate(**paged_decode())
     x, c = torch.randn(2, 4, 1, 64), torch.randn(2, 1, 1, 64)
     ops.interleave_rope.validate(x, c, c)
+
+
+class _NpuLooking(torch.Tensor):
+    """A CPU tensor whose ``device.type`` reads "npu" (the validators' only device check)."""
+
+    @property
+    def device(self) -> SimpleNamespace:  # type: ignore[override]
+        return SimpleNamespace(type="npu")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dtype_policy_reads_the_device_type(dtype: torch.dtype) -> None:
+    """The same policy in this process: fp32 refused when ``device.type == "npu"``."""
+    kw = paged_decode()
+    for name in ("query", "key", "value"):
+        kw[name] = kw[name].to(dtype).as_subclass(_NpuLooking)  # type: ignore[attr-defined]
+    args = dict(kw)
+    q, k, v = args.pop("query"), args.pop("key"), args.pop("value")
+    x = torch.zeros(2, 4, 1, 64, dtype=dtype).as_subclass(_NpuLooking)
+    cos = torch.zeros(2, 1, 1, 64, dtype=dtype)
+    if dtype == torch.bfloat16:
+        ops.fused_infer_attention_score.validate(q, k, v, **args)
+        ops.interleave_rope.validate(x, cos, cos)
+        return
+    with pytest.raises(ValueError, match=r"query=torch.float32 is not allowed on an NPU tensor"):
+        ops.fused_infer_attention_score.validate(q, k, v, **args)
+    with pytest.raises(ValueError, match=r"interleave_rope: x=torch.float32 is not allowed on an"):
+        ops.interleave_rope.validate(x, cos, cos)

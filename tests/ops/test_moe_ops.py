@@ -975,6 +975,27 @@ VALIDATION_CASES = [
         {**_ROUTE, "quant_mode": 10},
         r"quant_mode=10 must be one of \[-1, 0, 1, 2",
     ),
+    (
+        "route static quant",
+        ops.moe_init_routing_v2,
+        (_X, _IDS),
+        {**_ROUTE, "quant_mode": 0},
+        r"moe_init_routing_v2: quant_mode=0 must not be 0: static quantisation is not supported",
+    ),
+    (
+        "gmm int8 without scale but per-token scale",
+        ops.grouped_matmul,
+        (),
+        _gmm_int8(scale=None, output_dtype=torch.int32),
+        r"grouped_matmul: per_token_scale=.*requires a bfloat16/float32 scale",
+    ),
+    (
+        "gating x not a tensor",
+        ops.moe_gating_top_k,
+        ([[0.5, 0.25]], 1),
+        {},
+        r"moe_gating_top_k: x=\[\[0.5, 0.25\]\] must be a torch.Tensor",
+    ),
     # grouped_matmul
     (
         "gmm offset",
