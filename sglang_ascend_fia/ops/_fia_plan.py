@@ -101,7 +101,7 @@ class _Plan:
     paged: bool
     cache_4d: bool  # paged (blocks, Nkv, block_size, D) instead of (blocks, block_size, H)
     block_size: int
-    mask_mode: str  # none | dense | left_up | right_down | band
+    mask_mode: str  # none | dense | left_up | right_down | band | tree (refused by the reference)
     pre_tokens: int
     next_tokens: int
 
