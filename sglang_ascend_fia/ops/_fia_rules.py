@@ -187,14 +187,12 @@ def check_sparse_mode(sparse_mode: int, *, rope: bool, version: int = 1) -> None
         if not rope:
             fail("sparse_mode", sparse_mode, "9 (treeMask) needs query_rope/key_rope (MLA only)")
         return
-    legal = (*SUPPORTED_SPARSE_MODES, TREE_MASK_SPARSE_MODE) if version == 1 else None
-    fail(
-        "sparse_mode",
-        sparse_mode,
-        f"must be one of {legal} (9 with query_rope/key_rope only)"
-        if legal
-        else f"the v2 op takes one of {SUPPORTED_SPARSE_MODES}",
-    )
+    if version == 1:
+        legal = (*SUPPORTED_SPARSE_MODES, TREE_MASK_SPARSE_MODE)
+        fail(
+            "sparse_mode", sparse_mode, f"must be one of {legal} (9 with query_rope/key_rope only)"
+        )
+    fail("sparse_mode", sparse_mode, f"the v2 op takes one of {SUPPORTED_SPARSE_MODES}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,9 +247,8 @@ def check_sizes(c: CallShape) -> None:
         # section fixes N=128, D=512, BSND for sparse_mode 4, whose N·D = 65536 the N·D rule
         # would refuse. Rejected: applying both, which makes the documented MLA form unusable.
         return
-    align = (
-        32 if c.int8 else 16
-    )  # "包含int8时, D轴需要32对齐; 全为float16、bfloat16时, D轴需16对齐"
+    # "包含int8时, D轴需要32对齐; 全为float16、bfloat16时, D轴需16对齐" (fp32, off the NPU: 16)
+    align = 32 if c.int8 else 16
     for name, dim in (("query", c.q_dim), ("value", c.v_dim)):
         if dim % align:
             fail(name, f"D={dim}", f"Q_S>1 needs the head dim {align}-aligned")
