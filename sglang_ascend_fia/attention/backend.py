@@ -26,7 +26,14 @@ from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 from sglang_ascend_fia import ops
 from sglang_ascend_fia.attention.kv_write import paged_view, write_kv
 from sglang_ascend_fia.attention.metadata import FIAMetadata
-from sglang_ascend_fia.ops._fia_rules import MASK_TEMPLATE_SIZE, MAX_3D_CACHE_HIDDEN, MAX_GQA_RATIO
+from sglang_ascend_fia.ops._fia_rules import (
+    MASK_TEMPLATE_SIZE,
+    MAX_3D_CACHE_HIDDEN,
+    MAX_GQA_RATIO,
+    MAX_HEAD_DIM,
+    MAX_HEADS,
+    PROMPT_HEAD_DIM_ALIGN,
+)
 
 if TYPE_CHECKING:
     from sglang.srt.layers.radix_attention import RadixAttention
@@ -145,6 +152,15 @@ class AscendFIABackend(AttentionBackend):
                 f"--dtype {str(self.data_type).removeprefix('torch.')} is not a dtype FIA takes "
                 "on an NPU (use bfloat16 or float16)"
             )
+        if q_heads > MAX_HEADS:
+            problems.append(f"{q_heads} query heads per rank exceed FIA's limit {MAX_HEADS}")
+        for dim in sorted({self.head_dim, self.v_head_dim}):
+            # Prefill is a Q_S>1 call: its head dims must be aligned and bounded.
+            if dim % PROMPT_HEAD_DIM_ALIGN or dim > MAX_HEAD_DIM:
+                problems.append(
+                    f"head_dim {dim} is not one FIA prefill takes (a multiple of "
+                    f"{PROMPT_HEAD_DIM_ALIGN} up to {MAX_HEAD_DIM})"
+                )
         for dim in {self.head_dim, self.v_head_dim}:
             if self.kv_heads * dim > MAX_3D_CACHE_HIDDEN:
                 problems.append(

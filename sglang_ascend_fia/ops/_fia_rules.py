@@ -45,6 +45,7 @@ MAX_HEAD_DIM = 512
 MAX_DECODE_S = 262144  # Q_S=1: "支持S轴小于等于262144"
 MAX_PROMPT_S = 20971520  # Q_S>1: "S支持小于等于20971520(20M)"
 MAX_PROMPT_HIDDEN = 65535  # Q_S>1, BSH/BSND: "要求N*D小于65535" (strictly less)
+PROMPT_HEAD_DIM_ALIGN = 16  # Q_S>1, float: "全为float16、bfloat16时, D轴需16对齐" (32 with int8)
 
 # TND without page attention.
 TND_HEADS = (8, 16, 32, 64, 128)  # v1: "N等于8/16/32/64/128, 且Q_N、K_N、V_N相等"
@@ -248,7 +249,7 @@ def check_sizes(c: CallShape) -> None:
         # would refuse. Rejected: applying both, which makes the documented MLA form unusable.
         return
     # "包含int8时, D轴需要32对齐; 全为float16、bfloat16时, D轴需16对齐" (fp32, off the NPU: 16)
-    align = 32 if c.int8 else 16
+    align = 2 * PROMPT_HEAD_DIM_ALIGN if c.int8 else PROMPT_HEAD_DIM_ALIGN
     for name, dim in (("query", c.q_dim), ("value", c.v_dim)):
         if dim % align:
             fail(name, f"D={dim}", f"Q_S>1 needs the head dim {align}-aligned")

@@ -363,3 +363,20 @@ def test_any_float_dtype_runs_on_the_reference(
 ) -> None:
     pool = make_pool("npu-fia", TINY, 128, 8, monkeypatch)
     assert AscendFIABackend(make_runner(pool, TINY, 128, dtype=dtype)).data_type == dtype
+
+
+@pytest.mark.parametrize(
+    ("shape", "needle"),
+    [
+        (Shape(4, 2, 24), "head_dim 24 is not one FIA prefill takes"),
+        (Shape(4, 2, 576), "head_dim 576 is not one FIA prefill takes"),
+        (Shape(272, 1, 16), "272 query heads per rank exceed FIA's limit 256"),
+    ],
+    ids=["d24", "d576", "272-heads"],
+)
+def test_head_geometry_fia_refuses_is_refused_at_construction(
+    shape: Shape, needle: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = make_pool("npu-fia", shape, 128, 8, monkeypatch)
+    with pytest.raises(UnsupportedConfiguration, match=needle):
+        AscendFIABackend(make_runner(pool, shape, 128))
