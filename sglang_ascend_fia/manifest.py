@@ -136,7 +136,7 @@ def _parse_entry(raw: object, module: str, where: str, source: str) -> PatchEntr
         name=name,
         module=module,
         target=target,
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         hook=hook,
         sglang=spec,
         why=_require_str(raw, "why", where),

@@ -18,7 +18,7 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 import torch
 
@@ -26,6 +26,18 @@ logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class NpuOp(Protocol[P, R]):
+    """A facade op: callable like the torch_npu kernel, with its parts exposed for tests and
+    ``verify-ops``."""
+
+    npu_name: str
+    reference: Callable[P, R]
+    validate: Callable[..., None] | None
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
 
 _launches: Counter[str] = Counter()
 _reference_logged = False
@@ -75,14 +87,14 @@ def npu_op(
     npu_name: str,
     *,
     validate: Callable[..., None] | None = None,
-) -> Callable[[Callable[P, R]], Callable[P, R]]:
+) -> Callable[[Callable[P, R]], NpuOp[P, R]]:
     """Declare ``reference`` as the CPU/CUDA implementation of ``torch_npu.<npu_name>``.
 
     ``validate`` takes the op's own arguments and raises ``ValueError`` on anything the NPU
     kernel documents as unsupported. It runs before either implementation.
     """
 
-    def decorate(reference: Callable[P, R]) -> Callable[P, R]:
+    def decorate(reference: Callable[P, R]) -> NpuOp[P, R]:
         op_name = reference.__name__
 
         @functools.wraps(reference)
@@ -92,13 +104,14 @@ def npu_op(
             _launches[op_name] += 1
             tensor = _first_tensor(args, kwargs)
             if _is_npu(tensor):
-                return _npu_kernel(npu_name)(*args, **kwargs)  # type: ignore[no-any-return]
+                return _npu_kernel(npu_name)(*args, **kwargs)
             _log_reference_once(tensor.device.type if tensor is not None else "none")
             return reference(*args, **kwargs)
 
-        op.npu_name = npu_name  # type: ignore[attr-defined]
-        op.reference = reference  # type: ignore[attr-defined]
-        op.validate = validate  # type: ignore[attr-defined]
-        return op
+        facade = cast(NpuOp[P, R], op)
+        facade.npu_name = npu_name
+        facade.reference = reference
+        facade.validate = validate
+        return facade
 
     return decorate

@@ -234,7 +234,7 @@ def _validate_quant_matmul(
             f"must have dtype in ({', '.join(sorted(map(str, biases)))}) {where}",
         )
         out_dims = len(out_batch) + 2
-        allowed = [(n_dim,)]
+        allowed: list[tuple[int, ...]] = [(n_dim,)]
         if out_dims == 2:
             allowed.append((1, n_dim))
         if out_dims == 3:
