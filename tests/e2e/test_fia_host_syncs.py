@@ -46,6 +46,7 @@ def test_host_syncs_do_not_grow_with_layers(runs: dict[int, dict[str, Any]]) -> 
     few, many = (runs[n]["forwards"] for n in LAYERS)
     for small, large in zip(few, many, strict=True):
         assert sorted(large["syncs"]) == sorted(small["syncs"]), (small["mode"], large["syncs"])
-    # And none of them comes from the plugin's backend.
+    # The plugin's own share is one call per forward, whatever the depth: the per-batch
+    # seq_lens_cpu.tolist() in init_forward_metadata, which reads sglang's host mirror.
     for forward in many:
-        assert not [s for s in forward["syncs"] if "backend.py" in s], forward["syncs"]
+        assert len([s for s in forward["syncs"] if "backend.py" in s]) == 1, forward["syncs"]
