@@ -306,26 +306,76 @@ def _attend_rows(
     kv_chunk: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of query rows [i0, i1) of requests [b0, b1): fp32 ``[b, Nkv, g, rows, Dv]``
-    output and ``[b, Nkv, g, rows]`` LSE."""
+    output and ``[b, Nkv, g, rows]`` LSE.
+
+    When every position fits one KV chunk (decode and short prompts: the common case) this is the
+    plain formula, ``softmax(scores) @ V`` with ``LSE = logsumexp(scores)``; otherwise the online
+    softmax over chunks. Rows with no visible key give output 0 and LSE -inf (the reference's
+    choice for fully masked rows, inferred). A learnable sink is one extra logit per head that
+    takes probability mass but adds no value (inferred from "吸收Attention Score").
+    """
     bb, nkv, g, rows, _ = q.shape
     dv = source.plan.v_dim
     q = q.reshape(bb, nkv, g * rows, -1)
-    if sink is None:
-        m = torch.full((bb, nkv, g * rows, 1), -math.inf, device=q.device)
-        denom = torch.zeros(bb, nkv, g * rows, 1, device=q.device)
+    # [b, Nkv, g*rows, 1] sink logits, or None.
+    sink_rows = None if sink is None else sink.expand(nkv, g, rows).reshape(1, nkv, g * rows, 1)
+    if 0 < extent <= kv_chunk:
+        scores, v = _scores(q, source, masker, (b0, b1, i0, i1), 0, extent, g)
+        lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+        if sink_rows is not None:
+            lse = torch.logaddexp(lse, sink_rows)
+        # exp(s - lse) sums to 1 (less the sink's share); where lse is -inf, subtract 0 instead
+        # so exp() gives 0, not nan.
+        p = scores.sub_(lse.masked_fill(torch.isinf(lse), 0.0)).exp_()
+        out = torch.matmul(p, v)
     else:
-        # A learnable sink is one extra logit per head that takes probability mass but adds no
-        # value (inferred from "吸收Attention Score"); seeding the running state with it is exact.
-        m = sink.expand(nkv, g, rows).reshape(1, nkv, g * rows, 1).repeat(bb, 1, 1, 1)
-        denom = torch.ones(bb, nkv, g * rows, 1, device=q.device)
-    acc = torch.zeros(bb, nkv, g * rows, dv, device=q.device)
+        out, lse = _attend_online(q, source, masker, sink_rows, (b0, b1, i0, i1), extent, kv_chunk)
+    return out.view(bb, nkv, g, rows, dv), lse.view(bb, nkv, g, rows)
+
+
+def _scores(
+    q: torch.Tensor,
+    source: _KVSource,
+    masker: _Masker,
+    tile: tuple[int, int, int, int],
+    j0: int,
+    j1: int,
+    g: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked ``[b, Nkv, g*rows, j1-j0]`` scores of positions [j0, j1), and their values."""
+    b0, b1, i0, i1 = tile
+    k, v = source.read(b0, b1, j0, j1)
+    scores = torch.matmul(q, k.transpose(-1, -2))
+    if masker.needed(b0, b1, i1, j1):
+        keep = masker.keep(b0, b1, i0, i1, j0, j1)
+        bb, nkv = scores.shape[:2]
+        scores.view(bb, nkv, g, i1 - i0, -1).masked_fill_(~keep[:, None, None], -math.inf)
+    return scores, v
+
+
+def _attend_online(
+    q: torch.Tensor,
+    source: _KVSource,
+    masker: _Masker,
+    sink_rows: torch.Tensor | None,
+    tile: tuple[int, int, int, int],
+    extent: int,
+    kv_chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flash-attention recurrence over KV chunks: a running max, denominator and weighted
+    sum, rescaled as larger logits arrive. Seeding the state with the sink logit is exact."""
+    bb, nkv, gr, _ = q.shape
+    g = gr // (tile[3] - tile[2])
+    shape = (bb, nkv, gr, 1)
+    if sink_rows is None:
+        m = torch.full(shape, -math.inf, device=q.device)
+        denom = torch.zeros(shape, device=q.device)
+    else:
+        m = sink_rows.expand(shape).clone()
+        denom = torch.ones(shape, device=q.device)
+    acc = torch.zeros(bb, nkv, gr, source.plan.v_dim, device=q.device)
     for j0 in range(0, extent, kv_chunk):
-        j1 = min(extent, j0 + kv_chunk)
-        k, v = source.read(b0, b1, j0, j1)
-        scores = torch.matmul(q, k.transpose(-1, -2))  # [b, Nkv, g*rows, L]
-        if masker.needed(b0, b1, i1, j1):
-            keep = masker.keep(b0, b1, i0, i1, j0, j1)
-            scores.view(bb, nkv, g, rows, -1).masked_fill_(~keep[:, None, None], -math.inf)
+        scores, v = _scores(q, source, masker, tile, j0, min(extent, j0 + kv_chunk), g)
         m_new = torch.maximum(m, scores.amax(dim=-1, keepdim=True))
         # Rows with nothing visible yet keep max -inf; use 0 there so exp() gives 0, not nan.
         m_safe = m_new.masked_fill(torch.isinf(m_new), 0.0)
@@ -334,12 +384,11 @@ def _attend_rows(
         denom.mul_(alpha).add_(p.sum(dim=-1, keepdim=True))
         acc.mul_(alpha).add_(torch.matmul(p, v))
         m = m_new
-    # denom >= 1 wherever a logit was visible (the max contributes exp(0)); rows with none give
-    # output 0 and LSE -inf (the reference's choice for fully masked rows, inferred).
+    # denom >= 1 wherever a logit was visible (the max contributes exp(0)).
     visible = denom > 0
     out = torch.where(visible, acc / denom.clamp_min(1e-30), 0.0)
     lse = torch.where(visible, m + torch.log(denom.clamp_min(1e-30)), -math.inf)
-    return out.view(bb, nkv, g, rows, dv), lse.view(bb, nkv, g, rows)
+    return out, lse
 
 
 def _to_output_layout(

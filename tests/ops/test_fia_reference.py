@@ -9,6 +9,7 @@ ids, -1 padding) and compares.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sglang_ascend_fia import ops
+from sglang_ascend_fia.ops import _fia_reference as reference
 
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, database=None)
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
@@ -416,6 +418,43 @@ def call(packed: Packed, case: dict[str, object], lse: bool) -> tuple[torch.Tens
 @SETTINGS
 @given(case=fia_cases())
 def test_fia_matches_brute_force(case: dict[str, object]) -> None:
+    check_against_brute_force(case)
+
+
+@contextlib.contextmanager
+def tiny_chunk_budgets() -> Iterator[list[int]]:
+    """Shrink the reference's chunk budgets so that every call with more than one block (paged)
+    or position (dense) of KV takes the online-softmax path over several KV chunks, and prefill
+    runs row chunk by row chunk; yields a list that counts the online passes."""
+    passes: list[int] = []
+    online = reference._attend_online
+
+    def counting(*args: object, **kwargs: object) -> object:
+        passes.append(1)
+        return online(*args, **kwargs)  # type: ignore[arg-type]
+
+    saved = reference._KV_CHUNK_ELEMS, reference._SCORE_CHUNK_ELEMS, reference._attend_online
+    reference._KV_CHUNK_ELEMS, reference._SCORE_CHUNK_ELEMS = 1, 1
+    reference._attend_online = counting  # type: ignore[assignment]
+    try:
+        yield passes
+    finally:
+        reference._KV_CHUNK_ELEMS, reference._SCORE_CHUNK_ELEMS, reference._attend_online = saved
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(case=fia_cases())
+def test_online_softmax_over_many_chunks_matches_brute_force(case: dict[str, object]) -> None:
+    """The same property through the chunked path the big shapes take (benchmarks, long
+    prompts): KV chunks of one block or one position, one query row at a time."""
+    with tiny_chunk_budgets() as passes:
+        check_against_brute_force(case)
+    reqs, _, _, _ = build(case)
+    if any(len(r.k) > int(case.get("block_size") or 1) for r in reqs):
+        assert passes, "a multi-chunk call did not take the online path"
+
+
+def check_against_brute_force(case: dict[str, object]) -> None:
     reqs, rule, packed, q_lens = build(case)
     out, lse = call(packed, case, lse=True)
     dtype: torch.dtype = case["dtype"]  # type: ignore[assignment]

@@ -33,6 +33,9 @@ CPU_ENGINE_DEFAULTS: dict[str, Any] = {
     "skip_server_warmup": True,
     "random_seed": 0,
     "log_level": "error",
+    # An idle scheduler otherwise spins a whole core; on 2 cores that starves whatever runs
+    # beside it (a second engine in a benchmark, the HF oracle in a test).
+    "sleep_on_idle": True,
 }
 
 
