@@ -216,10 +216,14 @@ class _Masker:
 
     def keep(self, b0: int, b1: int, i0: int, i1: int, j0: int, j1: int) -> torch.Tensor:
         p = self.plan
-        i = torch.arange(i0, i1, device=self.device)[None, :, None]
         j = torch.arange(j0, j1, device=self.device)[None, None, :]
-        q_len, kv_len = self.q_len[b0:b1], self.kv_len[b0:b1]
-        keep = (j < kv_len) & (i < q_len)
+        kv_len = self.kv_len[b0:b1]
+        keep = j < kv_len
+        if p.mask_mode == "none" and min(p.q_lens[b0:b1]) >= i1:
+            return keep  # decode and full-length rows: only the KV lengths mask
+        i = torch.arange(i0, i1, device=self.device)[None, :, None]
+        q_len = self.q_len[b0:b1]
+        keep = keep & (i < q_len)
         # Causal modes anchor on each request's own lengths: row i's diagonal is i + (kv - q).
         diagonal = i + (kv_len - q_len)
         if p.mask_mode == "left_up":  # masked iff j > i
@@ -268,8 +272,6 @@ def _attention(
     # (inferred; matches sglang's repeat_interleave fallback — rejected: h % nkv).
     q = (_f32(q) * scale).view(b, nkv, g, s, q.size(-1))
 
-    out = torch.zeros(b, nkv, g, s, dv, dtype=torch.float32, device=device)
-    lse = torch.full((b, nkv, g, s), -math.inf, dtype=torch.float32, device=device)
     source = _KVSource(plan, key, value, key_rope, block_table)
     masker = _Masker(plan, atten_mask, device)
     sink_f = None if sink is None else sink.to(device=device, dtype=torch.float32).view(nkv, g, 1)
@@ -277,6 +279,7 @@ def _attention(
     per_token = nkv * (plan.q_dim + plan.rope_dim)  # gathered K elements per request and position
     step = plan.block_size if plan.paged else 1
     group = max(1, min(b, _KV_CHUNK_ELEMS // max(1, per_token * step)))
+    tiles: list[tuple[int, int, int, int, torch.Tensor, torch.Tensor]] = []
     for b0 in range(0, b, group):
         b1 = min(b, b0 + group)
         extent = source.extent(b0, b1)
@@ -288,9 +291,16 @@ def _attention(
             o, m = _attend_rows(
                 q[b0:b1, :, :, i0:i1], source, masker, sink_f, b0, b1, i0, i1, extent, kv_chunk
             )
+            tiles.append((b0, b1, i0, i1, o, m))
+    if len(tiles) == 1:  # one tile covers everything (decode, short prompts): no copies
+        out, lse = tiles[0][4], tiles[0][5]
+    else:
+        out = torch.empty(b, nkv, g, s, dv, dtype=torch.float32, device=device)
+        lse = torch.empty(b, nkv, g, s, dtype=torch.float32, device=device)
+        for b0, b1, i0, i1, o, m in tiles:
             out[b0:b1, :, :, i0:i1] = o
             lse[b0:b1, :, :, i0:i1] = m
-    return out.view(b, n, s, dv), lse.view(b, n, s)
+    return out.reshape(b, n, s, dv), lse.reshape(b, n, s)
 
 
 def _attend_rows(

@@ -210,8 +210,26 @@ def _out_shape(plan: _Plan, query: torch.Tensor) -> tuple[int, ...]:
 _signature = functools.cache(inspect.signature)
 
 
+@functools.cache
+def _parameters(fn: Any) -> tuple[tuple[str, ...], frozenset[str], dict[str, Any]]:
+    """``fn``'s positional parameter names, all names, and defaults."""
+    params = _signature(fn).parameters
+    positional = tuple(n for n, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD)
+    defaults = {n: p.default for n, p in params.items() if p.default is not p.empty}
+    return positional, frozenset(params), defaults
+
+
 def _bind(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """All of ``op``'s parameters, defaults filled in, as the validator sees the call."""
+    positional, names, defaults = _parameters(op.reference)
+    if (
+        len(args) == len(positional)
+        and names.issuperset(kwargs)
+        and kwargs.keys().isdisjoint(positional)
+    ):
+        # The usual call (tensors by position, the rest by keyword), bound in a few microseconds;
+        # anything else goes through Signature.bind, which also raises Python's own TypeErrors.
+        return {**defaults, **dict(zip(positional, args, strict=True)), **kwargs}
     bound = _signature(op.reference).bind(*args, **kwargs)
     bound.apply_defaults()
     return dict(bound.arguments)
