@@ -1536,3 +1536,22 @@ def test_dtype_policy_reads_the_device_type(dtype: torch.dtype) -> None:
         ops.fused_infer_attention_score.validate(q, k, v, **args)
     with pytest.raises(ValueError, match=r"interleave_rope: x=torch.float32 is not allowed on an"):
         ops.interleave_rope.validate(x, cos, cos)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        (3, {"bogus": 1}, "unexpected keyword argument 'bogus'"),
+        (3, {"query": None}, "multiple values for argument 'query'"),
+        (2, {}, "missing a required argument: 'value'"),
+    ],
+    ids=["unknown", "twice", "missing"],
+)
+def test_bad_call_signatures_raise_pythons_type_errors(
+    args: int, kwargs: dict[str, object], message: str
+) -> None:
+    """The validator's fast argument binding still refuses what Python would."""
+    q = torch.randn(1, 1, 4, 16)
+    for op in (ops.fused_infer_attention_score, ops.fused_infer_attention_score_v2):
+        with pytest.raises(TypeError, match=message):
+            op(*[q] * args, **kwargs)
