@@ -886,8 +886,9 @@ def _validate_moe_finalize_routing(
         (total, hidden),
         "(NUM_ROWS*K, H) in the dropless modes",
     )
-    if skip2 is not None and skip1 is None:
-        fail(op, "skip2", skip2, "requires skip1 (x1 must be given before x2)")
+    if skip1 is not None and skip2 is None:
+        # Doc: "skip2参数为None时, skip1参数必须也为None". skip2 alone is allowed and adds alone.
+        fail(op, "skip1", skip1, "needs skip2 (with skip2=None, skip1 must be None)")
     for name, t in (("skip1", skip1), ("skip2", skip2)):
         if t is not None:
             check_tensor(op, name, t, dtypes={rows_in.dtype})

@@ -551,7 +551,7 @@ def test_grouped_matmul_bf16_takes_float32_bias_and_keeps_dtype() -> None:
     tokens=st.integers(1, 5),
     top_k=st.integers(1, 3),
     mode=st.sampled_from([0, 2]),
-    extras=st.sampled_from(["none", "skip1", "both_skips", "bias", "all"]),
+    extras=st.sampled_from(["none", "skip2", "both_skips", "bias", "all"]),
     no_scales=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
 )
@@ -565,12 +565,12 @@ def test_moe_finalize_routing_matches_formula(
     src_to_dst = torch.randperm(total, generator=g).int()
     scales = None if no_scales else torch.rand(tokens, top_k, generator=g)
     ids = torch.randint(0, experts, (tokens, top_k), generator=g, dtype=torch.int32)
-    skip1 = (
+    skip1 = torch.randn(tokens, hidden, generator=g) if extras in ("both_skips", "all") else None
+    skip2 = (
         torch.randn(tokens, hidden, generator=g)
-        if extras in ("skip1", "both_skips", "all")
+        if extras in ("skip2", "both_skips", "all")
         else None
     )
-    skip2 = torch.randn(tokens, hidden, generator=g) if extras in ("both_skips", "all") else None
     bias = torch.randn(experts, hidden, generator=g) if extras in ("bias", "all") else None
     out = ops.moe_finalize_routing(rows, skip1, skip2, bias, scales, src_to_dst, ids, mode, top_k)
     for i in range(tokens):
@@ -1284,24 +1284,24 @@ VALIDATION_CASES = [
         r"expanded_permuted_rows=.*must have shape \(6, 4\)",
     ),
     (
-        "fin skip2 needs skip1",
+        "fin skip1 needs skip2",
         ops.moe_finalize_routing,
         (),
-        _fin(skip2=torch.randn(3, 4)),
-        r"skip2=.*requires skip1",
+        _fin(skip1=torch.randn(3, 4)),
+        r"skip1=Tensor\(shape=\(3, 4\).* needs skip2 \(with skip2=None, skip1 must be None\)",
     ),
     (
         "fin skip shape",
         ops.moe_finalize_routing,
         (),
-        _fin(skip1=torch.randn(2, 4)),
+        _fin(skip1=torch.randn(2, 4), skip2=torch.randn(3, 4)),
         r"skip1=.*must have shape \(3, 4\)",
     ),
     (
         "fin skip dtype",
         ops.moe_finalize_routing,
         (),
-        _fin(skip1=torch.randn(3, 4).half()),
+        _fin(skip1=torch.randn(3, 4).half(), skip2=torch.randn(3, 4)),
         r"skip1=.*must have dtype in \(torch.float32\)",
     ),
     (
