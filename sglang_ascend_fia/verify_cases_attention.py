@@ -19,30 +19,20 @@ from __future__ import annotations
 
 import torch
 
-from sglang_ascend_fia import ops
 from sglang_ascend_fia.verify_cases_util import (
     BF16,
     FP16,
     TEMPLATE,
-    call,
     cpu,
     cumsum,
+    fia,
+    fia_paged,
     gen,
-    like,
-    paged,
+    paged_kv,
     rows_within,
     visible_mask,
 )
 from sglang_ascend_fia.verify_ops import Case, CaseFactory, Outputs
-
-
-def _fia(device: str, *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
-    # Looked up at call time, so a test can record the calls by patching ``ops``.
-    out: tuple[torch.Tensor, torch.Tensor] = call(
-        ops.fused_infer_attention_score, device, *args, **kwargs
-    )
-    return out
-
 
 # ---- decode (Q_S = 1) -----------------------------------------------------------------------
 
@@ -51,22 +41,9 @@ def fia_bsnd_paged_decode_gqa() -> Case:
     def run(device: str) -> Outputs:
         g = gen(101)
         kv_lens, n, nkv, d = [1, 127, 128, 1000], 32, 4, 128
-        k_cache, table = paged(kv_lens, nkv, d, 128, g)
-        v_cache = like(k_cache, g)
+        kv = paged_kv(kv_lens, nkv, d, 128, g)
         q = torch.randn(4, 1, n, d, generator=g).to(BF16)
-        out, _ = _fia(
-            device,
-            q,
-            k_cache,
-            v_cache,
-            num_heads=n,
-            num_key_value_heads=nkv,
-            input_layout="BSND",
-            scale=d**-0.5,
-            block_table=table,
-            block_size=128,
-            actual_seq_lengths_kv=kv_lens,
-        )
+        out, _ = fia_paged(device, q, kv, "BSND", n)
         return cpu(out)
 
     return "FIA BSND paged decode GQA 32:4 D128 page128 bf16", run, BF16
@@ -76,22 +53,15 @@ def fia_bsh_paged_decode_lse() -> Case:
     def run(device: str) -> Outputs:
         g = gen(102)
         kv_lens, n, nkv, d = [300, 5, 256], 14, 2, 128
-        k_cache, table = paged(kv_lens, nkv, d, 128, g)
-        v_cache = like(k_cache, g)
+        kv = paged_kv(kv_lens, nkv, d, 128, g)
         q = torch.randn(3, 1, n * d, generator=g).to(BF16)
         return cpu(
-            *_fia(
+            *fia_paged(
                 device,
                 q,
-                k_cache,
-                v_cache,
-                num_heads=n,
-                num_key_value_heads=nkv,
-                input_layout="BSH",
-                scale=d**-0.5,
-                block_table=table,
-                block_size=128,
-                actual_seq_lengths_kv=kv_lens,
+                kv,
+                "BSH",
+                n,
                 inner_precise=1,  # bf16 does not tell high precision from high performance
                 softmax_lse_flag=True,
             )
@@ -104,22 +74,9 @@ def fia_bnsd_paged_decode_nd4_cache() -> Case:
     def run(device: str) -> Outputs:
         g = gen(103)
         kv_lens, n, nkv, d = [17, 64, 200], 8, 2, 128
-        k_cache, table = paged(kv_lens, nkv, d, 16, g, nd4=True)
-        v_cache = like(k_cache, g)
+        kv = paged_kv(kv_lens, nkv, d, 16, g, nd4=True)
         q = torch.randn(3, n, 1, d, generator=g).to(BF16)
-        out, _ = _fia(
-            device,
-            q,
-            k_cache,
-            v_cache,
-            num_heads=n,
-            num_key_value_heads=nkv,
-            input_layout="BNSD",
-            scale=d**-0.5,
-            block_table=table,
-            block_size=16,
-            actual_seq_lengths_kv=kv_lens,
-        )
+        out, _ = fia_paged(device, q, kv, "BNSD", n)
         return cpu(out)
 
     return "FIA BNSD paged decode, (blocks, Nkv, 16, D) cache bf16", run, BF16
@@ -129,24 +86,17 @@ def fia_bsnd_paged_decode_batch_mask() -> Case:
     def run(device: str) -> Outputs:
         g = gen(104)
         kv_lens, n, nkv, d, block = [700, 40, 1], 8, 2, 128, 512
-        k_cache, table = paged(kv_lens, nkv, d, block, g, dtype=FP16)
-        v_cache = like(k_cache, g)
+        kv = paged_kv(kv_lens, nkv, d, block, g, dtype=FP16)
         q = torch.randn(3, 1, n, d, generator=g).to(FP16)
         # A paged mask spans the whole block table (doc: last dim >= table width * block_size).
-        mask = visible_mask((3, table.size(1) * block), g, torch.uint8)
+        mask = visible_mask((3, kv.table.size(1) * block), g, torch.uint8)
         return cpu(
-            *_fia(
+            *fia_paged(
                 device,
                 q,
-                k_cache,
-                v_cache,
-                num_heads=n,
-                num_key_value_heads=nkv,
-                input_layout="BSND",
-                scale=d**-0.5,
-                block_table=table,
-                block_size=block,
-                actual_seq_lengths_kv=kv_lens,
+                kv,
+                "BSND",
+                n,
                 atten_mask=mask,
                 sparse_mode=0,
                 softmax_lse_flag=True,
@@ -162,7 +112,7 @@ def fia_bsh_dense_decode() -> Case:
         b, kv, n, d = 3, 80, 4, 64
         q = torch.randn(b, 1, n * d, generator=g).to(FP16)
         k, v = (torch.randn(b, kv, n * d, generator=g).to(FP16) for _ in range(2))
-        out, _ = _fia(
+        out, _ = fia(
             device,
             q,
             k,
@@ -187,7 +137,7 @@ def fia_bsnd_explicit_mask() -> Case:
         b, s, kv, n, d = 2, 16, 48, 4, 64
         q = torch.randn(b, s, n, d, generator=g).to(BF16)
         k, v = (torch.randn(b, kv, n, d, generator=g).to(BF16) for _ in range(2))
-        out, _ = _fia(
+        out, _ = fia(
             device,
             q,
             k,
@@ -210,7 +160,7 @@ def fia_bnsd_bsnd_left_up() -> Case:
         b, s, kv, n, d = 2, 24, 40, 8, 128
         q = torch.randn(b, n, s, d, generator=g).to(BF16)
         k, v = (torch.randn(b, n, kv, d, generator=g).to(BF16) for _ in range(2))
-        out, _ = _fia(
+        out, _ = fia(
             device,
             q,
             k,
@@ -234,7 +184,7 @@ def fia_bsh_dense_prompt_gqa() -> Case:
         b, s, kv, n, nkv, d = 2, 20, 36, 8, 2, 64
         q = torch.randn(b, s, n * d, generator=g).to(FP16)
         k, v = (torch.randn(b, kv, nkv * d, generator=g).to(FP16) for _ in range(2))
-        out, _ = _fia(
+        out, _ = fia(
             device,
             q,
             k,
@@ -259,7 +209,7 @@ def fia_bnsd_dense_prompt_all_mask() -> Case:
         b, s, kv, n, d = 2, 16, 24, 4, 128
         q = torch.randn(b, n, s, d, generator=g).to(FP16)
         k, v = (torch.randn(b, n, kv, d, generator=g).to(FP16) for _ in range(2))
-        out, _ = _fia(
+        out, _ = fia(
             device,
             q,
             k,
@@ -284,7 +234,7 @@ def fia_bsh_dense_prompt_2d_mask() -> Case:
         q = torch.randn(b, s, n * d, generator=g).to(BF16)
         k, v = (torch.randn(b, kv, nkv * d, generator=g).to(BF16) for _ in range(2))
         return cpu(
-            *_fia(
+            *fia(
                 device,
                 q,
                 k,
@@ -316,7 +266,7 @@ def fia_tnd_dense_extend() -> Case:
         q = torch.randn(sum(q_lens), n, 192, generator=g).to(BF16)
         k = torch.randn(sum(kv_lens), n, 192, generator=g).to(BF16)
         v = torch.randn(sum(kv_lens), n, 128, generator=g).to(BF16)
-        out, _ = _fia(
+        out, _ = fia(
             device,
             q,
             k,
@@ -341,7 +291,7 @@ def fia_tnd_dense_no_mask() -> Case:
         q = torch.randn(sum(q_lens), n, d, generator=g).to(BF16)
         k, v = (torch.randn(sum(kv_lens), n, d, generator=g).to(BF16) for _ in range(2))
         return cpu(
-            *_fia(
+            *fia(
                 device,
                 q,
                 k,
@@ -367,24 +317,17 @@ def fia_tnd_paged_extend() -> Case:
         g = gen(113)
         q_lens, prefix, n, nkv, d = [5, 1, 130], [0, 300, 127], 8, 2, 128
         kv_lens = [p + q for p, q in zip(prefix, q_lens, strict=True)]
-        k_cache, table = paged(kv_lens, nkv, d, 128, g)
-        v_cache = like(k_cache, g)
+        kv = paged_kv(kv_lens, nkv, d, 128, g)
         q = torch.randn(sum(q_lens), n, d, generator=g).to(BF16)
         return cpu(
-            *_fia(
+            *fia_paged(
                 device,
                 q,
-                k_cache,
-                v_cache,
-                num_heads=n,
-                num_key_value_heads=nkv,
-                input_layout="TND",
-                scale=d**-0.5,
-                block_table=table,
-                block_size=128,
+                kv,
+                "TND",
+                n,
                 atten_mask=TEMPLATE,
                 actual_seq_lengths=cumsum(q_lens),
-                actual_seq_lengths_kv=kv_lens,
                 sparse_mode=3,
                 next_tokens=0,
                 softmax_lse_flag=True,
@@ -398,24 +341,17 @@ def fia_bsnd_paged_prompt() -> Case:
     def run(device: str) -> Outputs:
         g = gen(114)
         q_lens, kv_lens, n, nkv, d, block = [10, 4], [300, 4], 8, 4, 64, 256
-        k_cache, table = paged(kv_lens, nkv, d, block, g, dtype=FP16)
-        v_cache = like(k_cache, g)
+        kv = paged_kv(kv_lens, nkv, d, block, g, dtype=FP16)
         q = torch.randn(2, max(q_lens), n, d, generator=g).to(FP16)
-        out, _ = _fia(
+        out, _ = fia_paged(
             device,
             q,
-            k_cache,
-            v_cache,
-            num_heads=n,
-            num_key_value_heads=nkv,
-            input_layout="BSND",
-            scale=d**-0.5,
-            block_table=table,
-            block_size=block,
+            kv,
+            "BSND",
+            n,
             atten_mask=TEMPLATE[None, None],
             sparse_mode=3,
             actual_seq_lengths=q_lens,
-            actual_seq_lengths_kv=kv_lens,
         )
         return cpu(*rows_within(out, 1, q_lens))
 
@@ -426,26 +362,19 @@ def fia_bnsd_paged_prompt_band_nd4() -> Case:
     def run(device: str) -> Outputs:
         g = gen(115)
         kv_lens, s, n, nkv, d, block = [40, 700], 6, 4, 2, 128, 512
-        k_cache, table = paged(kv_lens, nkv, d, block, g, nd4=True)
-        v_cache = like(k_cache, g)
+        kv = paged_kv(kv_lens, nkv, d, block, g, nd4=True)
         q = torch.randn(2, n, s, d, generator=g).to(BF16)
         return cpu(
-            *_fia(
+            *fia_paged(
                 device,
                 q,
-                k_cache,
-                v_cache,
-                num_heads=n,
-                num_key_value_heads=nkv,
-                input_layout="BNSD",
-                scale=d**-0.5,
-                block_table=table,
-                block_size=block,
+                kv,
+                "BNSD",
+                n,
                 atten_mask=TEMPLATE,
                 sparse_mode=4,
                 pre_tokens=32,
                 next_tokens=0,
-                actual_seq_lengths_kv=kv_lens,
                 softmax_lse_flag=True,
             )
         )

@@ -16,27 +16,17 @@ from __future__ import annotations
 
 import torch
 
-from sglang_ascend_fia import ops
 from sglang_ascend_fia.verify_cases_util import (
     BF16,
     FP16,
     TEMPLATE,
-    call,
     cpu,
     cumsum,
+    fia_v2_paged,
     gen,
-    like,
-    paged,
+    paged_kv,
 )
 from sglang_ascend_fia.verify_ops import Case, CaseFactory, Outputs
-
-
-def _fia_v2(device: str, *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
-    # Looked up at call time, so a test can record the calls by patching ``ops``.
-    out: tuple[torch.Tensor, torch.Tensor] = call(
-        ops.fused_infer_attention_score_v2, device, *args, **kwargs
-    )
-    return out
 
 
 def fia_v2_tnd_paged_band() -> Case:
@@ -44,23 +34,16 @@ def fia_v2_tnd_paged_band() -> Case:
         g = gen(201)
         q_lens, prefix, n, nkv, d = [40, 3], [100, 500], 8, 1, 128
         kv_lens = [p + q for p, q in zip(prefix, q_lens, strict=True)]
-        k_cache, table = paged(kv_lens, nkv, d, 128, g)
-        v_cache = like(k_cache, g)
+        kv = paged_kv(kv_lens, nkv, d, 128, g)
         q = torch.randn(sum(q_lens), n, d, generator=g).to(BF16)
-        out, _ = _fia_v2(
+        out, _ = fia_v2_paged(
             device,
             q,
-            k_cache,
-            v_cache,
-            num_query_heads=n,
-            num_key_value_heads=nkv,
-            input_layout="TND",
-            softmax_scale=d**-0.5,
-            block_table=table,
-            block_size=128,
+            kv,
+            "TND",
+            n,
             atten_mask=TEMPLATE,
             actual_seq_qlen=cumsum(q_lens),
-            actual_seq_kvlen=kv_lens,
             sparse_mode=4,
             pre_tokens=64,
             next_tokens=0,
@@ -75,24 +58,17 @@ def fia_v2_tnd_paged_sink() -> Case:
         g = gen(202)
         q_lens, prefix, n, nkv, d = [9, 1], [20, 260], 8, 2, 64
         kv_lens = [p + q for p, q in zip(prefix, q_lens, strict=True)]
-        k_cache, table = paged(kv_lens, nkv, d, 128, g)
-        v_cache = like(k_cache, g)
+        kv = paged_kv(kv_lens, nkv, d, 128, g)
         q = torch.randn(sum(q_lens), n, d, generator=g).to(BF16)
         sink = torch.randn(n, generator=g).to(BF16)
-        out, _ = _fia_v2(
+        out, _ = fia_v2_paged(
             device,
             q,
-            k_cache,
-            v_cache,
-            num_query_heads=n,
-            num_key_value_heads=nkv,
-            input_layout="TND",
-            softmax_scale=d**-0.5,
-            block_table=table,
-            block_size=128,
+            kv,
+            "TND",
+            n,
             atten_mask=TEMPLATE,
             actual_seq_qlen=cumsum(q_lens),
-            actual_seq_kvlen=kv_lens,
             sparse_mode=3,
             learnable_sink=sink,
         )
@@ -105,24 +81,17 @@ def fia_v2_bsnd_paged_decode_sink() -> Case:
     def run(device: str) -> Outputs:
         g = gen(203)
         kv_lens, n, nkv, d = [33, 260, 1], 8, 2, 64
-        k_cache, table = paged(kv_lens, nkv, d, 128, g)
-        v_cache = like(k_cache, g)
+        kv = paged_kv(kv_lens, nkv, d, 128, g)
         q = torch.randn(3, 1, n, d, generator=g).to(BF16)
         sink = torch.randn(n, generator=g).to(BF16)
         return cpu(
-            *_fia_v2(
+            *fia_v2_paged(
                 device,
                 q,
-                k_cache,
-                v_cache,
-                num_query_heads=n,
-                num_key_value_heads=nkv,
-                input_layout="BSND",
-                softmax_scale=d**-0.5,
-                block_table=table,
-                block_size=128,
+                kv,
+                "BSND",
+                n,
                 actual_seq_qlen=[1] * 3,  # what sglang passes; ignored at Q_S=1 (doc)
-                actual_seq_kvlen=kv_lens,
                 learnable_sink=sink,
                 return_softmax_lse=True,
             )
@@ -140,23 +109,10 @@ def fia_v2_bnsd_paged_decode_nd4() -> Case:
     def run(device: str) -> Outputs:
         g = gen(204)
         kv_lens, n, d, block = [5, 129, 64], 4, 128, 64
-        k_cache, table = paged(kv_lens, n, d, block, g, dtype=FP16, nd4=True)
-        v_cache = like(k_cache, g)
+        kv = paged_kv(kv_lens, n, d, block, g, dtype=FP16, nd4=True)
         q = torch.randn(3, n, 1, d, generator=g).to(FP16)
         return cpu(
-            *_fia_v2(
-                device,
-                q,
-                k_cache,
-                v_cache,
-                num_query_heads=n,
-                input_layout="BNSD",
-                softmax_scale=d**-0.5,
-                block_table=table,
-                block_size=block,
-                actual_seq_kvlen=kv_lens,
-                return_softmax_lse=True,
-            )
+            *fia_v2_paged(device, q, kv, "BNSD", n, pass_kv_heads=False, return_softmax_lse=True)
         )
 
     return "FIA v2 BNSD paged decode MHA, (blocks, N, 64, D) cache, + LSE fp16", run, FP16
@@ -166,24 +122,17 @@ def fia_v2_bsnd_paged_prompt() -> Case:
     def run(device: str) -> Outputs:
         g = gen(205)
         q_len, prefix, n, nkv, d = 24, 150, 4, 2, 80
-        k_cache, table = paged([prefix + q_len], nkv, d, 128, g, dtype=FP16)
-        v_cache = like(k_cache, g)
+        kv = paged_kv([prefix + q_len], nkv, d, 128, g, dtype=FP16)
         q = torch.randn(1, q_len, n, d, generator=g).to(FP16)
-        out, _ = _fia_v2(
+        out, _ = fia_v2_paged(
             device,
             q,
-            k_cache,
-            v_cache,
-            num_query_heads=n,
-            num_key_value_heads=nkv,
-            input_layout="BSND",
-            softmax_scale=d**-0.5,
-            block_table=table,
-            block_size=128,
+            kv,
+            "BSND",
+            n,
             atten_mask=TEMPLATE,
             sparse_mode=3,
             actual_seq_qlen=[q_len],
-            actual_seq_kvlen=[prefix + q_len],
         )
         return cpu(out)
 

@@ -23,16 +23,19 @@ from __future__ import annotations
 
 import torch
 
-from sglang_ascend_fia import ops
 from sglang_ascend_fia.verify_cases_util import (
     BF16,
     FP16,
     TEMPLATE,
-    call,
+    FiaOut,
+    PagedKV,
     cpu,
     cumsum,
+    fia_paged,
+    fia_v2,
+    fia_v2_paged,
     gen,
-    paged,
+    paged_kv,
 )
 from sglang_ascend_fia.verify_ops import Case, CaseFactory, Outputs
 
@@ -40,57 +43,57 @@ LATENT, ROPE = 512, 64
 SCALE = 192**-0.5  # DeepSeek: 1/sqrt(qk_nope 128 + rope 64)
 
 
-def _fia(device: str, *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
-    # Looked up at call time, so a test can record the calls by patching ``ops``.
-    out: tuple[torch.Tensor, torch.Tensor] = call(
-        ops.fused_infer_attention_score, device, *args, **kwargs
-    )
-    return out
-
-
-def _fia_v2(device: str, *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
-    out: tuple[torch.Tensor, torch.Tensor] = call(
-        ops.fused_infer_attention_score_v2, device, *args, **kwargs
-    )
-    return out
-
-
 def _latent_cache(
     kv_lens: list[int], block: int, g: torch.Generator, dtype: torch.dtype, *, nd4: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(latent cache, rope cache in its layout, block table); sglang passes key=value=latent."""
-    latent, table = paged(kv_lens, 1, LATENT, block, g, dtype=dtype, nd4=nd4)
-    rope_shape = (*latent.shape[:-1], ROPE)
-    return latent, torch.randn(rope_shape, generator=g).to(dtype), table
+) -> tuple[PagedKV, torch.Tensor]:
+    """(latent cache as key and value, as sglang passes it; rope cache in the same layout)."""
+    kv = paged_kv(kv_lens, 1, LATENT, block, g, dtype=dtype, nd4=nd4, value_is_key=True)
+    rope_shape = (*kv.key.shape[:-1], ROPE)
+    return kv, torch.randn(rope_shape, generator=g).to(dtype)
+
+
+def _query(
+    layout: str, batch: int, s: int, n: int, g: torch.Generator, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(query D 512, query rope D 64) in ``layout``, drawn in that order."""
+    if layout == "BSH":
+        shapes: list[tuple[int, ...]] = [(batch, s, n * d) for d in (LATENT, ROPE)]
+    else:
+        lead = (batch, s, n) if layout == "BSND" else (batch, n, s)
+        shapes = [(*lead, d) for d in (LATENT, ROPE)]
+    q, q_rope = (torch.randn(shape, generator=g).to(dtype) for shape in shapes)
+    return q, q_rope
 
 
 # ---- v1 --------------------------------------------------------------------------------------
 
 
+def _fia_mla(
+    device: str,
+    kv: PagedKV,
+    rope: torch.Tensor,
+    layout: str,
+    *,
+    s: int,
+    n: int,
+    g: torch.Generator,
+    **extra: object,
+) -> FiaOut:
+    """FIA v1 MLA on ``kv``: draws the query (Q_S ``s``, ``n`` heads, the cache's batch and dtype)
+    and passes the latent/rope split with one key head and DeepSeek's scale."""
+    q, q_rope = _query(layout, len(kv.kv_lens), s, n, g, kv.key.dtype)
+    return fia_paged(
+        device, q, kv, layout, n, scale=SCALE, query_rope=q_rope, key_rope=rope, **extra
+    )
+
+
 def fia_mla_paged_decode() -> Case:
     def run(device: str) -> Outputs:
         g = gen(301)
-        kv_lens, n = [1, 129, 700], 32
-        latent, rope, table = _latent_cache(kv_lens, 128, g, BF16)
-        q = torch.randn(3, 1, n, LATENT, generator=g).to(BF16)
-        q_rope = torch.randn(3, 1, n, ROPE, generator=g).to(BF16)
+        kv, rope = _latent_cache([1, 129, 700], 128, g, BF16)
         return cpu(
-            *_fia(
-                device,
-                q,
-                latent,
-                latent,
-                query_rope=q_rope,
-                key_rope=rope,
-                num_heads=n,
-                num_key_value_heads=1,
-                input_layout="BSND",
-                scale=SCALE,
-                block_table=table,
-                block_size=128,
-                actual_seq_lengths_kv=kv_lens,
-                sparse_mode=0,
-                softmax_lse_flag=True,
+            *_fia_mla(
+                device, kv, rope, "BSND", s=1, n=32, g=g, sparse_mode=0, softmax_lse_flag=True
             )
         )
 
@@ -100,26 +103,9 @@ def fia_mla_paged_decode() -> Case:
 def fia_mla_paged_mtp() -> Case:
     def run(device: str) -> Outputs:
         g = gen(302)
-        kv_lens, n, s = [40, 300], 32, 2
-        latent, rope, table = _latent_cache(kv_lens, 128, g, BF16)
-        q = torch.randn(2, s, n, LATENT, generator=g).to(BF16)
-        q_rope = torch.randn(2, s, n, ROPE, generator=g).to(BF16)
-        out, _ = _fia(
-            device,
-            q,
-            latent,
-            latent,
-            query_rope=q_rope,
-            key_rope=rope,
-            num_heads=n,
-            num_key_value_heads=1,
-            input_layout="BSND",
-            scale=SCALE,
-            block_table=table,
-            block_size=128,
-            actual_seq_lengths_kv=kv_lens,
-            sparse_mode=3,
-            atten_mask=TEMPLATE,
+        kv, rope = _latent_cache([40, 300], 128, g, BF16)
+        out, _ = _fia_mla(
+            device, kv, rope, "BSND", s=2, n=32, g=g, sparse_mode=3, atten_mask=TEMPLATE
         )
         return cpu(out)
 
@@ -129,25 +115,8 @@ def fia_mla_paged_mtp() -> Case:
 def fia_mla_bnsd_decode_nd4() -> Case:
     def run(device: str) -> Outputs:
         g = gen(303)
-        kv_lens, n = [1, 40, 17], 32
-        latent, rope, table = _latent_cache(kv_lens, 16, g, FP16, nd4=True)
-        q = torch.randn(3, n, 1, LATENT, generator=g).to(FP16)
-        q_rope = torch.randn(3, n, 1, ROPE, generator=g).to(FP16)
-        out, _ = _fia(
-            device,
-            q,
-            latent,
-            latent,
-            query_rope=q_rope,
-            key_rope=rope,
-            num_heads=n,
-            num_key_value_heads=1,
-            input_layout="BNSD",
-            scale=SCALE,
-            block_table=table,
-            block_size=16,
-            actual_seq_lengths_kv=kv_lens,
-        )
+        kv, rope = _latent_cache([1, 40, 17], 16, g, FP16, nd4=True)
+        out, _ = _fia_mla(device, kv, rope, "BNSD", s=1, n=32, g=g)
         return cpu(out)
 
     return "FIA MLA BNSD paged decode, (blocks, 1, 16, 512) cache fp16", run, FP16
@@ -156,25 +125,16 @@ def fia_mla_bnsd_decode_nd4() -> Case:
 def fia_mla_bsh_mtp() -> Case:
     def run(device: str) -> Outputs:
         g = gen(304)
-        kv_lens, n, s = [3, 50], 32, 3
-        latent, rope, table = _latent_cache(kv_lens, 16, g, BF16)
-        q = torch.randn(2, s, n * LATENT, generator=g).to(BF16)
-        q_rope = torch.randn(2, s, n * ROPE, generator=g).to(BF16)
+        kv, rope = _latent_cache([3, 50], 16, g, BF16)
         return cpu(
-            *_fia(
+            *_fia_mla(
                 device,
-                q,
-                latent,
-                latent,
-                query_rope=q_rope,
-                key_rope=rope,
-                num_heads=n,
-                num_key_value_heads=1,
-                input_layout="BSH",
-                scale=SCALE,
-                block_table=table,
-                block_size=16,
-                actual_seq_lengths_kv=kv_lens,
+                kv,
+                rope,
+                "BSH",
+                s=3,
+                n=32,
+                g=g,
                 sparse_mode=3,
                 atten_mask=TEMPLATE,
                 softmax_lse_flag=True,
@@ -187,26 +147,18 @@ def fia_mla_bsh_mtp() -> Case:
 def fia_mla_band() -> Case:
     def run(device: str) -> Outputs:
         g = gen(305)
-        kv_lens, n = [300, 5], 128  # doc, MLA sparse 4: query N 128, BSND, block 64/128
-        latent, rope, table = _latent_cache(kv_lens, 64, g, BF16)
+        # doc, MLA sparse 4: query N 128, BSND, block 64/128
+        kv, rope = _latent_cache([300, 5], 64, g, BF16)
         outs = []
         for s in (1, 4):  # both branches take sparse 4; each query S <= its key S (doc)
-            q = torch.randn(2, s, n, LATENT, generator=g).to(BF16)
-            q_rope = torch.randn(2, s, n, ROPE, generator=g).to(BF16)
-            out, _ = _fia(
+            out, _ = _fia_mla(
                 device,
-                q,
-                latent,
-                latent,
-                query_rope=q_rope,
-                key_rope=rope,
-                num_heads=n,
-                num_key_value_heads=1,
-                input_layout="BSND",
-                scale=SCALE,
-                block_table=table,
-                block_size=64,
-                actual_seq_lengths_kv=kv_lens,
+                kv,
+                rope,
+                "BSND",
+                s=s,
+                n=128,
+                g=g,
                 sparse_mode=4,
                 atten_mask=TEMPLATE,
                 pre_tokens=100,
@@ -228,32 +180,56 @@ def fia_mla_band() -> Case:
 def fia_v2_mla_bnsd_verify() -> Case:
     def run(device: str) -> Outputs:
         g = gen(306)
-        kv_lens, n, s = [130, 2, 40], 16, 2
-        latent, rope, table = _latent_cache(kv_lens, 128, g, FP16)
-        q = torch.randn(3, n, s, LATENT, generator=g).to(FP16)
-        q_rope = torch.randn(3, n, s, ROPE, generator=g).to(FP16)
-        out, _ = _fia_v2(
+        n, s = 16, 2
+        kv, rope = _latent_cache([130, 2, 40], 128, g, FP16)
+        q, q_rope = _query("BNSD", 3, s, n, g, FP16)
+        out, _ = fia_v2_paged(
             device,
             q,
-            latent,
-            latent,
+            kv,
+            "BNSD",
+            n,
+            scale=SCALE,
             query_rope=q_rope,
             key_rope=rope,
-            num_query_heads=n,
-            num_key_value_heads=1,
-            input_layout="BNSD",
-            softmax_scale=SCALE,
-            block_table=table,
-            block_size=128,
             sparse_mode=3,
             atten_mask=TEMPLATE,
             actual_seq_qlen=[s] * 3,
-            actual_seq_kvlen=kv_lens,
             next_tokens=0,
         )
         return cpu(out)
 
     return "FIA v2 MLA BNSD paged verify (Q_S 2, sparse 3), 16 heads fp16", run, FP16
+
+
+def _fia_v2_mla_tnd(
+    device: str,
+    q: tuple[torch.Tensor, torch.Tensor],
+    k: tuple[torch.Tensor, torch.Tensor],
+    v: torch.Tensor,
+    q_lens: list[int],
+    kv_lens: list[int],
+    **extra: object,
+) -> FiaOut:
+    """FIA v2 MLA prefill as sglang calls it: TND, (nope D 128, rope D 64) query and key, MHA,
+    cumulative lengths, with the LSE."""
+    n = q[0].size(1)
+    return fia_v2(
+        device,
+        q[0],
+        k[0],
+        v,
+        query_rope=q[1],
+        key_rope=k[1],
+        num_query_heads=n,
+        num_key_value_heads=n,
+        input_layout="TND",
+        softmax_scale=SCALE,
+        actual_seq_qlen=cumsum(q_lens),
+        actual_seq_kvlen=cumsum(kv_lens),
+        return_softmax_lse=True,
+        **extra,
+    )
 
 
 def fia_v2_mla_tnd_extend() -> Case:
@@ -265,23 +241,16 @@ def fia_v2_mla_tnd_extend() -> Case:
         k, v = (torch.randn(sum(kv_lens), n, 128, generator=g).to(BF16) for _ in range(2))
         k_rope = torch.randn(sum(kv_lens), n, ROPE, generator=g).to(BF16)
         return cpu(
-            *_fia_v2(
+            *_fia_v2_mla_tnd(
                 device,
-                q,
-                k,
+                (q, q_rope),
+                (k, k_rope),
                 v,
-                query_rope=q_rope,
-                key_rope=k_rope,
-                num_query_heads=n,
-                num_key_value_heads=n,
-                input_layout="TND",
-                softmax_scale=SCALE,
+                q_lens,
+                kv_lens,
                 atten_mask=TEMPLATE,
                 sparse_mode=3,
                 next_tokens=0,
-                actual_seq_qlen=cumsum(q_lens),
-                actual_seq_kvlen=cumsum(kv_lens),
-                return_softmax_lse=True,
             )
         )
 
@@ -298,22 +267,7 @@ def fia_v2_mla_prefix_lse() -> Case:
         k_rope = torch.randn(sum(prefix), n, ROPE, generator=g).to(BF16)
         v = torch.randn(sum(prefix), n, 128, generator=g).to(BF16)
         return cpu(
-            *_fia_v2(
-                device,
-                q,
-                k,
-                v,
-                query_rope=q_rope,
-                key_rope=k_rope,
-                num_query_heads=n,
-                num_key_value_heads=n,
-                input_layout="TND",
-                actual_seq_qlen=cumsum(q_lens),
-                actual_seq_kvlen=cumsum(prefix),
-                sparse_mode=0,
-                softmax_scale=SCALE,
-                return_softmax_lse=True,
-            )
+            *_fia_v2_mla_tnd(device, (q, q_rope), (k, k_rope), v, q_lens, prefix, sparse_mode=0)
         )
 
     return "FIA v2 MLA prefix pass (TND, sparse 0, cumulative kv) + LSE bf16", run, BF16

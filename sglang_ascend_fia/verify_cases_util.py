@@ -13,10 +13,12 @@ query rows past a request's length, routed rows past ``avail``, the second outpu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from sglang_ascend_fia import ops
 from sglang_ascend_fia.verify_ops import Outputs
 
 BF16 = torch.bfloat16
@@ -53,7 +55,20 @@ def cumsum(lens: list[int]) -> list[int]:
     return torch.tensor(lens).cumsum(0).tolist()
 
 
-def paged(
+@dataclass(frozen=True)
+class PagedKV:
+    """A paged key/value cache: what an FIA call passes with it, and its key heads and head dim."""
+
+    key: torch.Tensor
+    value: torch.Tensor
+    table: torch.Tensor
+    block_size: int
+    kv_lens: list[int]
+    heads: int
+    dim: int
+
+
+def paged_kv(
     kv_lens: list[int],
     heads: int,
     dim: int,
@@ -62,10 +77,12 @@ def paged(
     *,
     dtype: torch.dtype = BF16,
     nd4: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A cache with shuffled blocks and a -1-padded int32 block table (one spare column).
+    value_is_key: bool = False,
+) -> PagedKV:
+    """Key and value caches with shuffled blocks and a -1-padded int32 block table (one spare
+    column); ``value_is_key`` passes the key as the value too (MLA's latent cache).
 
-    The cache is ``(blocks, block_size, heads*dim)``, or ``(blocks, heads, block_size, dim)``
+    A cache is ``(blocks, block_size, heads*dim)``, or ``(blocks, heads, block_size, dim)``
     with ``nd4``; it holds two blocks more than the lengths need, so unused blocks exist.
     """
     needed = [-(-n // block_size) for n in kv_lens]
@@ -77,12 +94,83 @@ def paged(
         table[b, :count] = order[cursor : cursor + count].int()
         cursor += count
     shape = (blocks, heads, block_size, dim) if nd4 else (blocks, block_size, heads * dim)
-    return torch.randn(*shape, generator=g).to(dtype), table
+    key = torch.randn(*shape, generator=g).to(dtype)
+    value = key if value_is_key else torch.randn(shape, generator=g).to(dtype)
+    return PagedKV(key, value, table, block_size, kv_lens, heads, dim)
 
 
-def like(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """A fresh random tensor with ``t``'s shape and dtype (e.g. a value cache for a key cache)."""
-    return torch.randn(t.shape, generator=g).to(t.dtype)
+# ---- FIA calls -------------------------------------------------------------------------------
+# The ops are looked up at call time, so a test can record the calls by patching ``ops``.
+
+FiaOut = tuple[torch.Tensor, torch.Tensor]
+
+
+def fia(device: str, *args: Any, **kwargs: Any) -> FiaOut:
+    out: FiaOut = call(ops.fused_infer_attention_score, device, *args, **kwargs)
+    return out
+
+
+def fia_v2(device: str, *args: Any, **kwargs: Any) -> FiaOut:
+    out: FiaOut = call(ops.fused_infer_attention_score_v2, device, *args, **kwargs)
+    return out
+
+
+def fia_paged(
+    device: str,
+    q: torch.Tensor,
+    kv: PagedKV,
+    layout: str,
+    n: int,
+    *,
+    scale: float | None = None,
+    **extra: Any,
+) -> FiaOut:
+    """FIA v1 with ``n`` query heads on the paged ``kv``: fills in its key heads, the paging, the
+    KV lengths and (unless given) the scale 1/sqrt(head dim)."""
+    return fia(
+        device,
+        q,
+        kv.key,
+        kv.value,
+        num_heads=n,
+        num_key_value_heads=kv.heads,
+        input_layout=layout,
+        scale=kv.dim**-0.5 if scale is None else scale,
+        block_table=kv.table,
+        block_size=kv.block_size,
+        actual_seq_lengths_kv=kv.kv_lens,
+        **extra,
+    )
+
+
+def fia_v2_paged(
+    device: str,
+    q: torch.Tensor,
+    kv: PagedKV,
+    layout: str,
+    n: int,
+    *,
+    scale: float | None = None,
+    pass_kv_heads: bool = True,
+    **extra: Any,
+) -> FiaOut:
+    """:func:`fia_paged` in v2's argument names; ``pass_kv_heads=False`` leaves
+    ``num_key_value_heads`` at its default 0 (as many as the query heads)."""
+    if pass_kv_heads:
+        extra["num_key_value_heads"] = kv.heads
+    return fia_v2(
+        device,
+        q,
+        kv.key,
+        kv.value,
+        num_query_heads=n,
+        input_layout=layout,
+        softmax_scale=kv.dim**-0.5 if scale is None else scale,
+        block_table=kv.table,
+        block_size=kv.block_size,
+        actual_seq_kvlen=kv.kv_lens,
+        **extra,
+    )
 
 
 def rows_within(out: torch.Tensor, s_axis: int, q_lens: list[int]) -> Outputs:
