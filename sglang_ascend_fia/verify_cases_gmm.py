@@ -13,10 +13,12 @@ form the reference implements.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from sglang_ascend_fia import ops
-from sglang_ascend_fia.verify_cases_util import BF16, FP16, FP32, cpu, gen
+from sglang_ascend_fia.verify_cases_util import BF16, FP16, FP32, cpu, gen, on
 from sglang_ascend_fia.verify_ops import Case, CaseFactory, Outputs
 
 
@@ -26,6 +28,34 @@ def _counts(experts: int, rows: int, g: torch.Generator) -> torch.Tensor:
     return (bounds[1:] - bounds[:-1]).to(torch.int64)
 
 
+def _gmm(
+    device: str,
+    x: torch.Tensor,
+    weight: list[torch.Tensor],
+    group_list: torch.Tensor,
+    group_list_type: int,
+    *,
+    transposed: bool = False,
+    **extra: Any,
+) -> torch.Tensor:
+    """``grouped_matmul`` in the one form the reference implements (split_item 2, group_type 0:
+    one 2-D x split into row groups), every tensor moved to ``device``. ``transposed`` passes each
+    weight as a transposed view of the moved tensor, like sglang's BF16 path."""
+    weight = [w.to(device) for w in weight]
+    if transposed:
+        weight = [w.transpose(-2, -1) for w in weight]
+    (y,) = ops.grouped_matmul(
+        x=[x.to(device)],
+        weight=weight,
+        split_item=2,
+        group_list_type=group_list_type,
+        group_type=0,
+        group_list=group_list.to(device),
+        **{name: on(device, value) for name, value in extra.items()},
+    )
+    return y
+
+
 def grouped_matmul_unquant_transposed() -> Case:
     def run(device: str) -> Outputs:
         g = gen(7)
@@ -33,18 +63,8 @@ def grouped_matmul_unquant_transposed() -> Case:
         w13 = (torch.randn(8, 256, 128, generator=g) / 11).to(BF16)  # stored [E, out, in]
         counts = _counts(8, 96, g)
         outs = []
-        for group_list_type in (1, 0):
-            group_list = counts if group_list_type == 1 else counts.cumsum(0)
-            (y,) = ops.grouped_matmul(
-                x=[x.to(device)],
-                weight=[w13.to(device).transpose(1, 2)],
-                split_item=2,
-                group_list_type=group_list_type,
-                group_type=0,
-                group_list=group_list.to(device),
-                output_dtype=BF16,
-            )
-            outs.append(y)
+        for kind, groups in ((1, counts), (0, counts.cumsum(0))):  # group_list_type 1, then 0
+            outs.append(_gmm(device, x, [w13], groups, kind, transposed=True, output_dtype=BF16))
         return cpu(*outs)
 
     return "grouped_matmul bf16, weight=[w.transpose(1,2)], counts and cumsum", run, BF16
@@ -56,16 +76,7 @@ def grouped_matmul_plain_bias_bf16() -> Case:
         x = torch.randn(64, 96, generator=g).to(BF16)
         w = (torch.randn(6, 96, 80, generator=g) / 10).to(BF16)  # contiguous [E, K, N]
         bias = torch.randn(6, 80, generator=g)  # fp32: the bias dtype for bf16 x (doc table)
-        (y,) = ops.grouped_matmul(
-            x=[x.to(device)],
-            weight=[w.to(device)],
-            bias=[bias.to(device)],
-            split_item=2,
-            group_list_type=0,
-            group_type=0,
-            group_list=_counts(6, 64, g).cumsum(0).to(device),
-        )
-        return cpu(y)
+        return cpu(_gmm(device, x, [w], _counts(6, 64, g).cumsum(0), 0, bias=[bias]))
 
     return "grouped_matmul bf16, contiguous [E, K, N] weight, fp32 bias, cumsum groups", run, BF16
 
@@ -76,16 +87,8 @@ def grouped_matmul_weight_list_fp16() -> Case:
         x = torch.randn(48, 64, generator=g).to(FP16)
         stored = [(torch.randn(32, 64, generator=g) / 8).to(FP16) for _ in range(4)]  # [N, K]
         bias = [torch.randn(32, generator=g).to(FP16) for _ in range(4)]
-        (y,) = ops.grouped_matmul(
-            x=[x.to(device)],
-            weight=[w.to(device).t() for w in stored],  # transposed views, like sglang's BF16 path
-            bias=[b.to(device) for b in bias],
-            split_item=2,
-            group_list_type=1,
-            group_type=0,
-            group_list=_counts(4, 48, g).to(device),
-            output_dtype=FP16,
-        )
+        counts = _counts(4, 48, g)
+        y = _gmm(device, x, stored, counts, 1, transposed=True, bias=bias, output_dtype=FP16)
         return cpu(y)
 
     return "grouped_matmul fp16, list of 4 transposed [K, N] weights, fp16 bias", run, FP16
@@ -96,16 +99,7 @@ def grouped_matmul_fp32() -> Case:
         g = gen(24)
         x = torch.randn(40, 32, generator=g)
         w = torch.randn(3, 32, 24, generator=g) / 6
-        (y,) = ops.grouped_matmul(
-            x=[x.to(device)],
-            weight=[w.to(device)],
-            split_item=2,
-            group_list_type=1,
-            group_type=0,
-            group_list=_counts(3, 40, g).to(device),
-            output_dtype=FP32,
-        )
-        return cpu(y)
+        return cpu(_gmm(device, x, [w], _counts(3, 40, g), 1, output_dtype=FP32))
 
     return "grouped_matmul fp32, [E, K, N] weight, counts", run, FP32
 
@@ -117,17 +111,8 @@ def grouped_matmul_w8a8() -> Case:
         w = torch.randint(-127, 128, (8, 128, 64), generator=g, dtype=torch.int8)  # [E, in, out]
         scale = (torch.rand(8, 64, generator=g) / 500).to(BF16)
         pts = torch.rand(96, generator=g) / 50
-        (y,) = ops.grouped_matmul(
-            x=[x.to(device)],
-            weight=[w.to(device)],
-            scale=[scale.to(device)],
-            per_token_scale=[pts.to(device)],
-            split_item=2,
-            group_list_type=1,
-            group_type=0,
-            group_list=_counts(8, 96, g).to(device),
-            output_dtype=BF16,
-        )
+        counts = _counts(8, 96, g)
+        y = _gmm(device, x, [w], counts, 1, scale=[scale], per_token_scale=[pts], output_dtype=BF16)
         return cpu(y)
 
     return "grouped_matmul int8 per-token x per-channel (sglang W8A8 MoE)", run, BF16
@@ -141,16 +126,15 @@ def grouped_matmul_w8a8_bias_cumsum() -> Case:
         bias = torch.randint(-3000, 3000, (6, 64), generator=g, dtype=torch.int32)
         scale = (torch.rand(6, 64, generator=g) / 500).to(BF16)
         pts = torch.rand(80, generator=g) / 50
-        (y,) = ops.grouped_matmul(
-            x=[x.to(device)],
-            weight=[w.to(device)],
-            bias=[bias.to(device)],
-            scale=[scale.to(device)],
-            per_token_scale=[pts.to(device)],
-            split_item=2,
-            group_list_type=0,
-            group_type=0,
-            group_list=_counts(6, 80, g).cumsum(0).to(device),
+        y = _gmm(
+            device,
+            x,
+            [w],
+            _counts(6, 80, g).cumsum(0),
+            0,
+            bias=[bias],
+            scale=[scale],
+            per_token_scale=[pts],
             output_dtype=BF16,
         )
         return cpu(y)
@@ -164,17 +148,7 @@ def grouped_matmul_w8a8_weight_list() -> Case:
         x = torch.randint(-127, 128, (40, 64), generator=g, dtype=torch.int8)
         w = [torch.randint(-127, 128, (64, 32), generator=g, dtype=torch.int8) for _ in range(4)]
         scale = [torch.rand(32, generator=g) / 5000 for _ in range(4)]  # fp32 -> fp16 out (doc)
-        (y,) = ops.grouped_matmul(
-            x=[x.to(device)],
-            weight=[t.to(device) for t in w],
-            scale=[s.to(device) for s in scale],
-            split_item=2,
-            group_list_type=1,
-            group_type=0,
-            group_list=_counts(4, 40, g).to(device),
-            output_dtype=FP16,
-        )
-        return cpu(y)
+        return cpu(_gmm(device, x, w, _counts(4, 40, g), 1, scale=scale, output_dtype=FP16))
 
     return "grouped_matmul int8, list of 4 weights, per-channel fp32 scale, fp16 out", run, FP16
 

@@ -16,10 +16,12 @@ Protocol and helpers: :mod:`sglang_ascend_fia.verify_cases_util`. Covered per op
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from sglang_ascend_fia import ops
-from sglang_ascend_fia.verify_cases_util import BF16, FP16, FP32, cpu, gen
+from sglang_ascend_fia.verify_cases_util import BF16, FP16, FP32, call, cpu, gen
 from sglang_ascend_fia.verify_ops import Case, CaseFactory, Outputs
 
 # ---- scatter_nd_update_ ----------------------------------------------------------------------
@@ -73,6 +75,21 @@ def scatter_nd_update_dtypes() -> Case:
 # ---- scatter_pa_kv_cache ---------------------------------------------------------------------
 
 
+def _scatter_pa(
+    device: str,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slots: torch.Tensor,
+    **mode: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The key and value caches, on ``device``, after ``scatter_pa_kv_cache`` wrote into them."""
+    k_d, v_d = k_cache.to(device), v_cache.to(device)
+    ops.scatter_pa_kv_cache(k.to(device), v.to(device), k_d, v_d, slots.to(device), **mode)
+    return k_d, v_d
+
+
 def scatter_pa_kv_cache_norm() -> Case:
     def run(device: str) -> Outputs:
         g = gen(403)
@@ -80,11 +97,7 @@ def scatter_pa_kv_cache_norm() -> Case:
         v_cache = torch.randn(4, 128, 2, 128, generator=g).to(BF16)
         slots = torch.randperm(4 * 128, generator=g)[:21].int()
         k, v = (torch.randn(21, 2, 128, generator=g).to(BF16) for _ in range(2))
-        k_d, v_d = k_cache.to(device), v_cache.to(device)
-        ops.scatter_pa_kv_cache(
-            k.to(device), v.to(device), k_d, v_d, slots.to(device), cache_mode="Norm"
-        )
-        return cpu(k_d, v_d)
+        return cpu(*_scatter_pa(device, k, v, k_cache, v_cache, slots, cache_mode="Norm"))
 
     return "scatter_pa_kv_cache 'Norm' (sglang's call) bf16", run, BF16
 
@@ -92,18 +105,15 @@ def scatter_pa_kv_cache_norm() -> Case:
 def scatter_pa_kv_cache_nd_dtypes() -> Case:
     def run(device: str) -> Outputs:
         g = gen(404)
-        outs = []
+        outs: list[torch.Tensor] = []
         # fp16 with cache_mode None (ND like 'Norm'), int64 slots, K and V head sizes differ;
         # then an int8 (quantised) cache in 'Norm'.
         for dtype, mode, dk, dv in ((FP16, None, 128, 64), (torch.int8, "Norm", 32, 32)):
-            k_cache = _random((4, 32, 2, dk), dtype, g).to(device)
-            v_cache = _random((4, 32, 2, dv), dtype, g).to(device)
+            k_cache = _random((4, 32, 2, dk), dtype, g)
+            v_cache = _random((4, 32, 2, dv), dtype, g)
             slots = torch.randperm(4 * 32, generator=g)[:13]
             k, v = _random((13, 2, dk), dtype, g), _random((13, 2, dv), dtype, g)
-            ops.scatter_pa_kv_cache(
-                k.to(device), v.to(device), k_cache, v_cache, slots.to(device), cache_mode=mode
-            )
-            outs += [k_cache, v_cache]
+            outs += _scatter_pa(device, k, v, k_cache, v_cache, slots, cache_mode=mode)
         return cpu(*outs)
 
     return (
@@ -121,9 +131,7 @@ def scatter_pa_kv_cache_nz() -> Case:
         slots = torch.randperm(3 * 128, generator=g)[:10].int()
         k = torch.randn(10, 2, 128, generator=g).to(BF16)
         v = torch.randn(10, 2, 64, generator=g).to(BF16)
-        k_d, v_d = k_cache.to(device), v_cache.to(device)
-        ops.scatter_pa_kv_cache(k.to(device), v.to(device), k_d, v_d, slots.to(device))
-        return cpu(k_d, v_d)
+        return cpu(*_scatter_pa(device, k, v, k_cache, v_cache, slots))
 
     return "scatter_pa_kv_cache 'PA_NZ' (default mode) bf16", run, BF16
 
@@ -142,9 +150,7 @@ def _partials(
 def attention_update_two_parts() -> Case:
     def run(device: str) -> Outputs:
         lse, out = _partials(2, 5 * 16, 128, FP32, gen(406))
-        return cpu(
-            *ops.attention_update([t.to(device) for t in lse], [t.to(device) for t in out], 1)
-        )
+        return cpu(*call(ops.attention_update, device, lse, out, 1))
 
     return "attention_update two partial results, update_type=1 fp32", run, FP32
 
@@ -152,9 +158,7 @@ def attention_update_two_parts() -> Case:
 def attention_update_fp16() -> Case:
     def run(device: str) -> Outputs:
         lse, out = _partials(2, 3 * 8, 64, FP16, gen(407))
-        return cpu(
-            *ops.attention_update([t.to(device) for t in lse], [t.to(device) for t in out], 1)
-        )
+        return cpu(*call(ops.attention_update, device, lse, out, 1))
 
     return "attention_update two partial results, update_type=1 fp16", run, FP16
 
@@ -164,9 +168,7 @@ def attention_update_prefix_free_rows() -> Case:
         g = gen(408)
         lse, out = _partials(3, 4 * 16, 128, BF16, g)
         lse[0][torch.rand(lse[0].shape, generator=g) < 0.3] = -torch.inf  # no prefix there
-        merged, _ = ops.attention_update(
-            [t.to(device) for t in lse], [t.to(device) for t in out], 0
-        )
+        merged, _ = call(ops.attention_update, device, lse, out, 0)
         return cpu(merged)  # the LSE output is defined only for update_type=1
 
     return "attention_update three partials with -inf rows, update_type=0 bf16", run, BF16
@@ -191,7 +193,7 @@ def interleave_rope_bf16() -> Case:
         g = gen(409)
         x = torch.randn(12, 16, 1, 64, generator=g).to(BF16)
         cos, sin = _cos_sin(12, 1, BF16, g)
-        return cpu(ops.interleave_rope(x.to(device), cos.to(device), sin.to(device)))
+        return cpu(call(ops.interleave_rope, device, x, cos, sin))
 
     return "interleave_rope (DeepSeek q_pe) bf16", run, BF16
 
@@ -201,7 +203,7 @@ def interleave_rope_per_position() -> Case:
         g = gen(410)
         x = torch.randn(2, 8, 5, 64, generator=g).to(FP16)
         cos, sin = _cos_sin(2, 5, FP16, g)  # one angle per position
-        return cpu(ops.interleave_rope(x.to(device), cos.to(device), sin.to(device)))
+        return cpu(call(ops.interleave_rope, device, x, cos, sin))
 
     return "interleave_rope, per-position (B,1,S,64) cos/sin fp16", run, FP16
 
@@ -209,32 +211,38 @@ def interleave_rope_per_position() -> Case:
 # ---- add_rms_norm ----------------------------------------------------------------------------
 
 
+def _add_rms_norm(
+    device: str,
+    g: torch.Generator,
+    shape: tuple[int, ...],
+    gamma_shape: tuple[int, ...],
+    dtype: torch.dtype,
+    *epsilon: float,
+) -> Outputs:
+    """``add_rms_norm(residual, x, gamma, *epsilon)`` on random inputs, gamma close to 1."""
+    residual, x = (torch.randn(shape, generator=g).to(dtype) for _ in range(2))
+    weight = (1 + 0.1 * torch.randn(gamma_shape, generator=g)).to(dtype)
+    return cpu(*call(ops.add_rms_norm, device, residual, x, weight, *epsilon))
+
+
 def add_rms_norm_bf16() -> Case:
     def run(device: str) -> Outputs:
-        g = gen(411)
-        residual, x = (torch.randn(9, 1024, generator=g).to(BF16) for _ in range(2))
-        weight = (1 + 0.1 * torch.randn(1024, generator=g)).to(BF16)
-        return cpu(*ops.add_rms_norm(residual.to(device), x.to(device), weight.to(device), 1e-6))
+        return _add_rms_norm(device, gen(411), (9, 1024), (1024,), BF16, 1e-6)
 
     return "add_rms_norm (residual, x, weight) bf16", run, BF16
 
 
 def add_rms_norm_fp16_3d() -> Case:
     def run(device: str) -> Outputs:
-        g = gen(412)
-        residual, x = (torch.randn(2, 7, 512, generator=g).to(FP16) for _ in range(2))
-        weight = (1 + 0.1 * torch.randn(512, generator=g)).to(FP16)
-        return cpu(*ops.add_rms_norm(residual.to(device), x.to(device), weight.to(device), 1e-5))
+        return _add_rms_norm(device, gen(412), (2, 7, 512), (512,), FP16, 1e-5)
 
     return "add_rms_norm 3-D (B, S, H) fp16", run, FP16
 
 
 def add_rms_norm_fp32_2d_gamma() -> Case:
     def run(device: str) -> Outputs:
-        g = gen(413)
-        residual, x = (torch.randn(6, 4, 128, generator=g) for _ in range(2))
-        weight = 1 + 0.1 * torch.randn(4, 128, generator=g)  # normalises over the last two dims
-        return cpu(*ops.add_rms_norm(residual.to(device), x.to(device), weight.to(device)))
+        # gamma (4, 128) normalises over the last two dims; epsilon left at its default.
+        return _add_rms_norm(device, gen(413), (6, 4, 128), (4, 128), FP32)
 
     return "add_rms_norm, 2-D gamma (normalised over two axes) fp32", run, FP32
 

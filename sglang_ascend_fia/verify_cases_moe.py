@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from sglang_ascend_fia import ops
-from sglang_ascend_fia.verify_cases_util import BF16, FP16, FP32, cpu, dequantised, gen
+from sglang_ascend_fia.verify_cases_util import BF16, FP16, FP32, call, cpu, dequantised, gen
 from sglang_ascend_fia.verify_ops import Case, CaseFactory, Outputs
 
 
@@ -146,21 +146,32 @@ def gating_top_k_sigmoid_fp16() -> Case:
 # ---- routing ---------------------------------------------------------------------------------
 
 
+def _init_routing(
+    device: str, x: torch.Tensor, ids: torch.Tensor, **kwargs: object
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``moe_init_routing_v2`` with the per-expert token counts on (every case compares them)."""
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] = call(
+        ops.moe_init_routing_v2, device, x, ids, expert_tokens_num_flag=True, **kwargs
+    )
+    return out
+
+
+# sglang's dispatch (``ops/moe.py``: active_num T*K, expert_tokens_num_type 1, all E experts),
+# here for 24 tokens routed to 4 of 16 experts.
+_SGLANG_DISPATCH: dict[str, object] = {
+    "active_num": 24 * 4,
+    "expert_num": 16,
+    "expert_tokens_num_type": 1,
+    "active_expert_range": [0, 16],
+}
+
+
 def init_routing_v2_sglang_bf16() -> Case:
     def run(device: str) -> Outputs:
         g = gen(4)
         x = torch.randn(24, 128, generator=g).to(BF16)
         ids = _topk_ids(24, 16, 4, g)
-        ex, row_idx, counts, _ = ops.moe_init_routing_v2(
-            x.to(device),
-            ids.to(device),
-            active_num=24 * 4,
-            expert_num=16,
-            expert_tokens_num_type=1,
-            expert_tokens_num_flag=True,
-            active_expert_range=[0, 16],
-            quant_mode=-1,
-        )
+        ex, row_idx, counts, _ = _init_routing(device, x, ids, quant_mode=-1, **_SGLANG_DISPATCH)
         return cpu(ex, row_idx, counts)
 
     return "moe_init_routing_v2 quant_mode=-1 (sglang BF16 dispatch)", run, BF16
@@ -172,16 +183,7 @@ def init_routing_v2_dynamic_quant() -> Case:
         # x * 0.5: one int8 step (rowmax / 127) stays below the bf16 tolerance.
         x = (torch.randn(24, 128, generator=g) * 0.5).to(BF16)
         ids = _topk_ids(24, 16, 4, g)
-        ex, row_idx, counts, scale = ops.moe_init_routing_v2(
-            x.to(device),
-            ids.to(device),
-            active_num=24 * 4,
-            expert_num=16,
-            expert_tokens_num_type=1,
-            expert_tokens_num_flag=True,
-            active_expert_range=[0, 16],
-            quant_mode=1,
-        )
+        ex, row_idx, counts, scale = _init_routing(device, x, ids, quant_mode=1, **_SGLANG_DISPATCH)
         ex, row_idx, counts, scale = cpu(ex, row_idx, counts, scale)
         return dequantised(ex, scale), row_idx, counts, scale
 
@@ -205,13 +207,13 @@ def init_routing_v2_expert_range() -> Case:
         # tokens_type 0 (cumsum) is the one the torch_npu doc calls unsupported: a failure there
         # settles that question on the device.
         for row_idx_type, tokens_type in ((0, 1), (1, 2), (0, 0)):
-            ex, row_idx, expert_tokens, _ = ops.moe_init_routing_v2(
-                x.to(device),
-                ids.to(device),
+            ex, row_idx, expert_tokens, _ = _init_routing(
+                device,
+                x,
+                ids,
                 active_num=20 * 4,
                 expert_num=16,
                 expert_tokens_num_type=tokens_type,
-                expert_tokens_num_flag=True,
                 active_expert_range=[start, end],
                 row_idx_type=row_idx_type,
             )
@@ -236,14 +238,14 @@ def init_routing_v2_row_scale_fp16() -> Case:
         x = torch.randn(16, 64, generator=g).to(FP16)
         ids = _topk_ids(16, 8, 3, g)
         scale = torch.rand(16, generator=g) + 0.5  # quant_mode -1: one value per row
-        ex, row_idx, expert_tokens, ex_scale = ops.moe_init_routing_v2(
-            x.to(device),
-            ids.to(device),
-            scale=scale.to(device),
+        ex, row_idx, expert_tokens, ex_scale = _init_routing(
+            device,
+            x,
+            ids,
+            scale=scale,
             active_num=0,
             expert_num=8,
             expert_tokens_num_type=2,
-            expert_tokens_num_flag=True,
             row_idx_type=1,
         )
         return cpu(ex, row_idx, _kv_pairs(expert_tokens.cpu(), 8), ex_scale)
@@ -261,13 +263,13 @@ def init_routing_v2_int8_x() -> Case:
         x = torch.randint(-127, 128, (12, 32), generator=g, dtype=torch.int8)
         ids = _topk_ids(12, 8, 2, g)
         avail = int(((ids >= 2) & (ids < 6)).sum())
-        ex, row_idx, counts, _ = ops.moe_init_routing_v2(
-            x.to(device),
-            ids.to(device),
+        ex, row_idx, counts, _ = _init_routing(
+            device,
+            x,
+            ids,
             active_num=-1,
             expert_num=8,
             expert_tokens_num_type=1,
-            expert_tokens_num_flag=True,
             active_expert_range=[2, 6],
             quant_mode=-1,  # the only mode for int8 x (doc)
         )
@@ -285,14 +287,14 @@ def init_routing_v2_smooth_quant() -> Case:
         ids = _topk_ids(20, 16, 4, g)
         smooth = torch.rand(end - start, 128, generator=g) + 0.5  # one row per active expert
         avail = int(((ids >= start) & (ids < end)).sum())
-        ex, row_idx, expert_tokens, scale = ops.moe_init_routing_v2(
-            x.to(device),
-            ids.to(device),
-            scale=smooth.to(device),
+        ex, row_idx, expert_tokens, scale = _init_routing(
+            device,
+            x,
+            ids,
+            scale=smooth,
             active_num=20 * 4,
             expert_num=16,
             expert_tokens_num_type=2,
-            expert_tokens_num_flag=True,
             active_expert_range=[start, end],
             quant_mode=1,
             row_idx_type=1,
@@ -315,12 +317,19 @@ def init_routing_v2_smooth_quant() -> Case:
 # ---- finalize, activations -------------------------------------------------------------------
 
 
+def _expanded(
+    tokens: int, top_k: int, hidden: int, dtype: torch.dtype, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expert output rows ``(tokens * top_k, hidden)`` and the permutation that routed them."""
+    rows = torch.randn(tokens * top_k, hidden, generator=g).to(dtype)
+    return rows, torch.randperm(tokens * top_k, generator=g).int()
+
+
 def finalize_routing() -> Case:
     def run(device: str) -> Outputs:
         g = gen(9)
         tokens, top_k, hidden, experts = 24, 4, 128, 16
-        rows = torch.randn(tokens * top_k, hidden, generator=g).to(BF16)
-        src_to_dst = torch.randperm(tokens * top_k, generator=g).int()
+        rows, src_to_dst = _expanded(tokens, top_k, hidden, BF16, g)
         scales = torch.rand(tokens, top_k, generator=g).to(BF16)
         ids = _topk_ids(tokens, experts, top_k, g)
         out2 = ops.moe_finalize_routing(
@@ -354,8 +363,7 @@ def finalize_routing_fp32_scales() -> Case:
     def run(device: str) -> Outputs:
         g = gen(27)
         tokens, top_k, hidden, experts = 16, 2, 64, 8
-        rows = torch.randn(tokens * top_k, hidden, generator=g).to(BF16)
-        src_to_dst = torch.randperm(tokens * top_k, generator=g).int()
+        rows, src_to_dst = _expanded(tokens, top_k, hidden, BF16, g)
         scales = torch.rand(tokens, top_k, generator=g)  # fp32 weights with bf16 rows
         skip1, skip2 = (torch.randn(tokens, hidden, generator=g).to(BF16) for _ in range(2))
         bias = torch.randn(experts, hidden, generator=g).to(BF16)
@@ -379,8 +387,7 @@ def finalize_routing_unscaled_fp16() -> Case:
     def run(device: str) -> Outputs:
         g = gen(28)
         tokens, top_k, hidden = 12, 3, 64
-        rows = torch.randn(tokens * top_k, hidden, generator=g).to(FP16)
-        src_to_dst = torch.randperm(tokens * top_k, generator=g).int()
+        rows, src_to_dst = _expanded(tokens, top_k, hidden, FP16, g)
         out = ops.moe_finalize_routing(
             rows.to(device), None, None, None, None, src_to_dst.to(device), None, 0, k=top_k
         )
@@ -393,8 +400,7 @@ def finalize_routing_fp32() -> Case:
     def run(device: str) -> Outputs:
         g = gen(29)
         tokens, top_k, hidden = 10, 4, 32
-        rows = torch.randn(tokens * top_k, hidden, generator=g)
-        src_to_dst = torch.randperm(tokens * top_k, generator=g).int()
+        rows, src_to_dst = _expanded(tokens, top_k, hidden, FP32, g)
         scales = torch.rand(tokens, top_k, generator=g)
         out = ops.moe_finalize_routing(
             rows.to(device), None, None, None, scales.to(device), src_to_dst.to(device), None

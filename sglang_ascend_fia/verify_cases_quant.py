@@ -20,12 +20,49 @@ from __future__ import annotations
 import torch
 
 from sglang_ascend_fia import ops
-from sglang_ascend_fia.verify_cases_util import BF16, FP16, cpu, dequantised, gen
+from sglang_ascend_fia.verify_cases_util import BF16, FP16, FP32, call, cpu, dequantised, gen
 from sglang_ascend_fia.verify_ops import Case, CaseFactory, Outputs
 
 
 def _int8(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
     return torch.randint(-127, 128, shape, generator=g, dtype=torch.int8)
+
+
+def _w8a8(
+    m: int, k: int, n: int, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """int8 x1 (m, k) and x2 (k, n), fp32 per-channel (n,) and per-token (m,) scales."""
+    x1, x2 = _int8((m, k), g), _int8((k, n), g)
+    return x1, x2, torch.rand(n, generator=g) / 500, torch.rand(m, generator=g) / 50
+
+
+def _swiglu_int32_grouped(
+    device: str,
+    g: torch.Generator,
+    counts: torch.Tensor,
+    act_scale_shape: tuple[int, ...],
+    quant_scale_dtype: torch.dtype,
+    *,
+    activate_left: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dequant_swiglu_quant`` on int32 x of ``act_scale_shape[0]`` rows in groups of ``counts``
+    rows: a weight and a quant scale per group, an activation scale per row."""
+    x = torch.randint(-2000, 2000, (act_scale_shape[0], 256), generator=g, dtype=torch.int32)
+    weight_scale = torch.rand(len(counts), 256, generator=g) / 100
+    activation_scale = torch.rand(act_scale_shape, generator=g) / 20
+    quant_scale = (torch.rand(len(counts), 128, generator=g) + 0.5).to(quant_scale_dtype)
+    out: tuple[torch.Tensor, torch.Tensor] = call(
+        ops.dequant_swiglu_quant,
+        device,
+        x,
+        weight_scale=weight_scale,
+        activation_scale=activation_scale,
+        quant_scale=quant_scale,
+        group_index=counts,
+        activate_left=activate_left,
+        quant_mode=1,
+    )
+    return out
 
 
 # ---- dynamic_quant ---------------------------------------------------------------------------
@@ -36,8 +73,8 @@ def dynamic_quant_bf16() -> Case:
         g = gen(11)
         x = (torch.randn(64, 512, generator=g) * 0.5).to(BF16)
         smooth = (torch.rand(512, generator=g) + 0.5).to(BF16)
-        y, s = ops.dynamic_quant(x.to(device))
-        ys, ss = ops.dynamic_quant(x.to(device), smooth_scales=smooth.to(device))
+        y, s = call(ops.dynamic_quant, device, x)
+        ys, ss = call(ops.dynamic_quant, device, x, smooth_scales=smooth)
         y, s, ys, ss = cpu(y, s, ys, ss)
         return dequantised(y, s), s, dequantised(ys, ss), ss
 
@@ -50,10 +87,12 @@ def dynamic_quant_grouped_fp16() -> Case:
         x = (torch.randn(3, 8, 256, generator=g) * 0.08).to(FP16)
         smooth = (torch.rand(4, 256, generator=g) + 0.5).to(FP16)
         group_index = torch.tensor([5, 5, 14, 24], dtype=torch.int32)  # row ends; one empty group
-        y, s = ops.dynamic_quant(
-            x.to(device),
-            smooth_scales=smooth.to(device),
-            group_index=group_index.to(device),
+        y, s = call(
+            ops.dynamic_quant,
+            device,
+            x,
+            smooth_scales=smooth,
+            group_index=group_index,
             dst_type=torch.int8,
         )
         y, s = cpu(y, s)
@@ -68,26 +107,14 @@ def dynamic_quant_grouped_fp16() -> Case:
 def quant_matmul_w8a8() -> Case:
     def run(device: str) -> Outputs:
         g = gen(12)
-        x1, x2 = _int8((32, 256), g), _int8((256, 128), g)
-        scale = torch.rand(128, generator=g) / 500
-        pts = torch.rand(32, generator=g) / 50
+        x1, x2, scale, pts = _w8a8(32, 256, 128, g)
         bias_f = torch.randn(128, generator=g)
         bias_i = torch.randint(-3000, 3000, (128,), generator=g, dtype=torch.int32)
-        dynamic = ops.quant_matmul(
-            x1.to(device),
-            x2.to(device),
-            scale.to(device),
-            pertoken_scale=pts.to(device),
-            bias=bias_f.to(device),
-            output_dtype=BF16,
+        mm = ops.quant_matmul
+        dynamic = call(
+            mm, device, x1, x2, scale, pertoken_scale=pts, bias=bias_f, output_dtype=BF16
         )
-        static = ops.quant_matmul(
-            x1.to(device),
-            x2.to(device),
-            scale.to(device),
-            bias=bias_i.to(device),
-            output_dtype=BF16,
-        )
+        static = call(mm, device, x1, x2, scale, bias=bias_i, output_dtype=BF16)
         return cpu(dynamic, static)
 
     return "quant_matmul bf16 (dynamic: float bias; static: int32 bias)", run, BF16
@@ -96,28 +123,16 @@ def quant_matmul_w8a8() -> Case:
 def quant_matmul_fp16() -> Case:
     def run(device: str) -> Outputs:
         g = gen(33)
-        x1, x2 = _int8((24, 256), g), _int8((256, 64), g)
-        scale = torch.rand(64, generator=g) / 500
-        pts = torch.rand(24, generator=g) / 50
+        x1, x2, scale, pts = _w8a8(24, 256, 64, g)
         bias_h = torch.randn(64, generator=g).to(FP16)
-        per_token = ops.quant_matmul(
-            x1.to(device),
-            x2.to(device),
-            scale.to(device),
-            pertoken_scale=pts.to(device),
-            bias=bias_h.to(device),
-            output_dtype=FP16,
+        mm = ops.quant_matmul
+        per_token = call(
+            mm, device, x1, x2, scale, pertoken_scale=pts, bias=bias_h, output_dtype=FP16
         )
         # Without per-token scales fp16 output takes an fp32 (or int64) scale and an int32 bias.
         tensor_scale = torch.tensor([1 / 20000.0])
         bias_i = torch.randint(-3000, 3000, (1, 64), generator=g, dtype=torch.int32)
-        per_tensor = ops.quant_matmul(
-            x1.to(device),
-            x2.to(device),
-            tensor_scale.to(device),
-            bias=bias_i.to(device),
-            output_dtype=FP16,
-        )
+        per_tensor = call(mm, device, x1, x2, tensor_scale, bias=bias_i, output_dtype=FP16)
         return cpu(per_token, per_tensor)
 
     return (
@@ -133,12 +148,8 @@ def quant_matmul_batched_bf16() -> Case:
         x1, x2 = _int8((2, 16, 64), g), _int8((64, 48), g)  # x2 broadcasts over the batch
         scale = (torch.rand(48, generator=g) / 200).to(BF16)
         bias = torch.randn(2, 1, 48, generator=g).to(BF16)
-        with_bias = ops.quant_matmul(
-            x1.to(device), x2.to(device), scale.to(device), bias=bias.to(device), output_dtype=BF16
-        )
-        without_bias = ops.quant_matmul(
-            x1.to(device), x2.to(device), scale.to(device), output_dtype=BF16
-        )
+        with_bias = call(ops.quant_matmul, device, x1, x2, scale, bias=bias, output_dtype=BF16)
+        without_bias = call(ops.quant_matmul, device, x1, x2, scale, output_dtype=BF16)
         return cpu(with_bias, without_bias)
 
     return "quant_matmul bf16 batched 3-D x1, bf16 scale, (B,1,N) bf16 bias and none", run, BF16
@@ -151,21 +162,9 @@ def dequant_swiglu_quant_cases() -> Case:
     def run(device: str) -> Outputs:
         g = gen(13)
         h = (torch.randn(64, 256, generator=g) * 0.5).to(BF16)
-        y, s = ops.dequant_swiglu_quant(h.to(device), quant_mode=1, activate_left=True)
-        x = torch.randint(-2000, 2000, (64, 256), generator=g, dtype=torch.int32)
-        weight_scale = torch.rand(2, 256, generator=g) / 100
-        activation_scale = torch.rand(64, generator=g) / 20
-        quant_scale = torch.rand(2, 128, generator=g) + 0.5
+        y, s = call(ops.dequant_swiglu_quant, device, h, quant_mode=1, activate_left=True)
         counts = torch.tensor([20, 44])
-        yi, si = ops.dequant_swiglu_quant(
-            x.to(device),
-            weight_scale=weight_scale.to(device),
-            activation_scale=activation_scale.to(device),
-            quant_scale=quant_scale.to(device),
-            group_index=counts.to(device),
-            activate_left=True,
-            quant_mode=1,
-        )
+        yi, si = _swiglu_int32_grouped(device, g, counts, (64,), FP32, activate_left=True)
         y, s, yi, si = cpu(y, s, yi, si)
         return dequantised(y, s), s, dequantised(yi, si), si
 
@@ -177,23 +176,16 @@ def dequant_swiglu_quant_right() -> Case:
         g = gen(35)
         h = (torch.randn(32, 256, generator=g) * 0.5).to(BF16)
         smooth = (torch.rand(1, 128, generator=g) + 0.5).to(BF16)
-        y, s = ops.dequant_swiglu_quant(
-            h.to(device), quant_scale=smooth.to(device), quant_mode=1, activate_left=False
-        )
-        x = torch.randint(-2000, 2000, (40, 256), generator=g, dtype=torch.int32)
-        weight_scale = torch.rand(2, 256, generator=g) / 100
-        activation_scale = torch.rand(40, 1, generator=g) / 20
-        quant_scale = (torch.rand(2, 128, generator=g) + 0.5).to(FP16)
-        counts = torch.tensor([12, 20])  # 32 of 40 rows: rows past the sum are garbage (doc)
-        yi, si = ops.dequant_swiglu_quant(
-            x.to(device),
-            weight_scale=weight_scale.to(device),
-            activation_scale=activation_scale.to(device),
-            quant_scale=quant_scale.to(device),
-            group_index=counts.to(device),
-            activate_left=False,
+        y, s = call(
+            ops.dequant_swiglu_quant,
+            device,
+            h,
+            quant_scale=smooth,
             quant_mode=1,
+            activate_left=False,
         )
+        counts = torch.tensor([12, 20])  # 32 of 40 rows: rows past the sum are garbage (doc)
+        yi, si = _swiglu_int32_grouped(device, g, counts, (40, 1), FP16, activate_left=False)
         y, s, yi, si = cpu(y, s, yi, si)
         covered = int(counts.sum())
         return dequantised(y, s), s, dequantised(yi[:covered], si[:covered]), si[:covered]
