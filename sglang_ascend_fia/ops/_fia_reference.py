@@ -188,10 +188,15 @@ def _check_block_ids(
 
 
 def _checked_block_ids(plan: _Plan, block_table: torch.Tensor, num_blocks: int) -> torch.Tensor:
-    """Block ids as int64 on the table's device, -1 padding read as block 0 (masked later)."""
+    """Block ids as int64 on the table's device; ids in slots past a request's length (-1 padding)
+    are clamped into range: they are read and masked out."""
     ids = block_table.to(device="cpu", dtype=torch.long)
-    _check_block_ids(plan.kv_lens, plan.block_size, ids, num_blocks)
-    return ids.clamp_(min=0).to(block_table.device)
+    if bool(((ids < 0) | (ids >= num_blocks)).any()):
+        # Only now work out which slots the lengths reach (sglang's tables hold no padding ids,
+        # so the usual call stops at the line above).
+        _check_block_ids(plan.kv_lens, plan.block_size, ids, num_blocks)
+        ids.clamp_(0, num_blocks - 1)  # unreached slots: any id, read and masked out
+    return ids.to(block_table.device)
 
 
 class _Masker:
