@@ -105,9 +105,13 @@ class _KVSource:
         )
         self.block_ids: torch.Tensor | None = None
         self.rows: torch.Tensor | None = None
+        # Paged caches as the rows index_select gathers, worked out once per call, not per chunk.
+        self.wide_rows: dict[str, torch.Tensor] = {}
         if plan.paged:
             assert block_table is not None
             self.block_ids = _checked_block_ids(plan, block_table, key.size(0))
+            caches = {"k": key, "v": value, "r": key_rope}
+            self.wide_rows = {tag: _as_wide_rows(t) for tag, t in caches.items() if t is not None}
         elif plan.q_layout == "TND":
             self.rows = _tnd_rows(
                 plan.kv_starts, self.extent(0, plan.batch), key.size(0), key.device
@@ -139,7 +143,7 @@ class _KVSource:
             assert self.block_ids is not None
             bs = p.block_size
             ids = self.block_ids[b0:b1, j0 // bs : j1 // bs].reshape(-1)
-            rows = _as_wide_rows(t)
+            rows = self.wide_rows[tag]
             gathered = self._buffer(tag, (ids.numel(), *rows.shape[1:]), rows.dtype)
             torch.index_select(rows, 0, ids, out=gathered)
             gathered = gathered.view(t.dtype)
