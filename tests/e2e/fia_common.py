@@ -79,3 +79,11 @@ def run_workloads(
     runs["hf"] = {name: hf_greedy(model, batch, NEW_TOKENS) for name, batch in prompts.items()}
     runs["launches"] = read_launch_log(launch_log)
     return runs
+
+
+def assert_tokens_match(runs: dict[str, Any], workload: str) -> None:
+    """The FIA backend's tokens for ``workload`` equal HF's and stock torch_native's."""
+    fia = runs["fia"][workload]
+    assert fia == runs["hf"][workload], f"{workload}: FIA backend differs from HF"
+    assert fia == runs["torch_native"][workload], f"{workload}: FIA differs from torch_native"
+    assert all(len(ids) == NEW_TOKENS for ids in fia)

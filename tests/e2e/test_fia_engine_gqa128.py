@@ -15,8 +15,8 @@ import pytest
 from testbed.models import build_qwen2
 
 from e2e.fia_common import (
-    NEW_TOKENS,
     PAGE_SIZE,
+    assert_tokens_match,
     fia_launches_per_layer,
     run_workloads,
     workloads,
@@ -48,10 +48,7 @@ def runs(qwen2_gqa: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
 
 @pytest.mark.parametrize("workload", WORKLOADS)
 def test_tokens_match_hf_and_torch_native(runs: dict[str, Any], workload: str) -> None:
-    fia = runs["fia"][workload]
-    assert fia == runs["hf"][workload], f"{workload}: FIA backend differs from HF"
-    assert fia == runs["torch_native"][workload], f"{workload}: FIA differs from torch_native"
-    assert all(len(ids) == NEW_TOKENS for ids in fia)
+    assert_tokens_match(runs, workload)
 
 
 def test_shape_is_head_dim_128_gqa_7(qwen2_gqa: Path) -> None:
