@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import runpy
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 SUPPORT = Path(__file__).resolve().parent / "support"
 for path in (SUPPORT / "pythonpath", SUPPORT):
@@ -25,3 +28,18 @@ if _site is None or not str(getattr(_site, "__file__", "")).startswith(str(SUPPO
     runpy.run_path(str(SUPPORT / "pythonpath" / "sitecustomize.py"))
 # A developer's shell may have the toggle set; every test states the value it needs.
 os.environ.pop("ASCEND_USE_FIA", None)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a module of tiny-tensor tests.
+
+    Their tensors are tiny: intra-op threads only add OpenMP spin-waits, which on a busy 2-core
+    machine cost 10-30x. A directory opts in with an autouse fixture in its conftest.py.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

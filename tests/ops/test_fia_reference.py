@@ -28,16 +28,6 @@ TEMPLATE = ~torch.tril(torch.ones(2048, 2048, dtype=torch.bool))
 INT32_MAX = 2147483647
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # These tensors are tiny: intra-op threads only add OpenMP spin-waits, which on a busy
-    # 2-core machine cost 10-30x.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------------------------------------
 # The brute force
 # ---------------------------------------------------------------------------------------------

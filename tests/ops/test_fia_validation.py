@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
@@ -18,14 +18,6 @@ import torch
 from sglang_ascend_fia import ops
 
 TEMPLATE = ~torch.tril(torch.ones(2048, 2048, dtype=torch.bool))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def paged_decode(**over: object) -> dict[str, object]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,14 +12,6 @@ from sglang_ascend_fia import verify_ops
 from sglang_ascend_fia.verify_cases_attention import CASES as ATTENTION_CASES
 
 ALL_CASES = verify_ops.all_cases()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
