@@ -165,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return doctor(args.json)
-    from sglang_ascend_fia import verify_ops
+    # Imported on demand: doctor needs none of the case modules.
+    from sglang_ascend_fia import verify
 
-    return verify_ops.main(rest)
+    return verify.main(rest)
 
 
 if __name__ == "__main__":

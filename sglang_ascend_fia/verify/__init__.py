@@ -6,18 +6,18 @@ compared with per-dtype tolerances and printed as one table; the exit status is 
 is within tolerance, 1 otherwise, and 2 when there is no NPU to run on.
 
 The cases cover every argument value each op documents and the reference implements, in fp16
-and bf16 wherever the kernel takes both; ``tests/ops/test_verify_coverage.py`` holds the table
+and bf16 wherever the kernel takes both; ``tests/verify/test_verify_coverage.py`` holds the table
 of required (op, argument, value) combinations and fails when a case change drops one.
 
-To add cases, append to ``CASES`` in one of the case modules, or add a module with a ``CASES``
-list of ``() -> (name, run(device) -> tuple[Tensor, ...], dtype)`` functions to
-:data:`CASE_MODULES`; :mod:`sglang_ascend_fia.verify_cases_util` has the shared helpers.
+To add cases, append to ``CASES`` in one of the modules in :mod:`.cases`, or add a module there
+with a ``CASES`` list of :data:`.case.CaseFactory` functions and list it in :data:`CASE_MODULES`;
+:mod:`.cases.common` has the shared helpers. The case modules import :mod:`.case` and the public
+:mod:`sglang_ascend_fia.ops`; only this module imports the case modules.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
 import math
 import sys
@@ -26,27 +26,19 @@ from dataclasses import dataclass
 
 import torch
 
-Outputs = tuple[torch.Tensor, ...]
-Case = tuple[str, Callable[[str], Outputs], torch.dtype]
-CaseFactory = Callable[[], Case]
-
-CASE_MODULES = (
-    "sglang_ascend_fia.verify_cases_attention",
-    "sglang_ascend_fia.verify_cases_attention_v2",
-    "sglang_ascend_fia.verify_cases_mla",
-    "sglang_ascend_fia.verify_cases_kv_helpers",
-    "sglang_ascend_fia.verify_cases_moe",
-    "sglang_ascend_fia.verify_cases_gmm",
-    "sglang_ascend_fia.verify_cases_quant",
+from sglang_ascend_fia.verify.case import CaseFactory, Outputs, tolerance_for
+from sglang_ascend_fia.verify.cases import (
+    attention,
+    attention_v2,
+    gmm,
+    kv_helpers,
+    mla,
+    moe,
+    quant,
 )
 
-# (atol, rtol) per compute dtype: a few units in the last place of the dtype, since the kernel
-# and the fp32 reference round and accumulate in different orders. Integer outputs must match.
-TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
-    torch.float32: (1e-4, 1e-4),
-    torch.float16: (4e-3, 4e-3),
-    torch.bfloat16: (2e-2, 2e-2),
-}
+# The order of the table verify-ops prints.
+CASE_MODULES = (attention, attention_v2, mla, kv_helpers, moe, gmm, quant)
 
 
 @dataclass(frozen=True)
@@ -60,13 +52,13 @@ class Result:
 
     @property
     def tolerance(self) -> tuple[float, float]:
-        return TOLERANCES.get(self.dtype, TOLERANCES[torch.float32])
+        return tolerance_for(self.dtype)
 
 
 def all_cases() -> list[CaseFactory]:
     cases: list[CaseFactory] = []
-    for name in CASE_MODULES:
-        cases.extend(importlib.import_module(name).CASES)
+    for module in CASE_MODULES:
+        cases.extend(module.CASES)
     return cases
 
 
@@ -77,7 +69,7 @@ def compare(got: Outputs, want: Outputs, dtype: torch.dtype) -> tuple[float, flo
     relative error is ``|got - want| / max(|want|, atol)``. Infinities must match exactly (an
     LSE of -inf for a row with no keys); NaN never passes. Integer outputs must be equal.
     """
-    atol, rtol = TOLERANCES.get(dtype, TOLERANCES[torch.float32])
+    atol, rtol = tolerance_for(dtype)
     if len(got) != len(want):
         return math.inf, math.inf, False, f"{len(got)} outputs, expected {len(want)}"
     max_abs = max_rel = 0.0

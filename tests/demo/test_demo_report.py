@@ -1,5 +1,9 @@
 """``make demo``'s verdict: any token mismatch or a forward with other than one FIA launch per
-layer must fail it (the generation itself is covered by the e2e engine tests)."""
+layer must fail it (the generation itself is covered by the e2e engine tests).
+
+``tests/demo`` has no ``__init__.py`` on purpose: as a package it would be named ``demo`` and
+shadow the repository's ``demo`` package that this module tests.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fixture manifests and the fresh-interpreter runner shared by the foundation tests."""
+"""Fixture manifests and the fresh-interpreter runner shared by the plugin tests."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 
-GOOD_HOOK = "foundation.hook_fixtures:REPLACED_VERSION"
-BROKEN_HOOK = "foundation.broken_hook:MESSAGE"
+GOOD_HOOK = "plugin.hook_fixtures:REPLACED_VERSION"
+BROKEN_HOOK = "plugin.broken_hook:MESSAGE"
 BROKEN_HOOK_REASON = "RuntimeError: fixture hook raised on purpose"
 # Imports nothing and is imported by neither sglang's package nor its plugin loader, so a
 # hook on it stays pending until a test imports it.
@@ -36,13 +36,13 @@ def write_manifest(
 
 
 def run_fixture_process(*args: str, toggle: str | None = "1") -> subprocess.CompletedProcess[str]:
-    """``python -m foundation.run_with_manifest ARGS`` in a fresh interpreter."""
+    """``python -m plugin.run_with_manifest ARGS`` in a fresh interpreter."""
     env = {k: v for k, v in os.environ.items() if k != "ASCEND_USE_FIA"}
     if toggle is not None:
         env["ASCEND_USE_FIA"] = toggle
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
     return subprocess.run(
-        [sys.executable, "-m", "foundation.run_with_manifest", *args],
+        [sys.executable, "-m", "plugin.run_with_manifest", *args],
         capture_output=True,
         text=True,
         env=env,

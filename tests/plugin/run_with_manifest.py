@@ -1,6 +1,6 @@
 """Run sglang's real plugin loader, or ``doctor``, in a fresh interpreter with fixture settings.
 
-``python -m foundation.run_with_manifest [OPTIONS] load_plugins | doctor [--json]``
+``python -m plugin.run_with_manifest [OPTIONS] load_plugins | doctor [--json]``
 
 - ``--manifest DIR``: point the plugin at fixture manifests instead of ``patches/``.
 - ``--preimport MODULE``: import MODULE before the plugins load (the hook then runs inside

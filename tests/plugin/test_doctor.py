@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from foundation.helpers import (
+from plugin.helpers import (
     BROKEN_HOOK,
     BROKEN_HOOK_REASON,
     GOOD_HOOK,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from foundation.helpers import (
+from plugin.helpers import (
     BROKEN_HOOK,
     BROKEN_HOOK_REASON,
     GOOD_HOOK,

@@ -159,7 +159,7 @@ GOOD = """module = "sglang.version"
 name = "fixture-entry"
 target = "__version__"
 kind = "replace"
-hook = "foundation.hook_fixtures:REPLACED_VERSION"
+hook = "plugin.hook_fixtures:REPLACED_VERSION"
 sglang = ">=0.5.23"
 why = "fixture (version.py:1)"
 remove_when = "never: a test fixture only"
@@ -187,7 +187,7 @@ def _write(tmp_path: Path, text: str, name: str = "fixture.toml") -> Path:
             r"'target' 'a\[b\]' must be an attribute path",
         ),
         (
-            'hook = "foundation.hook_fixtures:REPLACED_VERSION"',
+            'hook = "plugin.hook_fixtures:REPLACED_VERSION"',
             'hook = "nocolon"',
             r"'hook' 'nocolon'",
         ),

@@ -34,6 +34,11 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_contents(wheel: Path, tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
 
+    # Every module ships, subpackages included (verify/cases/ sits two levels down).
+    modules = {p.relative_to(REPO).as_posix() for p in (REPO / "sglang_ascend_fia").rglob("*.py")}
+    assert "sglang_ascend_fia/verify/cases/attention.py" in modules
+    assert sorted(modules - set(names)) == []
+
     shipped = {n.rpartition("/")[2] for n in names if n.startswith("sglang_ascend_fia/patches/")}
     in_repo = {p.name for p in (REPO / "patches").glob("*.toml")}
     assert in_repo and shipped == in_repo

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sglang_ascend_fia import verify_cases_gmm, verify_cases_moe, verify_cases_quant
+from sglang_ascend_fia.verify.cases import gmm, moe, quant
 
-CASES = [*verify_cases_moe.CASES, *verify_cases_gmm.CASES, *verify_cases_quant.CASES]
+CASES = [*moe.CASES, *gmm.CASES, *quant.CASES]
 OPS = (
     "moe_gating_top_k_softmax",
     "moe_gating_top_k",

@@ -29,7 +29,8 @@ from typing import Any
 import pytest
 import torch
 
-from sglang_ascend_fia import ops, verify_ops
+from sglang_ascend_fia import ops
+from sglang_ascend_fia import verify as verify_ops
 
 Args = dict[str, Any]
 Features = dict[str, object]

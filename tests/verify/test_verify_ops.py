@@ -4,43 +4,54 @@ from __future__ import annotations
 
 import importlib
 import math
+import pkgutil
 
 import pytest
 import torch
 
-from sglang_ascend_fia import verify_ops
-from sglang_ascend_fia.verify_cases_attention import CASES as ATTENTION_CASES
+from sglang_ascend_fia import verify as verify_ops
+from sglang_ascend_fia.verify import cases as verify_cases
+from sglang_ascend_fia.verify.case import TOLERANCES, Case, CaseFactory, Outputs
+from sglang_ascend_fia.verify.cases.attention import CASES as ATTENTION_CASES
 
 ALL_CASES = verify_ops.all_cases()
 
 
 @pytest.fixture(scope="module")
-def cases() -> list[verify_ops.CaseFactory]:
+def cases() -> list[CaseFactory]:
     return verify_ops.all_cases()
 
 
-def test_registry_collects_every_case_module(cases: list[verify_ops.CaseFactory]) -> None:
-    """Names are unique and every module's cases are collected (which ops they call, and with
-    which arguments, is audited in test_verify_coverage.py)."""
+def test_registry_collects_every_case_module(cases: list[CaseFactory]) -> None:
+    """Names are unique, every module in ``verify.cases`` with a ``CASES`` list is registered, and
+    its cases are collected (which ops they call, and with which arguments, is audited in
+    test_verify_coverage.py)."""
     names = [make()[0] for make in cases]
     assert len(names) == len(set(names))
+    package = verify_cases.__name__
+    modules = [
+        importlib.import_module(f"{package}.{m.name}")
+        for m in pkgutil.iter_modules(verify_cases.__path__)
+    ]
+    with_cases = [module for module in modules if hasattr(module, "CASES")]
+    assert set(with_cases) == set(verify_ops.CASE_MODULES), "register new case modules"
     for module in verify_ops.CASE_MODULES:
-        listed = importlib.import_module(module).CASES
-        assert listed and {make()[0] for make in listed} <= set(names), module
+        listed = module.CASES
+        assert listed and {make()[0] for make in listed} <= set(names), module.__name__
 
 
 @pytest.mark.parametrize("make", ALL_CASES, ids=lambda make: make.__name__)
-def test_case_is_deterministic_and_fully_defined(make: verify_ops.CaseFactory) -> None:
+def test_case_is_deterministic_and_fully_defined(make: CaseFactory) -> None:
     name, run, dtype = make()
     first, second = run("cpu"), run("cpu")
-    assert dtype in verify_ops.TOLERANCES and len(first) > 0
+    assert dtype in TOLERANCES and len(first) > 0
     for a, b in zip(first, second, strict=True):
         assert a.device.type == "cpu"
         assert torch.equal(a, b)
         assert bool(torch.isfinite(a.float()).all()), f"{name}: output depends on undefined rows"
 
 
-def test_reference_against_itself_passes_every_case(cases: list[verify_ops.CaseFactory]) -> None:
+def test_reference_against_itself_passes_every_case(cases: list[CaseFactory]) -> None:
     results = verify_ops.verify(cases, "cpu")
     assert all(r.ok for r in results), verify_ops.format_table(results)
     assert all(r.max_abs == 0.0 for r in results)
@@ -48,12 +59,12 @@ def test_reference_against_itself_passes_every_case(cases: list[verify_ops.CaseF
     assert f"{len(results)}/{len(results)} cases within tolerance" in table
 
 
-def _perturb(outputs: verify_ops.Outputs, dtype: torch.dtype) -> verify_ops.Outputs:
+def _perturb(outputs: Outputs, dtype: torch.dtype) -> Outputs:
     """Move one element of the first output by three tolerances (or one integer step)."""
     first = outputs[0].clone()
     flat = first.view(-1)
     if first.is_floating_point():
-        atol, rtol = verify_ops.TOLERANCES[dtype]
+        atol, rtol = TOLERANCES[dtype]
         value = float(flat[0])
         flat[0] = value + 3 * (atol + rtol * abs(value)) + 0.02 * abs(value)
     else:
@@ -61,7 +72,7 @@ def _perturb(outputs: verify_ops.Outputs, dtype: torch.dtype) -> verify_ops.Outp
     return (first, *outputs[1:])
 
 
-def test_injected_perturbation_fails_every_case(cases: list[verify_ops.CaseFactory]) -> None:
+def test_injected_perturbation_fails_every_case(cases: list[CaseFactory]) -> None:
     results = verify_ops.verify(cases, "cpu", perturb=_perturb)
     missed = [r.name for r in results if r.ok]
     assert not missed, f"perturbation not caught: {missed}"
@@ -88,8 +99,8 @@ def test_compare_rules() -> None:
 
 
 def test_a_raising_case_is_reported_not_fatal() -> None:
-    def broken() -> verify_ops.Case:
-        def run(device: str) -> verify_ops.Outputs:
+    def broken() -> Case:
+        def run(device: str) -> Outputs:
             raise RuntimeError("kernel refused")
 
         return "broken", run, torch.float32
@@ -122,10 +133,10 @@ def test_main_on_a_device_prints_the_table(
     assert verify_ops.main([]) == 1
 
 
-def _broken_case() -> verify_ops.Case:
+def _broken_case() -> Case:
     calls = {"n": 0}
 
-    def run(device: str) -> verify_ops.Outputs:
+    def run(device: str) -> Outputs:
         calls["n"] += 1  # the device side runs first and comes out wrong
         return (torch.tensor([1.0 if calls["n"] == 1 else 2.0]),)
 

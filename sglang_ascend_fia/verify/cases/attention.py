@@ -1,10 +1,10 @@
 """``verify-ops`` cases for ``fused_infer_attention_score`` (FIA v1), MHA/GQA without rope.
 
-Protocol and helpers: :mod:`sglang_ascend_fia.verify_cases_util`. MLA (rope) cases live in
-:mod:`.verify_cases_mla`, FIA v2 in :mod:`.verify_cases_attention_v2`.
+Protocol and helpers: :mod:`.common`. MLA (rope) cases live in
+:mod:`.mla`, FIA v2 in :mod:`.attention_v2`.
 
 Together the cases cover each documented value of each argument at least once (enforced by
-``tests/ops/test_verify_coverage.py``): fp16 and bf16; every layout in its legal phases (Q_S=1
+``tests/verify/test_verify_coverage.py``): fp16 and bf16; every layout in its legal phases (Q_S=1
 decode, Q_S>1 prompt); dense KV, paged ``(blocks, block_size, H)`` and ``(blocks, Nkv,
 block_size, D)`` caches; sparse_mode 0-4; every explicit-mask shape and dtype and every template
 shape; GQA and MHA in dense and paged calls; inner_precise 0-3; LSE on and off; decode block
@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from sglang_ascend_fia.verify_cases_util import (
+from sglang_ascend_fia.verify.case import Case, CaseFactory, Outputs
+from sglang_ascend_fia.verify.cases.common import (
     BF16,
     FP16,
     TEMPLATE,
@@ -32,7 +33,6 @@ from sglang_ascend_fia.verify_cases_util import (
     rows_within,
     visible_mask,
 )
-from sglang_ascend_fia.verify_ops import Case, CaseFactory, Outputs
 
 # ---- decode (Q_S = 1) -----------------------------------------------------------------------
 

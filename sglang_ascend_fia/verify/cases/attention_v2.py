@@ -1,7 +1,7 @@
 """``verify-ops`` cases for ``fused_infer_attention_score_v2`` without rope.
 
-Protocol and helpers: :mod:`sglang_ascend_fia.verify_cases_util`; v2 MLA cases live in
-:mod:`.verify_cases_mla`. v2 shares v1's kernel, so these
+Protocol and helpers: :mod:`.common`; v2 MLA cases live in
+:mod:`.mla`. v2 shares v1's kernel, so these
 cases aim at what only v2 has: each renamed argument (``num_query_heads``, ``softmax_scale``,
 ``actual_seq_qlen`` cumulative and per request, ``actual_seq_kvlen``, ``return_softmax_lse``) and
 ``learnable_sink``, in fp16 and bf16, decode and prompt, both paged cache layouts. They are the
@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from sglang_ascend_fia.verify_cases_util import (
+from sglang_ascend_fia.verify.case import Case, CaseFactory, Outputs
+from sglang_ascend_fia.verify.cases.common import (
     BF16,
     FP16,
     TEMPLATE,
@@ -26,7 +27,6 @@ from sglang_ascend_fia.verify_cases_util import (
     gen,
     paged_kv,
 )
-from sglang_ascend_fia.verify_ops import Case, CaseFactory, Outputs
 
 
 def fia_v2_tnd_paged_band() -> Case:

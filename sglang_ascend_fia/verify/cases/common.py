@@ -1,4 +1,4 @@
-"""Building blocks shared by the ``verify-ops`` case modules (``verify_cases_*.py``).
+"""Building blocks shared by the ``verify-ops`` case modules (this package).
 
 A case is a function returning ``(name, run, dtype)``. ``run(device)`` builds seeded inputs on the
 CPU, moves them to ``device``, calls the facade op (torch_npu on an NPU, the reference elsewhere)
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from sglang_ascend_fia import ops
-from sglang_ascend_fia.verify_ops import Outputs
+from sglang_ascend_fia.verify.case import Outputs
 
 BF16 = torch.bfloat16
 FP16 = torch.float16

@@ -1,9 +1,9 @@
 """``verify-ops`` cases for ``grouped_matmul`` (the MoE expert GEMMs), float and W8A8.
 
-Protocol and helpers: :mod:`sglang_ascend_fia.verify_cases_util`. The first two cases are sglang
+Protocol and helpers: :mod:`.common`. The first two cases are sglang
 0.5.23's calls (``moe/matmul.py``: BF16 ``weight=[w.transpose(1, 2)]`` of a stored
 ``[E, out, in]``; W8A8 ``weight=[w]`` pre-transposed with per-channel and per-token scales).
-Covered (enforced by ``tests/ops/test_verify_coverage.py``): fp16, bf16, fp32 and int8 x; one
+Covered (enforced by ``tests/verify/test_verify_coverage.py``): fp16, bf16, fp32 and int8 x; one
 ``[E, K, N]`` weight, plain and transposed, and a list of ``[K, N]`` weights, plain and
 transposed; group_list_type 0 (cumulative) and 1 (counts); no bias, fp16/fp32 bias for float x
 and int32 bias for int8 x; bf16 and fp32 scales with and without per-token scales; output dtype
@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from sglang_ascend_fia import ops
-from sglang_ascend_fia.verify_cases_util import BF16, FP16, FP32, cpu, gen, on
-from sglang_ascend_fia.verify_ops import Case, CaseFactory, Outputs
+from sglang_ascend_fia.verify.case import Case, CaseFactory, Outputs
+from sglang_ascend_fia.verify.cases.common import BF16, FP16, FP32, cpu, gen, on
 
 
 def _counts(experts: int, rows: int, g: torch.Generator) -> torch.Tensor:

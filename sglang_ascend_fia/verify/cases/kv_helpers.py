@@ -1,7 +1,7 @@
 """``verify-ops`` cases for the KV-cache writes and the attention-side helper kernels.
 
-Protocol and helpers: :mod:`sglang_ascend_fia.verify_cases_util`. Covered per op (enforced by
-``tests/ops/test_verify_coverage.py``):
+Protocol and helpers: :mod:`.common`. Covered per op (enforced by
+``tests/verify/test_verify_coverage.py``):
 
 - ``scatter_nd_update_``: every documented dtype (fp16, bf16, fp32, int8, int64, bool), int32 and
   int64 indices, index depth 1 (sglang's rows) and 2 (block, offset).
@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from sglang_ascend_fia import ops
-from sglang_ascend_fia.verify_cases_util import BF16, FP16, FP32, call, cpu, gen
-from sglang_ascend_fia.verify_ops import Case, CaseFactory, Outputs
+from sglang_ascend_fia.verify.case import Case, CaseFactory, Outputs
+from sglang_ascend_fia.verify.cases.common import BF16, FP16, FP32, call, cpu, gen
 
 # ---- scatter_nd_update_ ----------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """``verify-ops`` cases for FIA with ``query_rope``/``key_rope`` (MLA), v1 and v2.
 
-Protocol and helpers: :mod:`sglang_ascend_fia.verify_cases_util`. The documented MLA rules these
+Protocol and helpers: :mod:`.common`. The documented MLA rules these
 cases keep to (torch_npu 2.14 doc, "query_rope和key_rope参数约束"):
 
 - v1, and v2 with query D 512: latent D 512, rope D 64, key N 1, page attention with block size
@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from sglang_ascend_fia.verify_cases_util import (
+from sglang_ascend_fia.verify.case import Case, CaseFactory, Outputs
+from sglang_ascend_fia.verify.cases.common import (
     BF16,
     FP16,
     TEMPLATE,
@@ -37,7 +38,6 @@ from sglang_ascend_fia.verify_cases_util import (
     gen,
     paged_kv,
 )
-from sglang_ascend_fia.verify_ops import Case, CaseFactory, Outputs
 
 LATENT, ROPE = 512, 64
 SCALE = 192**-0.5  # DeepSeek: 1/sqrt(qk_nope 128 + rope 64)

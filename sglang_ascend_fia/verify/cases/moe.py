@@ -1,7 +1,7 @@
 """``verify-ops`` cases for the MoE ops: gating, init/finalize routing, SwiGLU.
 
-Protocol and helpers: :mod:`sglang_ascend_fia.verify_cases_util`; quantisation ops live in
-:mod:`.verify_cases_quant`. Integer outputs (expert ids, row indices, counts) must match exactly;
+Protocol and helpers: :mod:`.common`; quantisation ops live in
+:mod:`.quant`. Integer outputs (expert ids, row indices, counts) must match exactly;
 outputs are restricted to what the docs define: routed rows only (``[:avail]``), key-value pairs
 up to the terminator, ``norm_out`` only with ``out_flag``, int8 results dequantised next to their
 scale. Gating inputs are continuous random values, so top-k ties (whose order no doc states)
@@ -9,13 +9,13 @@ do not occur; the fp16 cases and the bf16 group-max case use well-separated scor
 permutation times a step) so the kernel's rounding cannot reorder close experts either. The first
 case of each op is sglang 0.5.23's call (see ``ops/moe.py``).
 
-Covered per op (enforced by ``tests/ops/test_verify_coverage.py``): every float dtype the kernel
+Covered per op (enforced by ``tests/verify/test_verify_coverage.py``): every float dtype the kernel
 takes (and int8 where it takes it); gating softmax 2-D/3-D with and without ``finished``, k=1 and
 k>1; gating top-k with softmax/sigmoid, with/without bias, ungrouped and both group-select modes,
 renorm 0/1, out_flag on/off; init routing with quant_mode -1/1, every expert_tokens_num_type,
 row_idx_type 0/1, full and partial expert ranges, with and without ``scale``; finalize routing in
 drop_pad_mode 0/2, with and without scales, skips and bias; SwiGLU along the last and other axes.
-Grouped matmul cases live in :mod:`.verify_cases_gmm`.
+Grouped matmul cases live in :mod:`.gmm`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 
 from sglang_ascend_fia import ops
-from sglang_ascend_fia.verify_cases_util import BF16, FP16, FP32, call, cpu, dequantised, gen
-from sglang_ascend_fia.verify_ops import Case, CaseFactory, Outputs
+from sglang_ascend_fia.verify.case import Case, CaseFactory, Outputs
+from sglang_ascend_fia.verify.cases.common import BF16, FP16, FP32, call, cpu, dequantised, gen
 
 
 def _topk_ids(tokens: int, experts: int, k: int, g: torch.Generator) -> torch.Tensor:

@@ -1,12 +1,12 @@
 """``verify-ops`` cases for the W8A8 ops: dynamic quant, int8 matmul, dequant-SwiGLU-quant.
 
-Protocol and helpers: :mod:`sglang_ascend_fia.verify_cases_util`. int8 results are returned
+Protocol and helpers: :mod:`.common`. int8 results are returned
 dequantised (``y * scale``) next to their scale, and inputs are scaled so that one int8 step
 (``rowmax / 127``) stays below the case's absolute tolerance: a one-step rounding difference on
 the NPU is then within tolerance, anything larger is not. The first case of each op is sglang
 0.5.23's call (``NPUW8A8Int8*LinearMethod``, ``NPUSwigluQuant``).
 
-Covered per op (enforced by ``tests/ops/test_verify_coverage.py``): ``dynamic_quant`` in fp16 and
+Covered per op (enforced by ``tests/verify/test_verify_coverage.py``): ``dynamic_quant`` in fp16 and
 bf16, 2-D and 3-D, without smooth scales, with one smooth row and with ``group_index`` groups,
 ``dst_type`` None and int8; ``quant_matmul`` with bf16 and fp16 output, fp32 and bf16 scales of
 shape (N,) and (1,), with and without per-token scales, no/int32/bf16/fp16/fp32 bias, 2-D and
@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 
 from sglang_ascend_fia import ops
-from sglang_ascend_fia.verify_cases_util import BF16, FP16, FP32, call, cpu, dequantised, gen
-from sglang_ascend_fia.verify_ops import Case, CaseFactory, Outputs
+from sglang_ascend_fia.verify.case import Case, CaseFactory, Outputs
+from sglang_ascend_fia.verify.cases.common import BF16, FP16, FP32, call, cpu, dequantised, gen
 
 
 def _int8(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
