@@ -30,6 +30,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	# The layer contract in pyproject.toml [tool.importlinter] (docs/architecture.md).
+	$(VENV)/bin/lint-imports --no-cache
 
 test: $(STAMP) lint
 	$(RUN) -m pytest $(PYTEST_ARGS)
