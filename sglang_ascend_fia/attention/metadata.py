@@ -28,3 +28,9 @@ class FIAMetadata:
     num_tokens: int
     # True when the tensors above are views of the capture-time buffers.
     graph_mode: bool = False
+    # New tokens per request (extend only): BSND ``actual_seq_lengths`` for the padded form.
+    q_lens: list[int] | None = None
+    # Padded BSND extend only (head dims TND + paged is not used at): the longest request's new
+    # tokens, and each query token's row in the ``[batch * max_q_len]`` padded layout.
+    max_q_len: int = 0
+    padded_rows: torch.Tensor | None = None

@@ -86,18 +86,22 @@ def make_runner(pool: Any, shape: Shape, page: int, max_reqs: int = 64, **overri
     )
     for key, value in overrides.items():
         setattr(runner, key, value)
+    if "dtype" in overrides and "kv_cache_dtype" not in overrides:
+        runner.kv_cache_dtype = runner.dtype  # sglang's "auto": the model's dtype
     return runner
 
 
-def make_layer(shape: Shape, layer_id: int) -> Any:
-    return SimpleNamespace(
-        layer_id=layer_id,
-        tp_q_head_num=shape.q_heads,
-        tp_k_head_num=shape.kv_heads,
-        tp_v_head_num=shape.kv_heads,
-        qk_head_dim=shape.head_dim,
-        v_head_dim=shape.head_dim,
+def make_layer(shape: Shape, layer_id: int, **kwargs: Any) -> Any:
+    """sglang's own ``RadixAttention`` (``kwargs``: logit_cap, attn_type, ... as a model sets)."""
+    from sglang.srt.layers.radix_attention import RadixAttention
+
+    return RadixAttention(
+        num_heads=shape.q_heads,
+        head_dim=shape.head_dim,
         scaling=shape.head_dim**-0.5,
+        num_kv_heads=shape.kv_heads,
+        layer_id=layer_id,
+        **kwargs,
     )
 
 
