@@ -176,3 +176,22 @@ def test_a_layer_the_factory_did_not_see_is_refused_not_computed_wrongly(
     k = torch.randn(3, TINY.kv_heads, TINY.head_dim)
     with pytest.raises(UnsupportedConfiguration, match="the FIA backend would compute it wrongly"):
         backend.forward(q, k, k.clone(), make_layer(TINY, 0, **layer_kwargs), fb)
+
+
+def test_doctor_shows_the_hand_off_rules_and_this_process_choice(
+    ascend_factory: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sglang_ascend_fia import cli
+
+    with pytest.raises(ImportError):
+        ascend_factory(_runner(monkeypatch, {"logit_cap": 30.0}))
+    report = cli.collect()
+    assert report["attention"]["hands_off"] == list(handoff.HANDOFF_RULES)
+    assert report["attention"]["decisions"][-1] == {
+        "backend": "sglang",
+        "reason": "layer 1: logit_cap=30.0 (logit soft-capping) is not implemented by FIA",
+    }
+    assert cli.doctor(as_json=False) == 0
+    printed = capsys.readouterr().out
+    assert "chosen in this process: sglang's own: layer 1: logit_cap=30.0" in printed
+    assert all(rule in printed for rule in handoff.HANDOFF_RULES)
