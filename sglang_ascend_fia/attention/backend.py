@@ -433,7 +433,7 @@ def _padded_rows(q_lens: list[int], max_q: int) -> torch.Tensor:
     lens = torch.tensor(q_lens, dtype=torch.long)
     starts = torch.arange(len(q_lens), dtype=torch.long) * max_q
     first_token = torch.cumsum(lens, 0) - lens
-    tokens = int(lens.sum())
+    tokens = sum(q_lens)
     within = torch.arange(tokens, dtype=torch.long) - torch.repeat_interleave(first_token, lens)
     return torch.repeat_interleave(starts, lens) + within
 
