@@ -52,6 +52,8 @@ _SPARSE_RIGHT_DOWN_CAUSAL = 3
 
 # Query/KV dtypes the FIA kernel documents for float attention.
 _NPU_DTYPES = (torch.float16, torch.bfloat16)
+# The reference ops also take float32 (the CPU test bed compares with HF in fp32).
+_REFERENCE_DTYPES = (*_NPU_DTYPES, torch.float32)
 
 
 def _device_type(device: object) -> str:
@@ -127,12 +129,17 @@ class AscendFIABackend(AttentionBackend):
                 f"{q_heads} query heads over {self.kv_heads} KV heads is not a GQA ratio FIA "
                 f"takes (an integer <= {MAX_GQA_RATIO})"
             )
+        dtype_name = str(self.data_type).removeprefix("torch.")
         if _device_type(self.device) == "npu" and self.data_type not in _NPU_DTYPES:
             # The reference ops also take fp32 (the CPU test bed compares against HF in fp32);
             # FIA itself does not, so refuse here instead of in the first forward.
             problems.append(
-                f"--dtype {str(self.data_type).removeprefix('torch.')} is not a dtype FIA takes "
-                "on an NPU (use bfloat16 or float16)"
+                f"--dtype {dtype_name} is not a dtype FIA takes on an NPU (use bfloat16 or float16)"
+            )
+        elif self.data_type not in _REFERENCE_DTYPES:
+            problems.append(
+                f"--dtype {dtype_name} is not a dtype FIA or its reference takes (use bfloat16 "
+                "or float16; float32 off the NPU only)"
             )
         if q_heads > MAX_HEADS:
             problems.append(f"{q_heads} query heads per rank exceed FIA's limit {MAX_HEADS}")

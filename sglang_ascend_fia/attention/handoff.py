@@ -34,9 +34,6 @@ HANDOFF_RULES = (
     "KV caches that are quantized, FP8, in another dtype than the model, or in the HND layout",
 )
 
-# KV-cache element types FIA takes for float attention (fp32 off the NPU only, by the reference).
-_FLOAT_KV_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
 
 @dataclass(frozen=True)
 class Decision:
@@ -107,7 +104,9 @@ def _kv_cache_reason(runner: Any) -> str | None:
     if getattr(pool, "is_quantized_kv_cache", False):
         return "quantized KV caches are not implemented by the FIA backend"
     kv_dtype = runner.kv_cache_dtype
-    if kv_dtype not in _FLOAT_KV_DTYPES or kv_dtype != runner.dtype:
+    # A cache in the model's own dtype stays with FIA; the backend refuses a model dtype that
+    # no FIA call takes (fp32 on an NPU, fp64), which sglang's own backend cannot run either.
+    if kv_dtype != runner.dtype:
         return (
             f"--kv-cache-dtype {str(kv_dtype).removeprefix('torch.')} with a "
             f"{str(runner.dtype).removeprefix('torch.')} model: the FIA backend reads a KV "

@@ -463,6 +463,13 @@ def test_float32_refused_on_an_npu(dtype: torch.dtype, monkeypatch: pytest.Monke
         AscendFIABackend(runner)
 
 
+def test_float64_refused_off_the_npu_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = make_pool("npu-fia", TINY, 128, 8, monkeypatch)
+    runner = make_runner(pool, TINY, 128, dtype=torch.float64)
+    with pytest.raises(UnsupportedConfiguration, match="--dtype float64 is not a dtype FIA or"):
+        AscendFIABackend(runner)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_any_float_dtype_runs_on_the_reference(
     dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
