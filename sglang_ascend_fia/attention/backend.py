@@ -28,7 +28,7 @@ from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 from sglang_ascend_fia import ops
 from sglang_ascend_fia.attention import handoff
 from sglang_ascend_fia.attention.kv_write import paged_view, write_kv
-from sglang_ascend_fia.attention.metadata import FIAMetadata
+from sglang_ascend_fia.attention.metadata import FIAMetadata, padded_rows
 from sglang_ascend_fia.ops._fia_rules import (
     MASK_TEMPLATE_SIZE,
     MAX_3D_CACHE_HIDDEN,
@@ -192,7 +192,7 @@ class AscendFIABackend(AttentionBackend):
         metadata = FIAMetadata(block_table, kv_lens, cum_q_lens, num_tokens, q_lens=q_lens)
         if not self._tnd_extend:
             metadata.max_q_len = max(q_lens, default=0)
-            metadata.padded_rows = _padded_rows(q_lens, metadata.max_q_len).to(
+            metadata.padded_rows = padded_rows(q_lens, metadata.max_q_len).to(
                 self.device, non_blocking=True
             )
         self.forward_metadata = metadata
@@ -433,16 +433,6 @@ def _reject_kwargs(kwargs: dict[str, Any]) -> None:
         raise NotImplementedError(
             f"sglang-ascend-fia: the FIA backend does not take {sorted(kwargs)}"
         )
-
-
-def _padded_rows(q_lens: list[int], max_q: int) -> torch.Tensor:
-    """Row of each query token in a ``[batch * max_q]`` padded layout (request-major)."""
-    lens = torch.tensor(q_lens, dtype=torch.long)
-    starts = torch.arange(len(q_lens), dtype=torch.long) * max_q
-    first_token = torch.cumsum(lens, 0) - lens
-    tokens = sum(q_lens)
-    within = torch.arange(tokens, dtype=torch.long) - torch.repeat_interleave(first_token, lens)
-    return torch.repeat_interleave(starts, lens) + within
 
 
 def _pad_rows(out: torch.Tensor, rows: int) -> torch.Tensor:

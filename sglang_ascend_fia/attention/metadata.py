@@ -34,3 +34,15 @@ class FIAMetadata:
     # tokens, and each query token's row in the ``[batch * max_q_len]`` padded layout.
     max_q_len: int = 0
     padded_rows: torch.Tensor | None = None
+
+
+def padded_rows(q_lens: list[int], max_q: int) -> torch.Tensor:
+    """Row of each query token in a ``[batch * max_q]`` padded layout (request-major), on the
+    host; built once per batch for the padded BSND prefill."""
+    lens = torch.tensor(q_lens, dtype=torch.long)
+    starts = torch.arange(len(q_lens), dtype=torch.long) * max_q
+    first_token = torch.cumsum(lens, 0) - lens
+    within = torch.arange(sum(q_lens), dtype=torch.long) - torch.repeat_interleave(
+        first_token, lens
+    )
+    return torch.repeat_interleave(starts, lens) + within
