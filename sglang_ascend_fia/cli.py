@@ -66,6 +66,16 @@ def _patch_rows(reason_if_inactive: str) -> list[dict[str, str]]:
     ]
 
 
+def _attention_rows() -> dict[str, Any]:
+    """When the FIA backend hands a model to sglang's own backend, and what this process chose."""
+    from sglang_ascend_fia.attention import handoff
+
+    return {
+        "hands_off": list(handoff.HANDOFF_RULES),
+        "decisions": [{"backend": d.backend, "reason": d.reason} for d in handoff.decisions()],
+    }
+
+
 def collect() -> dict[str, Any]:
     report: dict[str, Any] = {
         "versions": {
@@ -76,6 +86,7 @@ def collect() -> dict[str, Any]:
         },
         "device": _device(),
     }
+    report["attention"] = _attention_rows()
     try:
         settings = config.resolve()
     except config.ToggleError as exc:
@@ -131,6 +142,14 @@ def _print_report(report: dict[str, Any]) -> None:
     else:
         shown = "unset" if toggle["raw"] is None else repr(toggle["raw"])
         print(f"  {'ASCEND_USE_FIA':<18} {shown} -> {'on' if toggle['value'] else 'off'}")
+    attention = report["attention"]
+    print("\nattention: FIA serves causal MHA/GQA; sglang's own AscendAttnBackend serves")
+    for rule in attention["hands_off"]:
+        print(f"  - {rule}")
+    for d in attention["decisions"]:
+        chosen = "FIA" if d["backend"] == "fia" else f"sglang's own: {d['reason']}"
+        print(f"  chosen in this process: {chosen}")
+    print("  (a server logs its choice once per model runner at start-up)")
     print(f"\npatches ({len(report['patches'])}):")
     width = max((len(p["name"]) for p in report["patches"]), default=4)
     for p in report["patches"]:

@@ -6,7 +6,9 @@ sglang already keeps. A layer's forward then writes its K/V through ``ops`` and 
 
 - extend / mixed: TND queries over the whole batch, paged KV, cumulative query lengths and
   per-request full KV lengths (so a radix-cached or chunked prefix is attended), causal
-  ``sparse_mode=3`` aligned bottom-right;
+  ``sparse_mode=3`` aligned bottom-right. TND + paged only at the head dims sglang 0.5.23 runs
+  it at (``ops.tnd_paged_supported``); other head dims get one BSND call padded to the longest
+  request, with per-request ``actual_seq_lengths``;
 - decode: BSND queries ``[B, 1, N, D]``, paged KV, no mask.
 
 Compared with sglang 0.5.23's in-tree ``AscendAttnBackend`` this never loops over requests and
@@ -24,8 +26,9 @@ import torch
 from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 
 from sglang_ascend_fia import ops
+from sglang_ascend_fia.attention import handoff
 from sglang_ascend_fia.attention.kv_write import paged_view, write_kv
-from sglang_ascend_fia.attention.metadata import FIAMetadata
+from sglang_ascend_fia.attention.metadata import FIAMetadata, padded_rows
 from sglang_ascend_fia.ops._fia_rules import (
     MASK_TEMPLATE_SIZE,
     MAX_3D_CACHE_HIDDEN,
@@ -49,6 +52,8 @@ _SPARSE_RIGHT_DOWN_CAUSAL = 3
 
 # Query/KV dtypes the FIA kernel documents for float attention.
 _NPU_DTYPES = (torch.float16, torch.bfloat16)
+# The reference ops also take float32 (the CPU test bed compares with HF in fp32).
+_REFERENCE_DTYPES = (*_NPU_DTYPES, torch.float32)
 
 
 def _device_type(device: object) -> str:
@@ -60,44 +65,17 @@ class UnsupportedConfiguration(ValueError):
     """Startup-time refusal: this backend cannot serve the requested configuration."""
 
 
-def _refusal(runner: ModelRunner) -> str | None:
-    """Why this backend cannot serve ``runner``'s configuration, or None."""
-    from sglang.srt.runtime_context import get_parallel
-
-    if runner.use_mla_backend:
-        return "the model uses MLA; this backend serves MHA/GQA models"
-    if not runner.spec_algorithm.is_none() or runner.is_draft_worker:
-        return (
-            "speculative decoding (target-verify / draft modes) is not implemented by the FIA "
-            "backend yet; run without --speculative-algorithm"
-        )
-    if runner.model_config.is_encoder_decoder:
-        return "encoder-decoder (cross) attention is not implemented by the FIA backend"
-    if runner.is_hybrid_swa or runner.sliding_window_size is not None:
-        return "sliding-window attention is not implemented by the FIA backend"
-    parallel = get_parallel()
-    if parallel.attn_cp_size > 1 or parallel.dcp_enabled:
-        return "context parallel attention is not implemented by the FIA backend"
-    pool = runner.token_to_kv_pool
-    if not all(hasattr(pool, a) for a in ("head_num", "head_dim", "v_head_dim")):
-        return f"the KV pool {type(pool).__name__} is not an MHA token-to-KV pool"
-    if getattr(pool, "use_hnd", False):
-        return "the HND KV-cache layout (SGLANG_USE_HND_KVCACHE) is not paged the way FIA reads"
-    if getattr(pool, "is_quantized_kv_cache", False):
-        return "quantized KV caches are not implemented by the FIA backend"
-    return None
-
-
 class AscendFIABackend(AttentionBackend):
     """sglang ``AttentionBackend`` running MHA/GQA attention through FIA via ``ops``."""
 
     def __init__(self, model_runner: ModelRunner) -> None:
         super().__init__()
-        reason = _refusal(model_runner)
+        reason = handoff.handoff_reason(model_runner)
         if reason is not None:
+            # The registry hook hands such models to sglang's own backend before getting here.
             raise UnsupportedConfiguration(
-                f"sglang-ascend-fia: the 'ascend' attention backend cannot start: {reason} "
-                "(set ASCEND_USE_FIA=0 to use sglang's own backend)"
+                f"sglang-ascend-fia: the FIA attention backend cannot serve this model: {reason} "
+                "(sglang's own AscendAttnBackend serves it)"
             )
         self.device = model_runner.device
         self.page_size: int = model_runner.page_size
@@ -120,6 +98,10 @@ class AscendFIABackend(AttentionBackend):
             ),
             diagonal=1,
         )
+        # Prefill takes one TND call where upstream proves it, else one padded BSND call.
+        self._tnd_extend = ops.tnd_paged_supported(self.head_dim, self.v_head_dim)
+        # Layers already checked for what FIA does not implement (see _check_layer).
+        self._checked_layers: set[int] = set()
         self.forward_metadata: FIAMetadata | None = None
         # Graph mode: static block-table buffer and the per-batch-size metadata bound at capture.
         self._graph_block_table: torch.Tensor | None = None
@@ -133,7 +115,9 @@ class AscendFIABackend(AttentionBackend):
         )
 
     def _validate_configuration(self, q_heads: int) -> None:
-        """Refuse at startup what FIA would reject in kernel tiling (notes §2.4, §3.1)."""
+        """Refuse at startup what no backend can run: the FIA kernel's documented page-size,
+        head and dtype limits (torch_npu ``npu_fused_infer_attention_score`` doc; see
+        ``ops._fia_rules``), each named with its legal values."""
         problems: list[str] = []
         try:
             # Prompt calls need a multiple of 128 in [128, 512]; decode calls 16-aligned <= 512.
@@ -145,12 +129,17 @@ class AscendFIABackend(AttentionBackend):
                 f"{q_heads} query heads over {self.kv_heads} KV heads is not a GQA ratio FIA "
                 f"takes (an integer <= {MAX_GQA_RATIO})"
             )
+        dtype_name = str(self.data_type).removeprefix("torch.")
         if _device_type(self.device) == "npu" and self.data_type not in _NPU_DTYPES:
             # The reference ops also take fp32 (the CPU test bed compares against HF in fp32);
             # FIA itself does not, so refuse here instead of in the first forward.
             problems.append(
-                f"--dtype {str(self.data_type).removeprefix('torch.')} is not a dtype FIA takes "
-                "on an NPU (use bfloat16 or float16)"
+                f"--dtype {dtype_name} is not a dtype FIA takes on an NPU (use bfloat16 or float16)"
+            )
+        elif self.data_type not in _REFERENCE_DTYPES:
+            problems.append(
+                f"--dtype {dtype_name} is not a dtype FIA or its reference takes (use bfloat16 "
+                "or float16; float32 off the NPU only)"
             )
         if q_heads > MAX_HEADS:
             problems.append(f"{q_heads} query heads per rank exceed FIA's limit {MAX_HEADS}")
@@ -195,12 +184,18 @@ class AscendFIABackend(AttentionBackend):
             // self.page_size
         ).to(torch.int32)
         if mode.is_decode_or_idle():
-            cum_q_lens = None
-            num_tokens = bs
-        else:
-            cum_q_lens = list(itertools.accumulate(forward_batch.extend_seq_lens_cpu))
-            num_tokens = cum_q_lens[-1] if cum_q_lens else 0
-        self.forward_metadata = FIAMetadata(block_table, kv_lens, cum_q_lens, num_tokens)
+            self.forward_metadata = FIAMetadata(block_table, kv_lens, None, bs)
+            return
+        q_lens = list(forward_batch.extend_seq_lens_cpu)
+        cum_q_lens = list(itertools.accumulate(q_lens))
+        num_tokens = cum_q_lens[-1] if cum_q_lens else 0
+        metadata = FIAMetadata(block_table, kv_lens, cum_q_lens, num_tokens, q_lens=q_lens)
+        if not self._tnd_extend:
+            metadata.max_q_len = max(q_lens, default=0)
+            metadata.padded_rows = padded_rows(q_lens, metadata.max_q_len).to(
+                self.device, non_blocking=True
+            )
+        self.forward_metadata = metadata
 
     @staticmethod
     def _kv_lens(forward_batch: ForwardBatch) -> list[int]:
@@ -297,12 +292,18 @@ class AscendFIABackend(AttentionBackend):
     ) -> torch.Tensor:
         """Prefill, chunked prefill and prefix-cached extend: one TND paged FIA call."""
         _reject_kwargs(kwargs)
+        self._check_layer(layer)
         metadata = self._metadata()
         k_cache, v_cache = self._kv_caches(layer)
         if save_kv_cache:
             self._save_kv(layer, forward_batch, k, v, k_cache, v_cache)
         rows = q.shape[0]
+        # FIA takes only contiguous tensors; some models pass q as a view of a fused qkv.
         query = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)[: metadata.num_tokens]
+        query = query.contiguous()
+        if metadata.padded_rows is not None:
+            out = self._extend_padded_bsnd(query, layer, metadata, k_cache, v_cache)
+            return _pad_rows(out, rows)
         out, _ = ops.fused_infer_attention_score(
             query,
             paged_view(k_cache, self.page_size, layer.tp_k_head_num, layer.qk_head_dim),
@@ -320,6 +321,40 @@ class AscendFIABackend(AttentionBackend):
         )
         out = out.reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
         return _pad_rows(out, rows)
+
+    def _extend_padded_bsnd(
+        self,
+        query: torch.Tensor,
+        layer: RadixAttention,
+        metadata: FIAMetadata,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+    ) -> torch.Tensor:
+        """One BSND paged call padded to the longest request (the documented multi-request
+        prompt form), for head dims TND + paged is not proven at; sglang loops per request."""
+        assert metadata.padded_rows is not None
+        bs, max_q = len(metadata.kv_lens), metadata.max_q_len
+        heads, dim = layer.tp_q_head_num, layer.qk_head_dim
+        padded = query.new_zeros(bs * max_q, heads, dim)
+        padded.index_copy_(0, metadata.padded_rows, query)
+        prompt = max_q > 1  # Q_S=1 is the decode branch: no mask, lengths ignored (doc)
+        out, _ = ops.fused_infer_attention_score(
+            padded.view(bs, max_q, heads, dim),
+            paged_view(k_cache, self.page_size, layer.tp_k_head_num, layer.qk_head_dim),
+            paged_view(v_cache, self.page_size, layer.tp_v_head_num, layer.v_head_dim),
+            atten_mask=self.mask_template if prompt else None,
+            actual_seq_lengths=metadata.q_lens if prompt else None,
+            actual_seq_lengths_kv=metadata.kv_lens,
+            block_table=metadata.block_table,
+            num_heads=heads,
+            scale=layer.scaling,
+            input_layout="BSND",
+            num_key_value_heads=layer.tp_k_head_num,
+            sparse_mode=_SPARSE_RIGHT_DOWN_CAUSAL if prompt else 0,
+            block_size=self.page_size,
+        )
+        flat = out.reshape(bs * max_q, heads * layer.v_head_dim)
+        return flat.index_select(0, metadata.padded_rows)
 
     def forward_mixed(
         self,
@@ -346,13 +381,14 @@ class AscendFIABackend(AttentionBackend):
     ) -> torch.Tensor:
         """One BSND paged FIA call, no mask (a decode mask cost ~10% in vllm-ascend)."""
         _reject_kwargs(kwargs)
+        self._check_layer(layer)
         metadata = self._metadata()
         k_cache, v_cache = self._kv_caches(layer)
         if save_kv_cache:
             self._save_kv(layer, forward_batch, k, v, k_cache, v_cache)
         rows = q.shape[0]
         bs = metadata.num_tokens
-        query = q.reshape(rows, layer.tp_q_head_num, layer.qk_head_dim)[:bs]
+        query = q.reshape(rows, layer.tp_q_head_num, layer.qk_head_dim)[:bs].contiguous()
         out, _ = ops.fused_infer_attention_score(
             query.unsqueeze(1),
             paged_view(k_cache, self.page_size, layer.tp_k_head_num, layer.qk_head_dim),
@@ -367,6 +403,20 @@ class AscendFIABackend(AttentionBackend):
         )
         out = out.reshape(bs, layer.tp_q_head_num * layer.v_head_dim)
         return _pad_rows(out, rows)
+
+    def _check_layer(self, layer: RadixAttention) -> None:
+        """Refuse, once per layer, a layer FIA would compute wrongly (logit_cap, non-causal,
+        cross, sliding window). The registry hook hands such models to sglang's own backend
+        at start-up, so this fires only for a layer it could not see."""
+        if layer.layer_id in self._checked_layers:
+            return
+        reason = handoff.layer_reason(layer)
+        if reason is not None:
+            raise UnsupportedConfiguration(
+                f"sglang-ascend-fia: layer {layer.layer_id}: {reason}; the FIA backend would "
+                "compute it wrongly"
+            )
+        self._checked_layers.add(layer.layer_id)
 
     def _metadata(self) -> FIAMetadata:
         if self.forward_metadata is None:

@@ -42,13 +42,15 @@ def write_kv(
     # aclnnScatterNdUpdate wants [N, 1] indices and 3-D [slot, H, D] tensors
     # (memory_pool_npu.py:331-346 flattens the 4-D FIA view for the same reason).
     indices = loc.reshape(rows, 1)
+    # Contiguous updates, as sglang's own NPU pool writes them (memory_pool_npu.py:331-346):
+    # some models pass k/v as views of a fused qkv projection.
     ops.scatter_nd_update_(
         token_rows(k_buffer, heads, head_dim),
         indices,
-        cache_k.reshape(rows, heads, head_dim).to(k_buffer.dtype),
+        cache_k.reshape(rows, heads, head_dim).to(k_buffer.dtype).contiguous(),
     )
     ops.scatter_nd_update_(
         token_rows(v_buffer, v_heads, v_head_dim),
         indices,
-        cache_v.reshape(rows, v_heads, v_head_dim).to(v_buffer.dtype),
+        cache_v.reshape(rows, v_heads, v_head_dim).to(v_buffer.dtype).contiguous(),
     )

@@ -28,3 +28,21 @@ class FIAMetadata:
     num_tokens: int
     # True when the tensors above are views of the capture-time buffers.
     graph_mode: bool = False
+    # New tokens per request (extend only): BSND ``actual_seq_lengths`` for the padded form.
+    q_lens: list[int] | None = None
+    # Padded BSND extend only (head dims TND + paged is not used at): the longest request's new
+    # tokens, and each query token's row in the ``[batch * max_q_len]`` padded layout.
+    max_q_len: int = 0
+    padded_rows: torch.Tensor | None = None
+
+
+def padded_rows(q_lens: list[int], max_q: int) -> torch.Tensor:
+    """Row of each query token in a ``[batch * max_q]`` padded layout (request-major), on the
+    host; built once per batch for the padded BSND prefill."""
+    lens = torch.tensor(q_lens, dtype=torch.long)
+    starts = torch.arange(len(q_lens), dtype=torch.long) * max_q
+    first_token = torch.cumsum(lens, 0) - lens
+    within = torch.arange(sum(q_lens), dtype=torch.long) - torch.repeat_interleave(
+        first_token, lens
+    )
+    return torch.repeat_interleave(starts, lens) + within

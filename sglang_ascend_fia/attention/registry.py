@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
 # The manifest entries whose hooks live here (checked against patches/ by the tests).
 __sglang_patches__ = ("ascend-fia-backend",)
-
-logger = logging.getLogger(__name__)
 
 
 def create_ascend_fia_backend(
@@ -17,17 +14,23 @@ def create_ascend_fia_backend(
 ) -> Any:
     """wrapt wrapper around sglang's ``create_ascend_backend(runner)``.
 
-    MHA/GQA models get :class:`AscendFIABackend`. MLA models keep sglang's own
-    ``AscendAttnBackend`` (the call goes to ``wrapped``), which this backend does not replace.
+    Causal MHA/GQA models get :class:`AscendFIABackend`. A model or setting the FIA backend does
+    not implement (:func:`handoff.handoff_reason`: MLA, sliding window, sinks, non-causal or
+    cross attention, logit_cap, speculative decoding, context parallel, non-float or HND KV
+    caches) keeps sglang's own ``AscendAttnBackend`` (the call goes to ``wrapped``), with one
+    log line naming the reason.
     """
+    # Imported here: these modules import sglang's attention classes, which must not load
+    # before sglang itself asks for a backend.
+    from sglang_ascend_fia.attention import handoff
+
     runner = args[0] if args else kwargs["runner"]
-    if runner.use_mla_backend:
-        logger.info(
-            "sglang-ascend-fia: MLA model; the 'ascend' backend stays sglang's AscendAttnBackend"
-        )
+    reason = handoff.handoff_reason(runner)
+    if reason is not None:
+        handoff.record(handoff.Decision("sglang", reason))
         return wrapped(*args, **kwargs)
-    # Imported here: the backend module imports sglang's attention base classes, which must
-    # not load before sglang itself asks for a backend.
     from sglang_ascend_fia.attention.backend import AscendFIABackend
 
-    return AscendFIABackend(runner)
+    backend = AscendFIABackend(runner)
+    handoff.record(handoff.Decision("fia", ""))
+    return backend

@@ -5,7 +5,12 @@ On an NPU tensor each op calls ``torch_npu``; anywhere else it runs the referenc
 """
 
 from sglang_ascend_fia.ops._dispatch import launch_counts, npu_op, reset_launch_counts
-from sglang_ascend_fia.ops._fia_rules import check_block_size, check_page_size, legal_page_sizes
+from sglang_ascend_fia.ops._fia_rules import (
+    check_block_size,
+    check_page_size,
+    legal_page_sizes,
+    tnd_paged_supported,
+)
 from sglang_ascend_fia.ops.attention import (
     fused_infer_attention_score,
     fused_infer_attention_score_v2,
@@ -45,4 +50,5 @@ __all__ = [
     "scatter_nd_update_",
     "scatter_pa_kv_cache",
     "swiglu",
+    "tnd_paged_supported",
 ]

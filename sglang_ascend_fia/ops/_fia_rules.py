@@ -52,6 +52,12 @@ TND_HEADS = (8, 16, 32, 64, 128)  # v1: "N等于8/16/32/64/128, 且Q_N、K_N、V
 TND_MAX_TOKENS = {1: 65536, 2: 1 << 20}  # v1 "T小于等于65536"; v2 "T小于等于1M"
 TND_MAX_BATCH_V2 = 4096  # v2: "actual_seq_qlen和actual_seq_kvlen的元素个数不大于4096"
 
+# TND with page attention: the (D, V_D) pairs sglang 0.5.23 sends through one multi-request TND
+# paged call (``_can_use_tnd``, hardware_backend/npu/attention/ascend_backend.py:459-464). Its
+# comment says newer CANN supports multi-batch there; the public doc states no such form, so
+# only the pairs upstream runs on hardware are accepted (inferred).
+TND_PAGED_HEAD_DIMS = ((128, 128), (192, 192), (256, 256), (192, 128))
+
 # MLA (query_rope/key_rope).
 MLA_DIM = 512
 MLA_ROPE_DIM = 64
@@ -258,6 +264,23 @@ def check_sizes(c: CallShape) -> None:
             "query",
             f"N*D={c.num_heads * c.q_dim}",
             f"Q_S>1 with input_layout={c.input_layout} needs N*D < {MAX_PROMPT_HIDDEN}",
+        )
+
+
+def tnd_paged_supported(head_dim: int, v_head_dim: int) -> bool:
+    """Whether a TND query with page attention is accepted at these head dims (see above)."""
+    return (head_dim, v_head_dim) in TND_PAGED_HEAD_DIMS
+
+
+def check_tnd_paged(c: CallShape) -> None:
+    """TND with page attention, without rope: only at :data:`TND_PAGED_HEAD_DIMS` (inferred)."""
+    if not tnd_paged_supported(c.q_dim, c.v_dim):
+        fail(
+            "query/value D",
+            (c.q_dim, c.v_dim),
+            f"TND with page attention is accepted only at (D, V_D) in {TND_PAGED_HEAD_DIMS}, "
+            "the pairs sglang 0.5.23 runs on hardware (ascend_backend.py:459-464); use BSND "
+            "with per-request actual_seq_lengths for other head dims",
         )
 
 

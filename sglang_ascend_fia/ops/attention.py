@@ -307,9 +307,10 @@ def fused_infer_attention_score(
       rejected alternative: ``h % Nkv``).
     - **Page attention**: ``block_table`` int32 ``[B, ≥ max blocks]`` (-1 allowed past a
       request's length), ``block_size``, caches ``(blocks, block_size, Nkv*D)`` (Nkv*D ≤ 65535)
-      or, for BNSD/TND queries, ``(blocks, Nkv, block_size, D)``, with at least as many blocks
-      as the KV lengths need. Token j of request b is
-      ``cache[block_table[b, j // block_size], j % block_size]``. Block-size rules:
+      or, for BNSD/TND queries, ``(blocks, Nkv, block_size, D)``. Requests may share blocks
+      (sglang's radix cache does), so the doc's "block count >= the sum of each request's
+      blocks" is not enforced; the reference refuses an id outside the cache. Token j of
+      request b is ``cache[block_table[b, j // block_size], j % block_size]``. Block-size rules:
       :func:`sglang_ascend_fia.ops.check_block_size`.
     - **Masks** (True/1 = masked): ``sparse_mode`` 0 — ``atten_mask`` None means none, else an
       explicit mask; 1 — explicit mask required; 2 — leftUpCausal, masked iff ``j > i``;
@@ -320,6 +321,9 @@ def fused_infer_attention_score(
       contents are not read. Q_S=1 without rope ignores ``sparse_mode`` (doc), so the template
       then masks nothing. With page attention an explicit mask spans at least the block
       table's width × block_size (Q_S=1) or the longest request's blocks (Q_S>1).
+    - **TND with page attention** (no rope): only at (D, V_D) = (128, 128), (192, 192),
+      (256, 256) or (192, 128), the head dims sglang 0.5.23 runs it at (``_can_use_tnd``,
+      ``ascend_backend.py:459-464``); the doc states no multi-request TND paged form (inferred).
     - **TND without page attention** (doc section of its own): N in 8/16/32/64/128 with
       Q_N = K_N = V_N, Q_D = K_D = 192 and V_D 128 or 192 (with rope: 128/128/128 and rope D 64,
       the v2 doc's rule), T ≤ 65536, bf16 only, sparse_mode 0 without a mask, 3 or 4 with one.

@@ -86,18 +86,22 @@ def make_runner(pool: Any, shape: Shape, page: int, max_reqs: int = 64, **overri
     )
     for key, value in overrides.items():
         setattr(runner, key, value)
+    if "dtype" in overrides and "kv_cache_dtype" not in overrides:
+        runner.kv_cache_dtype = runner.dtype  # sglang's "auto": the model's dtype
     return runner
 
 
-def make_layer(shape: Shape, layer_id: int) -> Any:
-    return SimpleNamespace(
-        layer_id=layer_id,
-        tp_q_head_num=shape.q_heads,
-        tp_k_head_num=shape.kv_heads,
-        tp_v_head_num=shape.kv_heads,
-        qk_head_dim=shape.head_dim,
-        v_head_dim=shape.head_dim,
+def make_layer(shape: Shape, layer_id: int, **kwargs: Any) -> Any:
+    """sglang's own ``RadixAttention`` (``kwargs``: logit_cap, attn_type, ... as a model sets)."""
+    from sglang.srt.layers.radix_attention import RadixAttention
+
+    return RadixAttention(
+        num_heads=shape.q_heads,
+        head_dim=shape.head_dim,
         scaling=shape.head_dim**-0.5,
+        num_kv_heads=shape.kv_heads,
+        layer_id=layer_id,
+        **kwargs,
     )
 
 
@@ -121,6 +125,19 @@ class Requests:
         rows = list(range(1, n + 1))  # row 0 is sglang's padding row
         return cls(page, pages, req_to_token, rows, [0] * n, free, [[] for _ in range(n)])
 
+    def share_prefix(self, src: int, dst: int, pages: int) -> None:
+        """Point request ``dst`` (empty) at the first ``pages`` pages of request ``src``, as
+        sglang's radix cache does for a prefix hit: no new pages, the same slot ids."""
+        assert self.lens[dst] == 0 and self.lens[src] >= pages * self.page
+        self._owned[dst] = self._owned[src][:pages]
+        tokens = pages * self.page
+        self.req_to_token[self.rows[dst], :tokens] = self.req_to_token[self.rows[src], :tokens]
+        self.lens[dst] = tokens
+
+    def pages_in_use(self) -> int:
+        """Distinct pages the requests hold (shared pages once)."""
+        return len({p for owned in self._owned for p in owned})
+
     def extend(self, i: int, new: int) -> torch.Tensor:
         """Allocate ``new`` more slots for request ``i``; return their slot ids."""
         start = self.lens[i]
@@ -136,15 +153,24 @@ class Requests:
         return torch.tensor(slots, dtype=torch.int64)
 
 
-def forward_batch(mode: Any, reqs: Requests, new_lens: list[int], out_cache_loc: torch.Tensor):
-    seq_lens = torch.tensor(reqs.lens, dtype=torch.int64)
+def forward_batch(
+    mode: Any,
+    reqs: Requests,
+    new_lens: list[int],
+    out_cache_loc: torch.Tensor,
+    which: list[int] | None = None,
+):
+    """A ``ForwardBatch`` stand-in over requests ``which`` (default: all), in that order."""
+    which = list(range(len(reqs.lens))) if which is None else which
+    lens = [reqs.lens[i] for i in which]
+    seq_lens = torch.tensor(lens, dtype=torch.int64)
     return SimpleNamespace(
         forward_mode=mode,
-        batch_size=len(reqs.lens),
+        batch_size=len(which),
         seq_lens=seq_lens,
         seq_lens_cpu=seq_lens.clone(),
-        req_pool_indices=torch.tensor(reqs.rows, dtype=torch.int64),
+        req_pool_indices=torch.tensor([reqs.rows[i] for i in which], dtype=torch.int64),
         extend_seq_lens_cpu=list(new_lens),
-        extend_prefix_lens_cpu=[n - q for n, q in zip(reqs.lens, new_lens, strict=True)],
+        extend_prefix_lens_cpu=[n - q for n, q in zip(lens, new_lens, strict=True)],
         out_cache_loc=out_cache_loc,
     )

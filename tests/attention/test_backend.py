@@ -53,9 +53,19 @@ def oracle(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> t
 class Harness:
     """One backend over one pool, with the K/V history of every request kept for the oracle."""
 
-    def __init__(self, shape: Shape, page: int, pool_kind: str, n_reqs: int, monkeypatch: Any):
+    def __init__(
+        self,
+        shape: Shape,
+        page: int,
+        pool_kind: str,
+        n_reqs: int,
+        monkeypatch: Any,
+        pages: int | None = None,
+        views: bool = False,
+    ):
         self.shape = shape
-        pages = max(PAGES, 2 * n_reqs + 2)  # room for two pages per request
+        self.views = views  # q/k/v as views of one fused qkv projection, as gpt2.py passes them
+        pages = pages or max(PAGES, 2 * n_reqs + 2)  # default: room for two pages per request
         pool = make_pool(pool_kind, shape, page, pages, monkeypatch)
         self.runner = make_runner(pool, shape, page)
         self.backend = AscendFIABackend(self.runner)
@@ -72,30 +82,53 @@ class Harness:
     def _rand(self, *size: int) -> torch.Tensor:
         return torch.randn(*size, generator=self.gen)
 
-    def batch(self, mode: ForwardMode, new_lens: list[int]) -> Any:
-        locs = [self.reqs.extend(i, n) for i, n in enumerate(new_lens)]
-        return forward_batch(mode, self.reqs, new_lens, torch.cat(locs))
+    def batch(self, mode: ForwardMode, new_lens: list[int], which: list[int] | None = None) -> Any:
+        which = list(range(len(new_lens))) if which is None else which
+        locs = [self.reqs.extend(r, n) for r, n in zip(which, new_lens, strict=True)]
+        return forward_batch(mode, self.reqs, new_lens, torch.cat(locs), which)
 
-    def step(self, mode: ForwardMode, new_lens: list[int]) -> list[tuple[torch.Tensor, ...]]:
+    def share_prefix(self, src: int, dst: int, pages: int) -> None:
+        """Request ``dst`` starts on ``src``'s first ``pages`` pages (a radix-cache hit)."""
+        self.reqs.share_prefix(src, dst, pages)
+        tokens = pages * self.reqs.page
+        for layer_history in self.history:
+            k, v = layer_history[src]
+            layer_history[dst] = (k[:tokens], v[:tokens])
+
+    def step(
+        self, mode: ForwardMode, new_lens: list[int], which: list[int] | None = None
+    ) -> list[tuple[torch.Tensor, ...]]:
         """Run one forward over every layer; return (output, oracle) per layer."""
-        fb = self.batch(mode, new_lens)
+        which = list(range(len(new_lens))) if which is None else which
+        fb = self.batch(mode, new_lens, which)
         self.backend.init_forward_metadata(fb)
-        return [self.run_layer(i, fb, new_lens) for i in range(len(self.layers))]
+        return [self.run_layer(i, fb, new_lens, which) for i in range(len(self.layers))]
 
-    def run_layer(self, i: int, fb: Any, new_lens: list[int]) -> tuple[torch.Tensor, ...]:
+    def _qkv(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         s = self.shape
-        tokens = sum(new_lens)
-        q = self._rand(tokens, s.q_heads * s.head_dim)
-        k = self._rand(tokens, s.kv_heads, s.head_dim)
-        v = self._rand(tokens, s.kv_heads, s.head_dim)
+        sizes = [s.q_heads * s.head_dim, s.kv_heads * s.head_dim, s.kv_heads * s.head_dim]
+        if self.views:
+            # Views into one [tokens, (Hq + 2 Hkv) * D] tensor: none of them is contiguous.
+            q, k, v = self._rand(tokens, sum(sizes)).split(sizes, dim=-1)
+            assert not (q.is_contiguous() or k.is_contiguous() or v.is_contiguous())
+        else:
+            q, k, v = (self._rand(tokens, size) for size in sizes)
+        return q, k.view(tokens, s.kv_heads, s.head_dim), v.view(tokens, s.kv_heads, s.head_dim)
+
+    def run_layer(
+        self, i: int, fb: Any, new_lens: list[int], which: list[int] | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        s = self.shape
+        which = list(range(len(new_lens))) if which is None else which
+        q, k, v = self._qkv(sum(new_lens))
         out = self.backend.forward(q, k, v, self.layers[i], fb)
         expected, start = [], 0
-        for r, n in enumerate(new_lens):
+        for r, n in zip(which, new_lens, strict=True):
             old_k, old_v = self.history[i][r]
             full_k = torch.cat([old_k, k[start : start + n]])
             full_v = torch.cat([old_v, v[start : start + n]])
             self.history[i][r] = (full_k, full_v)
-            q_r = q[start : start + n].view(n, s.q_heads, s.head_dim)
+            q_r = q[start : start + n].reshape(n, s.q_heads, s.head_dim)
             expected.append(oracle(q_r, full_k, full_v, self.layers[i].scaling))
             start += n
         return out, torch.cat(expected)
@@ -121,6 +154,75 @@ def test_prefill_prefix_extend_and_decode_match_oracle(
     assert_close(h.step(ForwardMode.MIXED, [1, 9, 1]))
     for _ in range(3):
         assert_close(h.step(ForwardMode.DECODE, [1, 1, 1]))
+
+
+def record_layouts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record each FIA call's ``input_layout`` (the call itself still runs)."""
+    layouts: list[str] = []
+    real = ops.fused_infer_attention_score
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        layouts.append(kwargs["input_layout"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "fused_infer_attention_score", recording)
+    return layouts
+
+
+@pytest.mark.parametrize(
+    ("shape", "extend_layout"),
+    [(Shape(4, 2, 64), "BSND"), (Shape(2, 1, 256), "TND"), (Shape(6, 2, 80), "BSND")],
+    ids=lambda v: v.id if isinstance(v, Shape) else v,
+)
+def test_head_dims_use_tnd_only_where_upstream_does(
+    shape: Shape, extend_layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """D 64/80 (Qwen2.5-0.5B, Phi-3-mini): prefill is one padded BSND call per layer; D 256 one
+    TND call. Both match the oracle, with prefixes, mixed batches and ragged lengths."""
+    h = Harness(shape, 128, "npu-fia", n_reqs=3, monkeypatch=monkeypatch)
+    layouts = record_layouts(monkeypatch)
+    assert_close(h.step(ForwardMode.EXTEND, [5, 130, 1]))
+    assert_close(h.step(ForwardMode.EXTEND, [70, 1, 129]))
+    assert_close(h.step(ForwardMode.MIXED, [1, 9, 1]))
+    assert_close(h.step(ForwardMode.EXTEND, [1, 1, 1]))  # every request one new token
+    assert layouts == [extend_layout] * (4 * shape.layers)
+    layouts.clear()
+    assert_close(h.step(ForwardMode.DECODE, [1, 1, 1]))
+    assert layouts == ["BSND"] * shape.layers
+
+
+def test_views_of_a_fused_qkv_are_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    """q, k and v as views of one fused qkv projection (gpt2.py's ``chunk``): FIA gets a
+    contiguous query and the KV write contiguous rows, at both prefill forms and decode."""
+    written: list[bool] = []
+    real_scatter = ops.scatter_nd_update_
+
+    def scatter(target: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor) -> Any:
+        written.append(updates.is_contiguous())
+        return real_scatter(target, indices, updates)
+
+    monkeypatch.setattr(ops, "scatter_nd_update_", scatter)
+    for shape in (TINY, Shape(2, 1, 128)):
+        h = Harness(shape, 128, "npu-fia", n_reqs=2, monkeypatch=monkeypatch, views=True)
+        assert_close(h.step(ForwardMode.EXTEND, [7, 130]))
+        assert_close(h.step(ForwardMode.EXTEND, [3, 2]))
+        assert_close(h.step(ForwardMode.DECODE, [1, 1]))
+    assert written and all(written)
+
+
+def test_many_requests_decode_on_shared_prefix_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sglang's radix cache: eight requests start on request 0's two prefix pages and decode in
+    one batch. Their pages sum to 24 in a pool of 12; every layer matches the oracle."""
+    n = 8
+    h = Harness(TINY, 128, "npu-fia", n_reqs=n, monkeypatch=monkeypatch, pages=12)
+    assert_close(h.step(ForwardMode.EXTEND, [2 * 128 + 5], which=[0]))
+    for r in range(1, n):
+        h.share_prefix(0, r, pages=2)
+    assert_close(h.step(ForwardMode.EXTEND, [3 + r for r in range(1, n)], which=list(range(1, n))))
+    for _ in range(3):
+        assert_close(h.step(ForwardMode.DECODE, [1] * n))
+    per_request = sum(-(-length // 128) for length in h.reqs.lens)
+    assert per_request == 3 * n > 12 >= h.reqs.pages_in_use()
 
 
 def test_full_qwen25_7b_head_layout(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -257,8 +359,9 @@ class FakeNPUGraph:
 
 
 def test_graph_replay_rebinds_kv_lengths(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Capture a decode at one set of lengths, replay at another via the
-    ``actual_seq_lengths_kv`` update: the replayed output equals an eager decode."""
+    """Capture a decode the way NPUGraphRunner does (every length 0, every ``req_pool_indices``
+    0: npu_graph_runner.py:335-347 pads with those), then replay twice at real lengths via the
+    ``actual_seq_lengths_kv`` update: the replayed output equals an eager decode each time."""
     shape = TINY
     h = Harness(shape, 128, "npu-fia", n_reqs=3, monkeypatch=monkeypatch)
     h.step(ForwardMode.EXTEND, [20, 140, 7])
@@ -266,38 +369,41 @@ def test_graph_replay_rebinds_kv_lengths(monkeypatch: pytest.MonkeyPatch) -> Non
     layer = h.layers[0]
     q_static = torch.randn(3, shape.q_heads * shape.head_dim)
 
-    def decode_batch(lens: list[int]) -> Any:
+    def decode_batch(lens: list[int], rows: list[int]) -> Any:
         fb = forward_batch(ForwardMode.DECODE, h.reqs, [1] * 3, torch.zeros(3, dtype=torch.long))
         fb.seq_lens_cpu = torch.tensor(lens)
+        fb.seq_lens = fb.seq_lens_cpu.clone()
+        fb.req_pool_indices = torch.tensor(rows)
         return fb
 
     graph = FakeNPUGraph()
-    capture_lens = [21, 141, 8]
-    h.backend.init_forward_metadata_out_graph(decode_batch(capture_lens), in_capture=True)
+    capture_fb = decode_batch([0, 0, 0], [0, 0, 0])
+    h.backend.init_forward_metadata_out_graph(capture_fb, in_capture=True)
     out_static = graph.capture(
-        monkeypatch,
-        lambda: h.backend.forward(q_static, None, None, layer, decode_batch(capture_lens)),
+        monkeypatch, lambda: h.backend.forward(q_static, None, None, layer, capture_fb)
     )
     assert graph.bound_lists == [h.backend.forward_metadata.kv_lens]
     assert graph.bound_lists[0] is h.backend.forward_metadata.kv_lens
 
-    # Next step: two requests grew by one token each (already in the cache), one by 60.
-    for i, n in enumerate((1, 1, 60)):
-        h.reqs.extend(i, n)
-    replay_lens = list(h.reqs.lens)
-    q_static.copy_(torch.randn_like(q_static))
-    h.backend.init_forward_metadata_out_graph(decode_batch(replay_lens))  # replay: in place
-    graph.replay()
-    stale = out_static.clone()
-    graph.update(cpu_update_input=[{"actual_seq_lengths_kv": replay_lens}])
-    graph.replay()
+    for growth in ((1, 1, 60), (130, 2, 1)):
+        # Next step: the requests grew (the new tokens are already in the cache).
+        for i, n in enumerate(growth):
+            h.reqs.extend(i, n)
+        replay_lens = list(h.reqs.lens)
+        q_static.copy_(torch.randn_like(q_static))
+        # Replay: the runner copies the real lengths and rows in, the backend refreshes in place.
+        h.backend.init_forward_metadata_out_graph(decode_batch(replay_lens, h.reqs.rows))
+        graph.replay()
+        stale = out_static.clone()
+        graph.update(cpu_update_input=[{"actual_seq_lengths_kv": replay_lens}])
+        graph.replay()
 
-    fb = decode_batch(replay_lens)
-    h.backend.init_forward_metadata(fb)
-    eager = h.backend.forward(q_static, None, None, layer, fb, save_kv_cache=False)
-    torch.testing.assert_close(out_static, eager, rtol=1e-5, atol=1e-5)
-    # Without the update the graph reads the capture-time lengths: the update is what matters.
-    assert not torch.allclose(stale, eager, atol=1e-3)
+        fb = decode_batch(replay_lens, h.reqs.rows)
+        h.backend.init_forward_metadata(fb)
+        eager = h.backend.forward(q_static, None, None, layer, fb, save_kv_cache=False)
+        torch.testing.assert_close(out_static, eager, rtol=1e-5, atol=1e-5)
+        # Without the update the graph reads the capture-time lengths: the update matters.
+        assert not torch.allclose(stale, eager, atol=1e-3)
 
 
 @pytest.mark.parametrize("page", [1, 16, 24, 32, 64, 1024])
@@ -354,6 +460,13 @@ def test_float32_refused_on_an_npu(dtype: torch.dtype, monkeypatch: pytest.Monke
     pool = make_pool("npu-fia", TINY, 128, 8, monkeypatch)
     runner = make_runner(pool, TINY, 128, device="npu:0", dtype=dtype)
     with pytest.raises(UnsupportedConfiguration, match="is not a dtype FIA takes on an NPU"):
+        AscendFIABackend(runner)
+
+
+def test_float64_refused_off_the_npu_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = make_pool("npu-fia", TINY, 128, 8, monkeypatch)
+    runner = make_runner(pool, TINY, 128, dtype=torch.float64)
+    with pytest.raises(UnsupportedConfiguration, match="--dtype float64 is not a dtype FIA or"):
         AscendFIABackend(runner)
 
 

@@ -51,13 +51,14 @@ def test_tokens_match_hf_and_torch_native(runs: dict[str, Any], workload: str) -
     assert_tokens_match(runs, workload)
 
 
-def test_parity_covers_at_least_eight_prompts(prompts: dict[str, list[list[int]]]) -> None:
-    assert len(prompts["parity"]) >= 8
+def test_parity_outputs_are_many_and_distinct(runs: dict[str, Any]) -> None:
+    """Parity proves little if the model says the same thing whatever the prompt."""
+    outputs = runs["fia"]["parity"]
+    assert len(outputs) >= 8
+    assert len({tuple(ids) for ids in outputs}) >= 6, outputs
 
 
-def test_prefix_workloads_hit_the_radix_cache(
-    runs: dict[str, Any], prompts: dict[str, list[list[int]]]
-) -> None:
+def test_prefix_workloads_hit_the_radix_cache(runs: dict[str, Any]) -> None:
     """The prefix prompts really were served from cached pages (so the prefix was attended
     from the paged cache, not recomputed)."""
     hits = [m["cached_tokens"] for m in runs["meta"]["prefix-hits"]]
@@ -65,7 +66,10 @@ def test_prefix_workloads_hit_the_radix_cache(
     mixed = [m["cached_tokens"] for m in runs["meta"]["mixed"]]
     assert mixed[1] >= 2 * PAGE_SIZE and mixed[3] >= 2 * PAGE_SIZE, mixed
     assert mixed[0] == 0, "the long prompt of the mixed batch must be a fresh chunked prefill"
-    assert len(prompts["chunked"][0]) > 2 * CHUNK and len(prompts["mixed"][0]) > 2 * CHUNK
+    # The long prompts really were cut into chunks: the scheduler ran full-chunk forwards, two
+    # for each of the two long prompts at least.
+    full_chunks = [r for r in runs["launches"] if r["num_tokens"] >= CHUNK]
+    assert len(full_chunks) >= 4, [r["num_tokens"] for r in runs["launches"]]
 
 
 def test_one_fia_launch_per_layer_per_forward(runs: dict[str, Any]) -> None:

@@ -1,5 +1,5 @@
 """``--page-size`` through a real ``sglang.Engine``: illegal sizes stop startup with a message
-naming the legal ones; another legal size runs and matches HF (128 is covered by
+naming the legal ones; every other legal size runs and matches HF (128 is covered by
 ``test_fia_engine``)."""
 
 from __future__ import annotations
@@ -42,20 +42,23 @@ def test_illegal_page_size_fails_startup_with_the_legal_sizes(qwen2: Path, page:
     assert f"accepts page sizes {LEGAL}" in error
 
 
-def test_page_size_256_matches_hf(qwen2: Path) -> None:
-    assert 256 in LEGAL
+@pytest.mark.parametrize("page", [256, 384, 512])
+def test_legal_page_size_matches_hf(qwen2: Path, page: int) -> None:
+    """Every legal size above 128 serves prefill, a radix hit on a whole cached page and decode
+    with HF's tokens (384 is legal by the doc's "multiple of 128 in [128, 512]")."""
+    assert page in LEGAL
     prompts = encode_prompts(qwen2)[:4]
-    shared = token_stream(qwen2, 300, offset=7)  # > one 256-token page: a radix hit on reuse
+    shared = token_stream(qwen2, page + 44, offset=7)  # > one page: a radix hit on reuse
     prompts += [[*shared, 5, 6, 7], [*shared, 9, 10]]
     expected = hf_greedy(qwen2, prompts, NEW_TOKENS)
     with EngineProcess(
         qwen2,
         env=testbed_env(ASCEND_USE_FIA="1"),
         attention_backend="ascend",
-        page_size=256,
-        chunked_prefill_size=256,
+        page_size=page,
+        chunked_prefill_size=page,
     ) as engine:
         first = engine.generate(prompts[:5], NEW_TOKENS)
         second = engine.generate(prompts[5:], NEW_TOKENS)
     assert first["output_ids"] + second["output_ids"] == expected
-    assert second["meta"][0]["cached_tokens"] >= 256
+    assert second["meta"][0]["cached_tokens"] >= page

@@ -245,6 +245,11 @@ def fia_cases(draw: st.DrawFn) -> dict[str, object]:
     if tnd_dense:
         nkv, group = draw(st.sampled_from([8, 16])), 1
         d, dv = 192, draw(st.sampled_from([128, 192]))
+    elif layout == "TND":
+        # TND with page attention: only the head dims sglang 0.5.23 runs it at.
+        nkv = draw(st.sampled_from([1, 2]))
+        group = draw(st.sampled_from([1, 2, 4]))
+        d, dv = draw(st.sampled_from([(128, 128), (192, 128)]))
     else:
         nkv = draw(st.sampled_from([1, 2, 4]))
         group = draw(st.sampled_from([1, 2, 4, 8]))
@@ -495,6 +500,55 @@ def _check(
     want, _ = brute_force(reqs, rule, scale, sink)
     for b, (got, exp) in enumerate(zip(out_reqs, want, strict=True)):
         assert_close(got, exp, dtype, f"request {b}")
+
+
+@pytest.mark.parametrize("layout", ["BSND", "TND"])
+def test_shared_prefix_blocks_beyond_the_pool(layout: str) -> None:
+    """sglang's radix cache: every request reads the same two prefix blocks, so the requests'
+    blocks sum to 12 in a cache of 6 (the doc's "blocks >= sum" rule is not enforced)."""
+    gen = torch.Generator().manual_seed(5)
+    n, nkv, d, bs, batch = 4, 2, 128, 128, 4
+    prefix_k = torch.randn(2 * bs, nkv, d, generator=gen)
+    prefix_v = torch.randn(2 * bs, nkv, d, generator=gen)
+    tails = [1 + 37 * b for b in range(batch)]
+    q_lens = [1] * batch if layout == "BSND" else [1, 3, 2, 5]
+    reqs = [
+        Request(
+            torch.randn(q, n, d, generator=gen),
+            torch.cat([prefix_k, torch.randn(t, nkv, d, generator=gen)]),
+            torch.cat([prefix_v, torch.randn(t, nkv, d, generator=gen)]),
+        )
+        for q, t in zip(q_lens, tails, strict=True)
+    ]
+    ids = [[4, 1, private] for private in (0, 2, 3, 5)]  # the prefix is blocks 4 and 1
+    table = torch.tensor(ids, dtype=torch.int32)
+    kv_lens = [r.k.size(0) for r in reqs]
+    assert sum(-(-k // bs) for k in kv_lens) > 6
+    kwargs: dict[str, object] = {}
+    if layout == "BSND":
+        query = torch.stack([r.q for r in reqs])
+    else:
+        query = torch.cat([r.q for r in reqs])
+        kwargs = {
+            "atten_mask": TEMPLATE,
+            "actual_seq_lengths": torch.tensor(q_lens).cumsum(0).tolist(),
+            "sparse_mode": 3,
+        }
+    out, _ = ops.fused_infer_attention_score(
+        query,
+        pack_paged(reqs, "k", ids, 6, bs, False, gen),
+        pack_paged(reqs, "v", ids, 6, bs, False, gen),
+        block_table=table,
+        block_size=bs,
+        input_layout=layout,
+        actual_seq_lengths_kv=kv_lens,
+        num_heads=n,
+        num_key_value_heads=nkv,
+        scale=d**-0.5,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    got = unpack_output(out, layout, q_lens, n)
+    _check(reqs, Rule("right_down"), got, d**-0.5, torch.float32)
 
 
 def test_tnd_paged_prefill_with_cached_prefix() -> None:
@@ -819,7 +873,7 @@ def test_v2_equals_v1(case: dict[str, object]) -> None:
 @pytest.mark.parametrize("layout", ["TND", "BSND"])
 def test_v2_learnable_sink(layout: str) -> None:
     gen = torch.Generator().manual_seed(11)
-    n, nkv, d, bs = 4, 2, 16, 128
+    n, nkv, d, bs = 4, 2, 128, 128
     q_lens = [3, 1] if layout == "TND" else [1, 1]
     kv_lens = [0, 140]
     reqs = [

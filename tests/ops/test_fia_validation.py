@@ -41,9 +41,9 @@ def paged_decode(**over: object) -> dict[str, object]:
 def tnd_prefill(**over: object) -> dict[str, object]:
     """A valid TND paged prefill (sglang 0.5.23's GQA extend)."""
     kw: dict[str, object] = {
-        "query": torch.randn(7, 4, 16),
-        "key": torch.randn(4, 128, 2 * 16),
-        "value": torch.randn(4, 128, 2 * 16),
+        "query": torch.randn(7, 4, 128),
+        "key": torch.randn(4, 128, 2 * 128),
+        "value": torch.randn(4, 128, 2 * 128),
         "num_heads": 4,
         "num_key_value_heads": 2,
         "input_layout": "TND",
@@ -528,14 +528,14 @@ CASES += [
         r"key=\(6, 4096\) .*page attention takes a 3-D, 4-D or 5-D \(NZ\) cache",
     ),
     (
-        "fewer blocks than the lengths need",
-        paged_decode(
-            key=torch.randn(4, 128, 32),
-            value=torch.randn(4, 128, 32),
-            block_table=torch.tensor([[0, 1, -1], [2, 3, 0]], dtype=torch.int32),
+        "TND paged at a head dim sglang does not run TND paged at",
+        tnd_prefill(
+            query=torch.randn(7, 4, 64),
+            key=torch.randn(4, 128, 2 * 64),
+            value=torch.randn(4, 128, 2 * 64),
         ),
-        r"key=\(4, 128, 32\) .*the cache has 4 blocks but actual_seq_lengths_kv=\[200, 300\] "
-        r"need 5 blocks of 128",
+        r"query/value D=\(64, 64\) .*TND with page attention is accepted only at \(D, V_D\) in "
+        r"\(\(128, 128\), \(192, 192\), \(256, 256\), \(192, 128\)\)",
     ),
     (
         "cache above int32 elements",
@@ -1220,6 +1220,24 @@ def test_importing_and_running_the_ops_never_imports_torch_npu() -> None:
 # ---------------------------------------------------------------------------------------------
 
 ACCEPTED: list[tuple[str, dict[str, object]]] = [
+    # sglang's radix cache: requests share prefix blocks, so their blocks sum past the cache's
+    # block count (5 > 4 here); the doc's "block count >= sum" rule is not enforced.
+    (
+        "shared prefix blocks beyond the block count",
+        paged_decode(
+            key=torch.randn(4, 128, 32),
+            value=torch.randn(4, 128, 32),
+            block_table=torch.tensor([[0, 1, -1], [0, 1, 3]], dtype=torch.int32),
+        ),
+    ),
+    (
+        "TND paged at D 256",
+        tnd_prefill(
+            query=torch.randn(7, 4, 256),
+            key=torch.randn(4, 128, 2 * 256),
+            value=torch.randn(4, 128, 2 * 256),
+        ),
+    ),
     # v1's "N为32、64、128" is a documentation gap sglang 0.5.23 relies on (8-16 heads).
     (
         "MLA decode with 8 query heads",

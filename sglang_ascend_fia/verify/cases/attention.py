@@ -24,6 +24,7 @@ from sglang_ascend_fia.verify.cases.common import (
     BF16,
     FP16,
     TEMPLATE,
+    PagedKV,
     cpu,
     cumsum,
     fia,
@@ -387,6 +388,48 @@ def fia_bnsd_paged_prompt_band_nd4() -> Case:
     )
 
 
+# ---- shared blocks (sglang's radix cache) ---------------------------------------------------
+
+
+def fia_shared_prefix_blocks() -> Case:
+    """Four requests read the same two prefix blocks: their blocks sum to 12 in a 6-block cache.
+
+    The doc asks for a block count >= the sum of each request's blocks; sglang's radix cache
+    goes beyond it and its backend passes such tables unchecked. This case tells an NPU owner
+    whether the kernel agrees, for the decode (BSND) and extend (TND) calls the backend makes.
+    """
+
+    def run(device: str) -> Outputs:
+        g = gen(120)
+        n, nkv, d, block = 8, 2, 128, 128
+        kv_lens = [2 * block + 1 + 37 * b for b in range(4)]
+        table = torch.tensor([[4, 1, private] for private in (0, 2, 3, 5)], dtype=torch.int32)
+        key = torch.randn(6, block, nkv * d, generator=g).to(BF16)
+        value = torch.randn(6, block, nkv * d, generator=g).to(BF16)
+        kv = PagedKV(key, value, table, block, kv_lens, nkv, d)
+        decode_q = torch.randn(4, 1, n, d, generator=g).to(BF16)
+        decode, _ = fia_paged(device, decode_q, kv, "BSND", n)
+        q_lens = [1, 3, 2, 5]
+        extend_q = torch.randn(sum(q_lens), n, d, generator=g).to(BF16)
+        extend, _ = fia_paged(
+            device,
+            extend_q,
+            kv,
+            "TND",
+            n,
+            atten_mask=TEMPLATE,
+            actual_seq_lengths=cumsum(q_lens),
+            sparse_mode=3,
+        )
+        return cpu(decode, extend)
+
+    return (
+        "FIA BSND decode + TND extend on shared prefix blocks (sum 12 > 6 blocks) bf16",
+        run,
+        BF16,
+    )
+
+
 CASES: list[CaseFactory] = [
     fia_bsnd_paged_decode_gqa,
     fia_bsh_paged_decode_lse,
@@ -403,4 +446,5 @@ CASES: list[CaseFactory] = [
     fia_tnd_paged_extend,
     fia_bsnd_paged_prompt,
     fia_bnsd_paged_prompt_band_nd4,
+    fia_shared_prefix_blocks,
 ]

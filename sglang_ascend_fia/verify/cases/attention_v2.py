@@ -56,7 +56,7 @@ def fia_v2_tnd_paged_band() -> Case:
 def fia_v2_tnd_paged_sink() -> Case:
     def run(device: str) -> Outputs:
         g = gen(202)
-        q_lens, prefix, n, nkv, d = [9, 1], [20, 260], 8, 2, 64
+        q_lens, prefix, n, nkv, d = [9, 1], [20, 260], 8, 2, 128
         kv_lens = [p + q for p, q in zip(prefix, q_lens, strict=True)]
         kv = paged_kv(kv_lens, nkv, d, 128, g)
         q = torch.randn(sum(q_lens), n, d, generator=g).to(BF16)

@@ -31,6 +31,21 @@ def _served_by(runner: Any) -> dict[str, Any]:
         "use_mla_backend": bool(runner.use_mla_backend),
         "attn_backend": type(runner.attn_backend).__name__,
         "kv_pool": type(runner.token_to_kv_pool).__name__,
+        # The attention geometry the engine really built: the first attention layer's heads
+        # and head dims, as sglang derived them from the checkpoint.
+        "attention": next(
+            (
+                {
+                    "q_heads": m.tp_q_head_num,
+                    "kv_heads": m.tp_k_head_num,
+                    "head_dim": m.qk_head_dim,
+                    "v_head_dim": m.v_head_dim,
+                }
+                for m in runner.model.modules()
+                if hasattr(m, "tp_q_head_num")
+            ),
+            None,
+        ),
         "layers": [
             {
                 "attn": type(getattr(layer, "self_attn", None)).__name__,

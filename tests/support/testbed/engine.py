@@ -92,7 +92,8 @@ class EngineProcess:
         first = self._read_reply(startup_timeout)
         if not first["ok"]:
             self.close()
-            raise EngineError(first["error"])
+            # The scheduler's own log lines (e.g. what it logged before failing) come too.
+            raise EngineError(f"{first['error']}\nlog tail:\n{self.log_tail(200)}")
         self.startup_s: float = first["startup_s"]
 
     def _read_reply(self, timeout: float) -> dict[str, Any]:

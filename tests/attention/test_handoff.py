@@ -1,0 +1,197 @@
+"""Hand-off through sglang's real ``ATTENTION_BACKENDS["ascend"]`` with the plugin active.
+
+What the FIA backend does not implement goes to sglang's own ``AscendAttnBackend`` (the wrapped
+``create_ascend_backend``), with one log line naming the reason; what it implements gets
+:class:`AscendFIABackend`. On CPU sglang's own backend cannot be built (its module imports
+``torch_npu`` at top level, ascend_backend.py:7-11), so reaching that import *is* the evidence
+that the call went to sglang's own factory; building it for real waits for a torch_npu stand-in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from attention.helpers import TINY, make_layer, make_pool, make_runner
+from sglang_ascend_fia import plugin
+from sglang_ascend_fia.attention import handoff
+from sglang_ascend_fia.attention.backend import AscendFIABackend, UnsupportedConfiguration
+
+
+@pytest.fixture
+def ascend_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``ATTENTION_BACKENDS["ascend"]`` as sglang looks it up, with the plugin active."""
+    monkeypatch.setenv("ASCEND_USE_FIA", "1")
+    from sglang.srt.layers.attention import attention_registry
+
+    plugin.activate()
+    try:
+        yield lambda runner: attention_registry.ATTENTION_BACKENDS["ascend"](runner)
+    finally:
+        plugin.deactivate()
+
+
+class TinyModel(torch.nn.Module):
+    """Two sglang ``RadixAttention`` layers, as a loaded model holds them."""
+
+    def __init__(self, **layer_kwargs: Any) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(
+            [make_layer(TINY, 0), make_layer(TINY, 1, **layer_kwargs)]
+        )
+
+
+def _runner(monkeypatch: pytest.MonkeyPatch, layer_kwargs: dict[str, Any], **overrides: Any):
+    pool = make_pool("npu-fia", TINY, 128, 8, monkeypatch)
+    return make_runner(pool, TINY, 128, model=TinyModel(**layer_kwargs), **overrides)
+
+
+def _handoff_cases() -> list[tuple[str, dict[str, Any], dict[str, Any], str]]:
+    from sglang.srt.layers.radix_attention import AttentionType
+    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+
+    return [
+        ("mla", {}, {"use_mla_backend": True}, "the model uses MLA"),
+        ("eagle", {}, {"spec_algorithm": SpeculativeAlgorithm.EAGLE}, "speculative decoding"),
+        ("draft", {}, {"is_draft_worker": True}, "speculative decoding"),
+        ("swa-runner", {}, {"sliding_window_size": 4096}, "sliding-window"),
+        ("hybrid-swa", {}, {"is_hybrid_swa": True}, "sliding-window"),
+        ("fp8-kv", {}, {"kv_cache_dtype": torch.float8_e4m3fn}, "--kv-cache-dtype float8_e4m3fn"),
+        ("kv-dtype", {}, {"kv_cache_dtype": torch.bfloat16}, "in the model's float dtype only"),
+        ("logit-cap", {"logit_cap": 30.0}, {}, "layer 1: logit_cap=30.0"),
+        (
+            "encoder-only",
+            {"attn_type": AttentionType.ENCODER_ONLY},
+            {},
+            "layer 1: non-causal attention (ENCODER_ONLY)",
+        ),
+        (
+            "bidirectional",
+            {"attn_type": AttentionType.DECODER_BIDIRECTIONAL},
+            {},
+            "non-causal attention (DECODER_BIDIRECTIONAL)",
+        ),
+        ("cross", {"is_cross_attention": True}, {}, "layer 1: cross attention"),
+        ("swa-layer", {"sliding_window_size": 64}, {}, "layer 1: sliding window 64"),
+    ]
+
+
+def _sinks_config(runner: Any) -> Any:
+    runner.model_config.has_attention_sinks = True
+    return runner
+
+
+@pytest.mark.parametrize(
+    ("layer_kwargs", "overrides", "needle"),
+    [c[1:] for c in _handoff_cases()],
+    ids=[c[0] for c in _handoff_cases()],
+)
+def test_what_fia_does_not_implement_goes_to_sglangs_own_backend(
+    ascend_factory: Any,
+    layer_kwargs: dict[str, Any],
+    overrides: dict[str, Any],
+    needle: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runner = _runner(monkeypatch, layer_kwargs, **overrides)
+    before = len(handoff.decisions())
+    # sglang's own factory imports its backend module, which needs torch_npu.
+    with (
+        caplog.at_level(logging.INFO, logger="sglang_ascend_fia"),
+        pytest.raises(ImportError, match=r"torch_npu|sgl_kernel_npu"),
+    ):
+        ascend_factory(runner)
+    (decision,) = handoff.decisions()[before:]
+    assert decision.backend == "sglang" and needle in decision.reason
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("sglang_ascend_fia")]
+    assert len(lines) == 1 and needle in lines[0], lines
+    assert "sglang's own AscendAttnBackend" in lines[0]
+
+
+def test_attention_sinks_go_to_sglangs_own_backend(
+    ascend_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = _sinks_config(_runner(monkeypatch, {}))
+    with pytest.raises(ImportError):
+        ascend_factory(runner)
+    assert "attention sinks" in handoff.decisions()[-1].reason
+
+
+def test_causal_mha_gets_the_fia_backend(
+    ascend_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    runner = _runner(monkeypatch, {})
+    with caplog.at_level(logging.WARNING, logger="sglang_ascend_fia"):
+        backend = ascend_factory(runner)
+    assert isinstance(backend, AscendFIABackend)
+    assert handoff.decisions()[-1] == handoff.Decision("fia", "")
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"page_size": 64}, "--page-size=64 is not allowed"),
+        ({"device": "npu:0", "dtype": torch.float32}, "--dtype float32 is not a dtype FIA takes"),
+    ],
+    ids=["page-64", "fp32-npu"],
+)
+def test_what_no_backend_runs_is_still_refused_through_the_factory(
+    ascend_factory: Any,
+    overrides: dict[str, Any],
+    needle: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    page = overrides.get("page_size", 128)
+    pool = make_pool("npu-fia", TINY, page, 8, monkeypatch)
+    runner = make_runner(pool, TINY, page, model=TinyModel(), **overrides)
+    with pytest.raises(UnsupportedConfiguration, match=needle):
+        ascend_factory(runner)
+
+
+@pytest.mark.parametrize(
+    "layer_kwargs",
+    [{"logit_cap": 30.0}, {"is_cross_attention": True}, {"sliding_window_size": 8}],
+    ids=["logit-cap", "cross", "swa"],
+)
+def test_a_layer_the_factory_did_not_see_is_refused_not_computed_wrongly(
+    layer_kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    from attention.helpers import Requests, forward_batch
+
+    pool = make_pool("npu-fia", TINY, 128, 8, monkeypatch)
+    runner = make_runner(pool, TINY, 128)  # no model: nothing to inspect at construction
+    backend = AscendFIABackend(runner)
+    reqs = Requests.create(runner.req_to_token_pool.req_to_token, 128, 8, 1)
+    fb = forward_batch(ForwardMode.EXTEND, reqs, [3], reqs.extend(0, 3))
+    backend.init_forward_metadata(fb)
+    q = torch.randn(3, TINY.q_heads * TINY.head_dim)
+    k = torch.randn(3, TINY.kv_heads, TINY.head_dim)
+    with pytest.raises(UnsupportedConfiguration, match="the FIA backend would compute it wrongly"):
+        backend.forward(q, k, k.clone(), make_layer(TINY, 0, **layer_kwargs), fb)
+
+
+def test_doctor_shows_the_hand_off_rules_and_this_process_choice(
+    ascend_factory: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sglang_ascend_fia import cli
+
+    with pytest.raises(ImportError):
+        ascend_factory(_runner(monkeypatch, {"logit_cap": 30.0}))
+    report = cli.collect()
+    assert report["attention"]["hands_off"] == list(handoff.HANDOFF_RULES)
+    assert report["attention"]["decisions"][-1] == {
+        "backend": "sglang",
+        "reason": "layer 1: logit_cap=30.0 (logit soft-capping) is not implemented by FIA",
+    }
+    assert cli.doctor(as_json=False) == 0
+    printed = capsys.readouterr().out
+    assert "chosen in this process: sglang's own: layer 1: logit_cap=30.0" in printed
+    assert all(rule in printed for rule in handoff.HANDOFF_RULES)
