@@ -26,7 +26,7 @@ from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 from sglang_ascend_fia import ops
 from sglang_ascend_fia.attention.kv_write import paged_view, write_kv
 from sglang_ascend_fia.attention.metadata import FIAMetadata
-from sglang_ascend_fia.ops._fia_rules import (
+from sglang_ascend_fia.ops.fia.rules import (
     MASK_TEMPLATE_SIZE,
     MAX_3D_CACHE_HIDDEN,
     MAX_GQA_RATIO,
@@ -133,7 +133,7 @@ class AscendFIABackend(AttentionBackend):
         )
 
     def _validate_configuration(self, q_heads: int) -> None:
-        """Refuse at startup what FIA would reject in kernel tiling (notes §2.4, §3.1)."""
+        """Refuse at startup what FIA would reject in kernel tiling (``ops.fia.rules``)."""
         problems: list[str] = []
         try:
             # Prompt calls need a multiple of 128 in [128, 512]; decode calls 16-aligned <= 512.

@@ -2,14 +2,20 @@
 
 On an NPU tensor each op calls ``torch_npu``; anywhere else it runs the reference. Names drop the
 ``npu_`` prefix; parameters, defaults and return tuples follow torch_npu 2.14.
+
+Layout: ``fia/`` (FIA v1/v2: ``rules`` holds the public limits the attention backend imports,
+``plan`` the validator, ``reference`` the computation), ``moe/`` (gating, routing, grouped
+matmul), ``kv_cache``, ``helpers``, ``quant``; ``_dispatch`` (``npu_op``) and ``_checks`` (the
+shared error wording and dtype policy) underneath. Semantics of every op, rule by rule:
+``docs/ops-semantics.md``.
 """
 
 from sglang_ascend_fia.ops._dispatch import launch_counts, npu_op, reset_launch_counts
-from sglang_ascend_fia.ops._fia_rules import check_block_size, check_page_size, legal_page_sizes
-from sglang_ascend_fia.ops.attention import (
+from sglang_ascend_fia.ops.fia import (
     fused_infer_attention_score,
     fused_infer_attention_score_v2,
 )
+from sglang_ascend_fia.ops.fia.rules import check_block_size, check_page_size, legal_page_sizes
 from sglang_ascend_fia.ops.helpers import add_rms_norm, attention_update, interleave_rope
 from sglang_ascend_fia.ops.kv_cache import scatter_nd_update_, scatter_pa_kv_cache
 from sglang_ascend_fia.ops.moe import (

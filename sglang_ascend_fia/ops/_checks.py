@@ -1,8 +1,15 @@
-"""Argument checks and the per-row int8 quantiser shared by the MoE and quantisation references.
+"""The argument checks every op shares: one error wording, the dtype policy and the dtype lists.
 
-Validators built from these helpers run before *both* implementations (see ``_dispatch``), so they
-only look at metadata: shapes, dtypes and Python scalars. Checks that need tensor *values* (index
-ranges, group-list sums) live in the references, where reading a value costs no device sync.
+Two kinds of refusal, both ``ValueError`` and both worded here so that every op reads the same:
+
+- :func:`fail` / :func:`require`: ``"<op>: <arg>=<value> is not allowed: <rule>"``. Validators
+  use them for the *documented* kernel constraints; they run before either implementation (see
+  ``_dispatch``), so a CPU run refuses what the NPU would refuse. Validators only look at
+  metadata (shapes, dtypes, Python scalars and lists); checks that need tensor *values* (index
+  ranges, group-list sums) live in the references, where reading a value costs no device sync.
+- :func:`not_implemented`: ``"<op>: <arg>=<value> is not implemented by the reference (it
+  supports ...)"``. What the kernel supports but the reference does not model; only the
+  references raise it, so only CPU/CUDA runs see it.
 """
 
 from __future__ import annotations
@@ -12,8 +19,36 @@ from typing import NoReturn
 
 import torch
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-INT8_MAX = 127.0
+# ---------------------------------------------------------------------------------------------
+# dtype policy (decided for the project, shared by every op that documents fp16/bf16 only)
+# ---------------------------------------------------------------------------------------------
+# The kernels take float16/bfloat16 (FIA also int8) inputs. The references also take float32 so
+# that the CPU test bed, which runs whole models in fp32, can compare against HF and brute force
+# at fp32 tolerance. float32 is therefore accepted only off the NPU: on an NPU tensor it is
+# refused, as the kernel would refuse it. A "bf16 only" rule accepts bf16, and float32 off the
+# NPU; float16 is refused everywhere. The device check is a string compare: no import, no sync.
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+"""The float dtypes the kernels document."""
+FLOAT_DTYPES = (*HALF_DTYPES, torch.float32)
+"""What the validators accept as float input: the kernels' dtypes, and float32 (see above)."""
+
+
+def refuse_npu_float32(op: str, argument: str, tensor: torch.Tensor, kernel_dtypes: str) -> None:
+    """``ValueError`` for a float32 ``tensor`` on an NPU; the kernel takes ``kernel_dtypes``."""
+    if tensor.dtype == torch.float32 and tensor.device.type == "npu":
+        fail(
+            op,
+            argument,
+            tensor.dtype,
+            f"on an NPU tensor the kernel takes {kernel_dtypes}; float32 is accepted off the NPU "
+            "only, by the reference",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages
+# ---------------------------------------------------------------------------------------------
 
 
 def show(value: object) -> str:
@@ -27,7 +62,8 @@ def show(value: object) -> str:
 
 
 def fail(op: str, arg: str, value: object, rule: str) -> NoReturn:
-    raise ValueError(f"{op}: {arg}={show(value)} {rule}")
+    """Refuse ``arg=value`` of ``op``: it breaks the documented ``rule``."""
+    raise ValueError(f"{op}: {arg}={show(value)} is not allowed: {rule}")
 
 
 def require(cond: bool, op: str, arg: str, value: object, rule: str) -> None:
@@ -36,7 +72,15 @@ def require(cond: bool, op: str, arg: str, value: object, rule: str) -> None:
 
 
 def not_implemented(op: str, arg: str, value: object, supported: str) -> NoReturn:
-    fail(op, arg, value, f"is not implemented by the reference (it supports {supported})")
+    """Refuse what the kernel takes but the reference does not model; it models ``supported``."""
+    raise ValueError(
+        f"{op}: {arg}={show(value)} is not implemented by the reference (it supports {supported})"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Common checks
+# ---------------------------------------------------------------------------------------------
 
 
 def absent(value: object) -> bool:
@@ -70,18 +114,3 @@ def check_tensor(
 def check_shape(op: str, arg: str, t: torch.Tensor, shape: Sequence[int], what: str) -> None:
     if tuple(t.shape) != tuple(shape):
         fail(op, arg, t, f"must have shape {tuple(shape)} ({what})")
-
-
-def dynamic_int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8 quantisation: ``scale = rowmax|x| / 127``, ``y = round(x / scale)``.
-
-    ``x`` is float32 with the quantised axis last. ``torch.round`` rounds half to even, the same
-    as the NPU's RINT cast (inferred: the CANN docs say "round" without a mode). An all-zero row
-    gets scale 0 and y 0 (inferred: the CANN golden generators divide by zero there and produce
-    NaN, whose int8 cast is undefined).
-    """
-    scale = x.abs().amax(dim=-1) / INT8_MAX
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    y = torch.round(x / safe.unsqueeze(-1)).clamp(-INT8_MAX, INT8_MAX)
-    y = torch.where((scale > 0).unsqueeze(-1), y, torch.zeros_like(y))
-    return y.to(torch.int8), scale
