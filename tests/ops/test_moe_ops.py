@@ -1585,6 +1585,7 @@ def test_reference_refuses_what_the_validator_lets_through(
 # Dispatch plumbing
 # ---------------------------------------------------------------------------------------------
 
+
 def test_launch_counter_counts_each_successful_call() -> None:
     ops.reset_launch_counts()
     x = torch.randn(3, 8)
