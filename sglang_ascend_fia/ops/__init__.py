@@ -10,7 +10,13 @@ shared error wording and dtype policy) underneath. Semantics of every op, rule b
 ``docs/ops-semantics.md``.
 """
 
-from sglang_ascend_fia.ops._dispatch import launch_counts, npu_op, reset_launch_counts
+from sglang_ascend_fia.ops._dispatch import (
+    launch_counts,
+    npu_op,
+    reset_launch_counts,
+    reset_validation_counts,
+    validation_counts,
+)
 from sglang_ascend_fia.ops.fia import (
     fused_infer_attention_score,
     fused_infer_attention_score_v2,
@@ -48,7 +54,9 @@ __all__ = [
     "npu_op",
     "quant_matmul",
     "reset_launch_counts",
+    "reset_validation_counts",
     "scatter_nd_update_",
     "scatter_pa_kv_cache",
     "swiglu",
+    "validation_counts",
 ]
