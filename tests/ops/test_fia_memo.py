@@ -193,3 +193,11 @@ def test_npu_dispatch_path_validates_once_and_refuses_a_bad_call(
     with pytest.raises(ValueError, match="each length must be <= 384"):
         ops.fused_infer_attention_score(*args, **kw)
     assert (validations(), len(launched)) == (2, 5)
+
+
+def test_an_argument_the_memo_cannot_key_is_validated_on_every_call() -> None:
+    # A range is a legal length sequence (validated as a list of ints) but not a keyable one.
+    for _ in range(3):
+        args, kw = decode_call(actual_seq_lengths_kv=range(200, 301, 100))
+        ops.fused_infer_attention_score(*args, **kw)
+    assert validations() == 3
