@@ -37,7 +37,8 @@ from typing import Any
 import torch
 
 from sglang_ascend_fia.ops._dispatch import npu_op
-from sglang_ascend_fia.ops.fia.plan import Plan, plan, v2_to_v1, validate_v2_only_layout
+from sglang_ascend_fia.ops.fia.arguments import v2_to_v1, validate_v2_only_layout
+from sglang_ascend_fia.ops.fia.plan import Plan, plan
 from sglang_ascend_fia.ops.fia.reference import attention, no_lse, to_output_layout
 from sglang_ascend_fia.ops.fia.rules import INT32_MAX, V2_ONLY_LAYOUTS
 
