@@ -1,8 +1,7 @@
 """List the raise sites under ``sglang_ascend_fia/ops/`` that no test makes raise.
 
-Run by ``test_raise_sites.py`` as part of the suite; also usable by hand:
-
-From the repository root, with the fast-test environment::
+Run by ``test_raise_sites.py`` as part of the suite. By hand, from the repository root, with the
+fast-test environment::
 
     PYTHONPATH=tests/support/pythonpath:tests/support .venv/bin/python \
         tests/ops/trace_raise_sites.py tests/ops [more pytest args]
