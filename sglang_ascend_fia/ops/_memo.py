@@ -39,16 +39,16 @@ class _Unkeyable(Exception):
 
 def _fingerprint(value: Any, held: list[torch.Tensor]) -> object:
     kind = type(value)
+    if kind is str or value is None:
+        return value
+    if kind in _NUMBERS:
+        return kind, value  # 1, 1.0 and True are equal but not the same argument
     if kind is torch.Tensor or isinstance(value, torch.Tensor):
         meta = (value.shape, value.stride(), value.dtype, value.device)
         if value.dtype.is_floating_point:
             return meta
         held.append(value)
         return (*meta, id(value), value._version)
-    if kind is str or value is None:
-        return value
-    if kind in _NUMBERS:
-        return kind, value  # 1, 1.0 and True are equal but not the same argument
     if kind is list or kind is tuple:
         try:
             # ints only ("q": int64); a float, a tensor or anything else cannot be keyed.
@@ -77,13 +77,14 @@ class ValidationMemo:
         the validator has accepted the call."""
         held: list[torch.Tensor] = []
         try:
-            key = [_fingerprint(v, held) for v in args]
-            for name, v in kwargs.items():
-                key.append(name)
-                key.append(_fingerprint(v, held))
+            key = (
+                tuple([_fingerprint(v, held) for v in args]),
+                tuple(kwargs),
+                tuple([_fingerprint(v, held) for v in kwargs.values()]),
+            )
         except _Unkeyable:
             return None
-        return tuple(key), tuple(held)
+        return key, tuple(held)
 
     def known(self, key: CallKey | None) -> bool:
         return key is not None and key[0] == self._key
