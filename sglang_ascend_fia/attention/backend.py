@@ -29,7 +29,7 @@ from sglang_ascend_fia import ops
 from sglang_ascend_fia.attention import handoff
 from sglang_ascend_fia.attention.kv_write import paged_view, write_kv
 from sglang_ascend_fia.attention.metadata import FIAMetadata, padded_rows
-from sglang_ascend_fia.ops._fia_rules import (
+from sglang_ascend_fia.ops.fia.rules import (
     MASK_TEMPLATE_SIZE,
     MAX_3D_CACHE_HIDDEN,
     MAX_GQA_RATIO,
@@ -117,7 +117,7 @@ class AscendFIABackend(AttentionBackend):
     def _validate_configuration(self, q_heads: int) -> None:
         """Refuse at startup what no backend can run: the FIA kernel's documented page-size,
         head and dtype limits (torch_npu ``npu_fused_infer_attention_score`` doc; see
-        ``ops._fia_rules``), each named with its legal values."""
+        ``ops.fia.rules``), each named with its legal values."""
         problems: list[str] = []
         try:
             # Prompt calls need a multiple of 128 in [128, 512]; decode calls 16-aligned <= 512.

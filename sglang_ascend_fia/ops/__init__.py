@@ -2,18 +2,30 @@
 
 On an NPU tensor each op calls ``torch_npu``; anywhere else it runs the reference. Names drop the
 ``npu_`` prefix; parameters, defaults and return tuples follow torch_npu 2.14.
+
+Layout: ``fia/`` (FIA v1/v2: ``rules`` holds the public limits the attention backend imports,
+``plan`` the validator, ``reference`` the computation), ``moe/`` (gating, routing, grouped
+matmul), ``kv_cache``, ``helpers``, ``quant``; ``_dispatch`` (``npu_op``) and ``_checks`` (the
+shared error wording and dtype policy) underneath. Semantics of every op, rule by rule:
+``docs/ops-semantics.md``.
 """
 
-from sglang_ascend_fia.ops._dispatch import launch_counts, npu_op, reset_launch_counts
-from sglang_ascend_fia.ops._fia_rules import (
+from sglang_ascend_fia.ops._dispatch import (
+    launch_counts,
+    npu_op,
+    reset_launch_counts,
+    reset_validation_counts,
+    validation_counts,
+)
+from sglang_ascend_fia.ops.fia import (
+    fused_infer_attention_score,
+    fused_infer_attention_score_v2,
+)
+from sglang_ascend_fia.ops.fia.rules import (
     check_block_size,
     check_page_size,
     legal_page_sizes,
     tnd_paged_supported,
-)
-from sglang_ascend_fia.ops.attention import (
-    fused_infer_attention_score,
-    fused_infer_attention_score_v2,
 )
 from sglang_ascend_fia.ops.helpers import add_rms_norm, attention_update, interleave_rope
 from sglang_ascend_fia.ops.kv_cache import scatter_nd_update_, scatter_pa_kv_cache
@@ -47,8 +59,10 @@ __all__ = [
     "npu_op",
     "quant_matmul",
     "reset_launch_counts",
+    "reset_validation_counts",
     "scatter_nd_update_",
     "scatter_pa_kv_cache",
     "swiglu",
     "tnd_paged_supported",
+    "validation_counts",
 ]

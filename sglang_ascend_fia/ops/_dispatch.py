@@ -1,9 +1,14 @@
 """Dispatch between torch_npu kernels and the pure-PyTorch references, with launch accounting.
 
-Every public op in :mod:`sglang_ascend_fia.ops` is declared with :func:`npu_op`. A call:
+Every public op in :mod:`sglang_ascend_fia.ops` is declared with :func:`npu_op` on its reference,
+whose signature is the op's (torch_npu 2.14's names and defaults); nothing restates it. A call:
 
-1. validates the documented kernel constraints (the same checks on every device, so a CPU run
-   rejects what an NPU would reject);
+1. binds its arguments once to that signature (:func:`bind_arguments`) and hands the mapping to
+   the op's validator, which checks the documented kernel constraints (the same checks on every
+   device, so a CPU run rejects what an NPU would reject);
+   An op declared with ``memoise=True`` (FIA) skips the bind and the validator when the call's
+   key equals the last accepted one (``ops._memo``): every layer of a batch makes the same
+   call, so only the first pays for validation (``validation_counts()``);
 2. counts one launch for the op (``launch_counts()``), so tests and benchmarks can assert how many
    kernels a forward makes;
 3. runs ``torch_npu.<npu_name>`` when the first tensor argument lives on an NPU, and the reference
@@ -15,17 +20,24 @@ Every public op in :mod:`sglang_ascend_fia.ops` is declared with :func:`npu_op`.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 import torch
+
+from sglang_ascend_fia.ops._memo import ValidationMemo
 
 logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+Validator = Callable[[Mapping[str, Any]], None]
+"""Checks one bound call: every parameter of the op by name, defaults filled in."""
 
 
 class NpuOp(Protocol[P, R]):
@@ -34,12 +46,61 @@ class NpuOp(Protocol[P, R]):
 
     npu_name: str
     reference: Callable[P, R]
-    validate: Callable[..., None] | None
+    validator: Validator | None
+    # Binds a call like the op does, then runs ``validator`` (what an NPU call runs before the
+    # kernel).
+    validate: Callable[P, None]
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
 
 
+@dataclass(frozen=True)
+class _Parameters:
+    signature: inspect.Signature
+    positional: tuple[str, ...]  # positional-or-keyword names, in order
+    names: frozenset[str]
+    defaults: dict[str, Any]
+
+
+@functools.cache
+def _parameters(fn: Callable[..., Any]) -> _Parameters:
+    # inspect.signature() rebuilds the Signature on every call (~100 us for FIA's 40
+    # parameters); an op's signature never changes, so it is read once.
+    signature = inspect.signature(fn)
+    params = signature.parameters
+    return _Parameters(
+        signature=signature,
+        positional=tuple(n for n, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD),
+        names=frozenset(params),
+        defaults={n: p.default for n, p in params.items() if p.default is not p.empty},
+    )
+
+
+def bind_arguments(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Every parameter of ``fn`` by name, defaults filled in, as a call ``fn(*args, **kwargs)``
+    would bind them; Python's own ``TypeError`` for a call that does not bind."""
+    p = _parameters(fn)
+    given = len(args)
+    if (
+        given <= len(p.positional)
+        and p.names.issuperset(kwargs)
+        and kwargs.keys().isdisjoint(p.positional[:given])
+    ):
+        # The usual call (tensors by position, the rest by keyword), bound in a few
+        # microseconds; a call missing a required argument falls through to Signature.bind.
+        bound = {**p.defaults, **dict(zip(p.positional, args, strict=False)), **kwargs}
+        if len(bound) == len(p.names):
+            return bound
+    call = p.signature.bind(*args, **kwargs)
+    call.apply_defaults()
+    return dict(call.arguments)
+
+
 _launches: Counter[str] = Counter()
+_validations: Counter[str] = Counter()
+_memos: list[ValidationMemo] = []
 _reference_logged = False
 
 
@@ -52,6 +113,18 @@ def reset_launch_counts() -> None:
     _launches.clear()
 
 
+def validation_counts() -> dict[str, int]:
+    """Full validator runs per op name since the last :func:`reset_validation_counts`."""
+    return dict(_validations)
+
+
+def reset_validation_counts() -> None:
+    """Zero the counts and forget every remembered call, so the next call of each op validates."""
+    _validations.clear()
+    for memo in _memos:
+        memo.forget()
+
+
 def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
     for value in (*args, *kwargs.values()):
         if isinstance(value, torch.Tensor):
@@ -61,7 +134,7 @@ def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor
     return None
 
 
-def _is_npu(tensor: torch.Tensor | None) -> bool:
+def is_npu(tensor: torch.Tensor | None) -> bool:
     # A string compare on the device type: no import, no device query, no sync.
     return tensor is not None and tensor.device.type == "npu"
 
@@ -86,24 +159,49 @@ def _log_reference_once(device: str) -> None:
 def npu_op(
     npu_name: str,
     *,
-    validate: Callable[..., None] | None = None,
+    validate: Validator | None = None,
+    memoise: bool = False,
 ) -> Callable[[Callable[P, R]], NpuOp[P, R]]:
     """Declare ``reference`` as the CPU/CUDA implementation of ``torch_npu.<npu_name>``.
 
-    ``validate`` takes the op's own arguments and raises ``ValueError`` on anything the NPU
-    kernel documents as unsupported. It runs before either implementation.
+    ``reference``'s signature is the op's. ``validate`` takes the call bound to it (a mapping of
+    every parameter) and raises ``ValueError`` on anything the NPU kernel documents as
+    unsupported. It runs before either implementation. With ``memoise``, a call whose key
+    (``ops._memo``) equals the last accepted call's is not validated again; only for validators
+    that read no float tensor values.
     """
 
     def decorate(reference: Callable[P, R]) -> NpuOp[P, R]:
         op_name = reference.__name__
+        memo = ValidationMemo() if memoise and validate is not None else None
+        if memo is not None:
+            _memos.append(memo)
+
+        def run_validator(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            assert validate is not None
+            if memo is None:
+                _validations[op_name] += 1
+                validate(bind_arguments(reference, args, kwargs))
+                return
+            key = memo.key(args, kwargs)
+            if memo.known(key):
+                return
+            _validations[op_name] += 1
+            validate(bind_arguments(reference, args, kwargs))
+            memo.remember(key)
+
+        @functools.wraps(reference)
+        def check(*args: P.args, **kwargs: P.kwargs) -> None:
+            if validate is not None:
+                validate(bind_arguments(reference, args, kwargs))
 
         @functools.wraps(reference)
         def op(*args: P.args, **kwargs: P.kwargs) -> R:
             if validate is not None:
-                validate(*args, **kwargs)
+                run_validator(args, kwargs)
             _launches[op_name] += 1
             tensor = _first_tensor(args, kwargs)
-            if _is_npu(tensor):
+            if is_npu(tensor):
                 return _npu_kernel(npu_name)(*args, **kwargs)
             _log_reference_once(tensor.device.type if tensor is not None else "none")
             return reference(*args, **kwargs)
@@ -111,7 +209,8 @@ def npu_op(
         facade = cast(NpuOp[P, R], op)
         facade.npu_name = npu_name
         facade.reference = reference
-        facade.validate = validate
+        facade.validator = validate
+        facade.validate = check
         return facade
 
     return decorate

@@ -2,25 +2,20 @@
 
 Doc sources: torch_npu 2.14.0 ``_op_plugin_docs.py`` (``npu_attention_update``), the CANN API page
 for ``torch_npu.npu_interleave_rope``, and the meta registration of ``npu_add_rms_norm``;
-summary in shared/notes/upstream-0.5.23.md §3.4.
+summary in ``docs/ops-semantics.md`` (one section per op).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
+from sglang_ascend_fia.ops._checks import FLOAT_DTYPES, fail, refuse_npu_float32
 from sglang_ascend_fia.ops._dispatch import npu_op
-from sglang_ascend_fia.ops._fia_plan import refuse_npu_float32
 
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 INTERLEAVE_ROPE_DIM = 64  # doc: "输入x、cos、sin的D维度均必须等于64"
-
-
-def _fail(op: str, argument: str, value: object, rule: str) -> NoReturn:
-    raise ValueError(f"{op}: {argument}={value!r} is not allowed: {rule}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -28,14 +23,15 @@ def _fail(op: str, argument: str, value: object, rule: str) -> NoReturn:
 # ---------------------------------------------------------------------------------------------
 
 
-def _validate_attention_update(
-    lse: Sequence[torch.Tensor], local_out: Sequence[torch.Tensor], update_type: int
-) -> None:
+def _validate_attention_update(a: Mapping[str, Any]) -> None:
+    lse = a["lse"]
+    local_out = a["local_out"]
+    update_type = a["update_type"]
     op = "attention_update"
     if update_type not in (0, 1):
-        _fail(op, "update_type", update_type, "must be 0 (output only) or 1 (output and LSE)")
+        fail(op, "update_type", update_type, "must be 0 (output only) or 1 (output and LSE)")
     if len(lse) == 0 or len(lse) != len(local_out):
-        _fail(
+        fail(
             op,
             "lse/local_out",
             (len(lse), len(local_out)),
@@ -44,21 +40,21 @@ def _validate_attention_update(
     rows = lse[0].shape
     for i, (l_i, o_i) in enumerate(zip(lse, local_out, strict=True)):
         if l_i.dtype != torch.float32 or l_i.dim() != 1 or l_i.shape != rows:
-            _fail(
+            fail(
                 op,
                 f"lse[{i}]",
                 (l_i.dtype, tuple(l_i.shape)),
                 f"must be fp32 of shape (batch*seqLen*headNum,) = {tuple(rows)}",
             )
-        if o_i.dtype not in _FLOATS or o_i.dim() != 2 or o_i.size(0) != rows[0]:
-            _fail(
+        if o_i.dtype not in FLOAT_DTYPES or o_i.dim() != 2 or o_i.size(0) != rows[0]:
+            fail(
                 op,
                 f"local_out[{i}]",
                 (o_i.dtype, tuple(o_i.shape)),
                 f"must be float/fp16/bf16 of shape ({rows[0]}, head_dim)",
             )
         if o_i.shape != local_out[0].shape or o_i.dtype != local_out[0].dtype:
-            _fail(
+            fail(
                 op,
                 f"local_out[{i}]",
                 (o_i.dtype, tuple(o_i.shape)),
@@ -97,20 +93,23 @@ def attention_update(
 # ---------------------------------------------------------------------------------------------
 
 
-def _validate_interleave_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+def _validate_interleave_rope(a: Mapping[str, Any]) -> None:
+    x = a["x"]
+    cos = a["cos"]
+    sin = a["sin"]
     op = "interleave_rope"
     # Doc: x/cos/sin bf16 or fp16; fp32 follows the project's dtype policy (off the NPU only).
-    if x.dtype not in _FLOATS:
-        _fail(op, "x", x.dtype, "dtype must be bf16 or fp16 (fp32 off the NPU only)")
+    if x.dtype not in FLOAT_DTYPES:
+        fail(op, "x", x.dtype, "dtype must be bf16 or fp16 (fp32 off the NPU only)")
     refuse_npu_float32(op, "x", x, "bfloat16 or float16")
     for name, t in (("x", x), ("cos", cos), ("sin", sin)):
         if not t.is_contiguous():
-            _fail(op, name, tuple(t.shape), "must be contiguous (doc: 不支持非连续的Tensor)")
+            fail(op, name, tuple(t.shape), "must be contiguous (doc: 不支持非连续的Tensor)")
     if x.dim() != 4 or x.size(3) != INTERLEAVE_ROPE_DIM:
-        _fail(op, "x", tuple(x.shape), f"must be 4-D (B, N, S, {INTERLEAVE_ROPE_DIM})")
+        fail(op, "x", tuple(x.shape), f"must be 4-D (B, N, S, {INTERLEAVE_ROPE_DIM})")
     for name, t in (("cos", cos), ("sin", sin)):
         if t.dtype != x.dtype:
-            _fail(op, name, t.dtype, f"dtype must equal x's {x.dtype}")
+            fail(op, name, t.dtype, f"dtype must equal x's {x.dtype}")
         ok = (
             t.dim() == 4
             and t.size(0) == x.size(0)
@@ -119,14 +118,14 @@ def _validate_interleave_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Ten
             and t.size(3) == INTERLEAVE_ROPE_DIM
         )
         if not ok:
-            _fail(
+            fail(
                 op,
                 name,
                 tuple(t.shape),
                 f"must be (B={x.size(0)}, 1, 1 or S={x.size(2)}, {INTERLEAVE_ROPE_DIM})",
             )
     if cos.shape != sin.shape:
-        _fail(op, "sin", tuple(sin.shape), f"must have cos's shape {tuple(cos.shape)}")
+        fail(op, "sin", tuple(sin.shape), f"must have cos's shape {tuple(cos.shape)}")
 
 
 @npu_op("npu_interleave_rope", validate=_validate_interleave_rope)
@@ -138,7 +137,7 @@ def interleave_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> to
     ``RotateHalf(q) = cat(-q[..., 32:], q[..., :32])``. x is ``(B, N, S, 64)``; cos/sin are
     ``(B, 1, 1 or S, 64)`` and broadcast over N (and S). Computed in fp32, returned in x's dtype.
     The doc takes bf16/fp16, contiguous; fp32 is accepted off the NPU only (the project's dtype
-    policy, :func:`sglang_ascend_fia.ops._fia_plan.refuse_npu_float32`).
+    policy, ``ops._checks.refuse_npu_float32``).
     """
     half = x.size(-1) // 2
     q = x.float().unflatten(-1, (half, 2)).transpose(-1, -2).reshape(x.shape)
@@ -151,24 +150,26 @@ def interleave_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> to
 # ---------------------------------------------------------------------------------------------
 
 
-def _validate_add_rms_norm(
-    x1: torch.Tensor, x2: torch.Tensor, gamma: torch.Tensor, epsilon: float = 1e-6
-) -> None:
+def _validate_add_rms_norm(a: Mapping[str, Any]) -> None:
+    x1 = a["x1"]
+    x2 = a["x2"]
+    gamma = a["gamma"]
+    epsilon = a["epsilon"]
     op = "add_rms_norm"
-    if x1.dtype not in _FLOATS:
-        _fail(op, "x1", x1.dtype, f"dtype must be one of {_FLOATS}")
+    if x1.dtype not in FLOAT_DTYPES:
+        fail(op, "x1", x1.dtype, f"dtype must be one of {FLOAT_DTYPES}")
     if x2.shape != x1.shape or x2.dtype != x1.dtype:
-        _fail(op, "x2", (x2.dtype, tuple(x2.shape)), f"must match x1 {x1.dtype} {tuple(x1.shape)}")
+        fail(op, "x2", (x2.dtype, tuple(x2.shape)), f"must match x1 {x1.dtype} {tuple(x1.shape)}")
     if (
         gamma.dim() == 0
         or gamma.dim() > x1.dim()
         or gamma.shape != x1.shape[x1.dim() - gamma.dim() :]
     ):
-        _fail(
+        fail(
             op, "gamma", tuple(gamma.shape), f"must equal the trailing dims of x1 {tuple(x1.shape)}"
         )
     if epsilon <= 0:
-        _fail(op, "epsilon", epsilon, "must be positive")
+        fail(op, "epsilon", epsilon, "must be positive")
 
 
 @npu_op("npu_add_rms_norm", validate=_validate_add_rms_norm)

@@ -1,16 +1,18 @@
 """KV-cache writes: ``npu_scatter_nd_update_`` and ``npu_scatter_pa_kv_cache``.
 
 Doc source: torch_npu 2.14.0 ``_op_plugin_docs.py`` (both ops) and the op yaml; summary in
-shared/notes/upstream-0.5.23.md §3.3. sglang 0.5.23 writes its NPU KV pools with these two
+``docs/ops-semantics.md``. sglang 0.5.23 writes its NPU KV pools with these two
 (``hardware_backend/npu/memory_pool_npu.py:317-346``).
 """
 
 from __future__ import annotations
 
-from typing import NoReturn
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
+from sglang_ascend_fia.ops._checks import fail, not_implemented
 from sglang_ascend_fia.ops._dispatch import npu_op
 
 # Doc, A2/A3 products: "数据类型支持float32、float16、bool、bfloat16、int64、int8".
@@ -40,10 +42,6 @@ SCATTER_PA_DTYPES = (
 _INDEX_DTYPES = (torch.int32, torch.int64)
 
 
-def _fail(op: str, argument: str, value: object, rule: str) -> NoReturn:
-    raise ValueError(f"{op}: {argument}={value!r} is not allowed: {rule}")
-
-
 # ---------------------------------------------------------------------------------------------
 # npu_scatter_nd_update_
 # ---------------------------------------------------------------------------------------------
@@ -54,29 +52,30 @@ def _fail(op: str, argument: str, value: object, rule: str) -> NoReturn:
 # call means the same here and on an NPU. The doc calls this argument ``input``.
 
 
-def _validate_scatter_nd_update(
-    self: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor
-) -> None:
+def _validate_scatter_nd_update(a: Mapping[str, Any]) -> None:
+    target = a["self"]
+    indices = a["indices"]
+    updates = a["updates"]
     op = "scatter_nd_update_"
-    if self.dtype not in SCATTER_ND_DTYPES:
-        _fail(op, "self", self.dtype, f"dtype must be one of {SCATTER_ND_DTYPES}")
-    if updates.dtype != self.dtype:
-        _fail(op, "updates", updates.dtype, f"dtype must equal self's {self.dtype}")
-    if not 1 <= self.dim() <= 8:
-        _fail(op, "self", tuple(self.shape), "must have 1 to 8 dimensions")
+    if target.dtype not in SCATTER_ND_DTYPES:
+        fail(op, "self", target.dtype, f"dtype must be one of {SCATTER_ND_DTYPES}")
+    if updates.dtype != target.dtype:
+        fail(op, "updates", updates.dtype, f"dtype must equal self's {target.dtype}")
+    if not 1 <= target.dim() <= 8:
+        fail(op, "self", tuple(target.shape), "must have 1 to 8 dimensions")
     if indices.dtype not in _INDEX_DTYPES:
-        _fail(op, "indices", indices.dtype, "dtype must be int32 or int64")
-    if indices.dim() < 2 or indices.size(-1) > self.dim():
-        _fail(
+        fail(op, "indices", indices.dtype, "dtype must be int32 or int64")
+    if indices.dim() < 2 or indices.size(-1) > target.dim():
+        fail(
             op,
             "indices",
             tuple(indices.shape),
-            f"must be at least 2-D with a last dim <= self's rank {self.dim()}",
+            f"must be at least 2-D with a last dim <= self's rank {target.dim()}",
         )
     depth = indices.size(-1)
-    expected = (*indices.shape[:-1], *self.shape[depth:])
+    expected = (*indices.shape[:-1], *target.shape[depth:])
     if tuple(updates.shape) != expected:
-        _fail(
+        fail(
             op,
             "updates",
             tuple(updates.shape),
@@ -103,7 +102,7 @@ def scatter_nd_update_(
     bounds = torch.tensor(self.shape[:depth], device=self.device)
     if flat.numel() and bool(((flat < 0) | (flat >= bounds)).any()):
         bad = flat[((flat < 0) | (flat >= bounds)).any(dim=1)][0].tolist()
-        _fail(
+        fail(
             "scatter_nd_update_",
             "indices",
             bad,
@@ -119,26 +118,23 @@ def scatter_nd_update_(
 # ---------------------------------------------------------------------------------------------
 
 
-def _validate_scatter_pa_kv_cache(
-    key: torch.Tensor,
-    value: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,
-    *,
-    compress_lens: torch.Tensor | None = None,
-    compress_seq_offsets: torch.Tensor | None = None,
-    seq_lens: torch.Tensor | None = None,
-    cache_mode: str | None = "PA_NZ",
-) -> None:
+def _validate_scatter_pa_kv_cache(a: Mapping[str, Any]) -> None:
+    key = a["key"]
+    value = a["value"]
+    key_cache = a["key_cache"]
+    value_cache = a["value_cache"]
+    slot_mapping = a["slot_mapping"]
+    compress_lens = a["compress_lens"]
+    seq_lens = a["seq_lens"]
+    cache_mode = a["cache_mode"]
     op = "scatter_pa_kv_cache"
     if cache_mode not in (None, "Norm", "PA_NZ"):
-        _fail(op, "cache_mode", cache_mode, "must be None, 'Norm' or 'PA_NZ'")
+        fail(op, "cache_mode", cache_mode, "must be None, 'Norm' or 'PA_NZ'")
     if key.dtype not in SCATTER_PA_DTYPES:
-        _fail(op, "key", key.dtype, f"dtype must be one of {SCATTER_PA_DTYPES}")
+        fail(op, "key", key.dtype, f"dtype must be one of {SCATTER_PA_DTYPES}")
     for name, t in (("value", value), ("key_cache", key_cache), ("value_cache", value_cache)):
         if t.dtype != key.dtype:
-            _fail(op, name, t.dtype, f"dtype must equal key's {key.dtype}")
+            fail(op, name, t.dtype, f"dtype must equal key's {key.dtype}")
     for name, t in (
         ("key", key),
         ("value", value),
@@ -147,9 +143,9 @@ def _validate_scatter_pa_kv_cache(
         ("slot_mapping", slot_mapping),
     ):
         if not t.is_contiguous():
-            _fail(op, name, tuple(t.shape), "inputs must be contiguous (doc: 不支持非连续)")
+            fail(op, name, tuple(t.shape), "inputs must be contiguous (doc: 不支持非连续)")
     if slot_mapping.dtype not in _INDEX_DTYPES or slot_mapping.dim() != 1:
-        _fail(
+        fail(
             op,
             "slot_mapping",
             (slot_mapping.dtype, tuple(slot_mapping.shape)),
@@ -158,34 +154,34 @@ def _validate_scatter_pa_kv_cache(
     if key.dim() == 4 or compress_lens is not None or seq_lens is not None:
         return  # scenario 3 (compressed); the reference refuses it, the kernel checks it
     if key.dim() != 3 or value.dim() != 3:
-        _fail(
+        fail(
             op,
             "key/value",
             (tuple(key.shape), tuple(value.shape)),
             "must be 3-D [tokens, heads, head_size] (4-D is the unsupported compressed case)",
         )
     if key.shape[:2] != value.shape[:2] or key.size(0) != slot_mapping.size(0):
-        _fail(
+        fail(
             op,
             "key/value",
             (tuple(key.shape), tuple(value.shape)),
             f"must share [tokens, heads] with one slot per token ({slot_mapping.size(0)})",
         )
     if key_cache.dim() != 4 or value_cache.dim() != 4:
-        _fail(
+        fail(
             op,
             "key_cache/value_cache",
             (tuple(key_cache.shape), tuple(value_cache.shape)),
             "must be 4-D",
         )
     if key_cache.size(0) != value_cache.size(0):
-        _fail(op, "value_cache", tuple(value_cache.shape), "must have key_cache's block count")
+        fail(op, "value_cache", tuple(value_cache.shape), "must have key_cache's block count")
     for name, src, cache in (("key_cache", key, key_cache), ("value_cache", value, value_cache)):
         heads, size = src.size(1), src.size(2)
         if cache_mode == "PA_NZ":
             last = cache.size(3)
             if (heads * size) % last or cache.size(1) != heads * size // last:
-                _fail(
+                fail(
                     op,
                     name,
                     tuple(cache.shape),
@@ -195,7 +191,7 @@ def _validate_scatter_pa_kv_cache(
             block_size = cache.size(2)
         else:
             if tuple(cache.shape[2:]) != (heads, size):
-                _fail(
+                fail(
                     op,
                     name,
                     tuple(cache.shape),
@@ -205,7 +201,7 @@ def _validate_scatter_pa_kv_cache(
         if name == "value_cache" and block_size != (
             key_cache.size(2) if cache_mode == "PA_NZ" else key_cache.size(1)
         ):
-            _fail(op, name, tuple(cache.shape), "must have key_cache's block size")
+            fail(op, name, tuple(cache.shape), "must have key_cache's block size")
 
 
 @npu_op("npu_scatter_pa_kv_cache", validate=_validate_scatter_pa_kv_cache)
@@ -236,7 +232,7 @@ def scatter_pa_kv_cache(
       token-major, i.e. writing the token's whole row contiguously at ``off * H*Dk``).
 
     The compressed scenario 3 (4-D key with ``compress_lens``/``seq_lens``) passes the validator
-    (the kernel supports it) but the reference raises ``ValueError`` ("not supported by the
+    (the kernel supports it) but the reference raises ``ValueError`` ("not implemented by the
     reference"). Returns None (the schema returns ``()``).
     """
     compressed = {
@@ -250,16 +246,18 @@ def scatter_pa_kv_cache(
     }
     if compressed or key.dim() == 4:
         name, t = next(iter(compressed.items()), ("key", key))
-        raise ValueError(
-            f"scatter_pa_kv_cache: {name}={tuple(t.shape)!r} is not supported by the reference; "
-            "the compressed scenario 3 is not implemented"
+        not_implemented(
+            "scatter_pa_kv_cache",
+            name,
+            t,
+            "scenarios 1 and 2, the uncompressed 3-D key; the compressed scenario 3 is not",
         )
     nz = cache_mode == "PA_NZ"
     block_size = key_cache.size(2) if nz else key_cache.size(1)
     slots = slot_mapping.to(device=key.device, dtype=torch.long)
     capacity = key_cache.size(0) * block_size
     if slots.numel() and bool(((slots < 0) | (slots >= capacity)).any()):
-        _fail(
+        fail(
             "scatter_pa_kv_cache",
             "slot_mapping",
             slots.tolist(),

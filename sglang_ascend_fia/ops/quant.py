@@ -10,27 +10,46 @@ pertoken_scale=s, bias, output_dtype)`` in ``NPUW8A8Int8DynamicLinearMethod``;
 ``NPUW8A8Int8LinearMethod``; ``dequant_swiglu_quant(h, quant_mode=1, activate_left=True)`` as the
 W8A8 MoE activation (``hardware_backend/npu/moe/activation.py``).
 
-As in ``ops/moe.py``: validators enforce only documented kernel constraints (they run before the
-NPU kernel too); what the kernel supports but the reference does not is refused by the
-reference ("... is not implemented by the reference").
+Validators enforce only documented kernel constraints (they run before the NPU kernel too); what
+the kernel supports but the reference does not is refused by the reference ("... is not
+implemented by the reference"); both worded by ``ops._checks``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-from sglang_ascend_fia.ops._dispatch import npu_op
-from sglang_ascend_fia.ops._moe_quant_util import (
+from sglang_ascend_fia.ops._checks import (
+    HALF_DTYPES,
     check_shape,
     check_tensor,
-    dynamic_int8_rows,
     fail,
     not_implemented,
     require,
 )
+from sglang_ascend_fia.ops._dispatch import npu_op
 
-_HALF_DTYPES = (torch.float16, torch.bfloat16)
+INT8_MAX = 127.0
+
+
+def dynamic_int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8 quantisation: ``scale = rowmax|x| / 127``, ``y = round(x / scale)``.
+
+    ``x`` is float32 with the quantised axis last. ``torch.round`` rounds half to even, the same
+    as the NPU's RINT cast (inferred: the CANN docs say "round" without a mode). An all-zero row
+    gets scale 0 and y 0 (inferred: the CANN golden generators divide by zero there and produce
+    NaN, whose int8 cast is undefined). Shared with ``moe_init_routing_v2``'s quant_mode 1.
+    """
+    scale = x.abs().amax(dim=-1) / INT8_MAX
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    y = torch.round(x / safe.unsqueeze(-1)).clamp(-INT8_MAX, INT8_MAX)
+    y = torch.where((scale > 0).unsqueeze(-1), y, torch.zeros_like(y))
+    return y.to(torch.int8), scale
+
 
 # ---------------------------------------------------------------------------------------------
 # npu_dynamic_quant
@@ -40,17 +59,13 @@ _DQ = "dynamic_quant"
 
 
 # ``input`` is the schema's name for x (``npu_dynamic_quant(Tensor input, ...)``).
-def _validate_dynamic_quant(
-    input: torch.Tensor,
-    *,
-    smooth_scales: torch.Tensor | None = None,
-    group_index: torch.Tensor | None = None,
-    dst_type: torch.dtype | None = None,
-    quant_mode: str = "pertoken",
-    dst_type_max: float = 0.0,
-) -> None:
+def _validate_dynamic_quant(a: Mapping[str, Any]) -> None:
+    input = a["input"]
+    smooth_scales = a["smooth_scales"]
+    group_index = a["group_index"]
+    dst_type = a["dst_type"]
     op = _DQ
-    x = check_tensor(op, "input", input, dtypes=_HALF_DTYPES)
+    x = check_tensor(op, "input", input, dtypes=HALF_DTYPES)
     require(x.dim() > 1, op, "input", x, "must have more than 1 dimension")
     require(
         dst_type in (None, torch.int8, torch.quint4x2),
@@ -69,7 +84,7 @@ def _validate_dynamic_quant(
         return
     check_tensor(op, "group_index", group_index, dims={1}, dtypes={torch.int32})
     if smooth_scales is None:
-        fail(op, "group_index", group_index, "requires smooth_scales (it groups their rows)")
+        fail(op, "group_index", group_index, "it needs smooth_scales (it groups their rows)")
     check_tensor(op, "smooth_scales", smooth_scales, dims={2}, dtypes={x.dtype})
     check_shape(
         op,
@@ -129,22 +144,14 @@ _QMM = "quant_matmul"
 _QMM_INNER_LIMIT = 65535
 
 
-def _validate_quant_matmul(
-    x1: torch.Tensor,
-    x2: torch.Tensor,
-    scale: torch.Tensor,
-    *,
-    offset: torch.Tensor | None = None,
-    pertoken_scale: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    output_dtype: torch.dtype | None = None,
-    x1_dtype: torch.dtype | None = None,
-    x2_dtype: torch.dtype | None = None,
-    pertoken_scale_dtype: torch.dtype | None = None,
-    scale_dtype: torch.dtype | None = None,
-    group_sizes: list[int] | None = None,
-    y_scale: torch.Tensor | None = None,
-) -> None:
+def _validate_quant_matmul(a: Mapping[str, Any]) -> None:
+    x1 = a["x1"]
+    x2 = a["x2"]
+    scale = a["scale"]
+    offset = a["offset"]
+    pertoken_scale = a["pertoken_scale"]
+    bias = a["bias"]
+    output_dtype = a["output_dtype"]
     op = _QMM
     require(
         output_dtype in (None, torch.int8, torch.float16, torch.bfloat16, torch.int32),
@@ -208,7 +215,7 @@ def _validate_quant_matmul(
         f"must have dtype in ({', '.join(sorted(map(str, scales)))}) {where}",
     )
     if has_pts and out in (torch.int8, torch.int32):
-        fail(op, "pertoken_scale", pertoken_scale, f"is not supported {where}")
+        fail(op, "pertoken_scale", pertoken_scale, f"not supported {where}")
     if offset is not None:
         require(
             out == torch.int8,
@@ -310,27 +317,20 @@ _DSQ = "dequant_swiglu_quant"
 _DSQ_GROUP_MAX_H = 10496
 
 
-def _validate_dequant_swiglu_quant(
-    x: torch.Tensor,
-    *,
-    weight_scale: torch.Tensor | None = None,
-    activation_scale: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    quant_scale: torch.Tensor | None = None,
-    quant_offset: torch.Tensor | None = None,
-    group_index: torch.Tensor | None = None,
-    activate_left: bool = False,
-    quant_mode: int = 0,
-    dst_type: torch.dtype | None = None,
-    round_mode: int | None = None,
-    activate_dim: int | None = None,
-    swiglu_mode: int = 0,
-    clamp_limit: float = 7.0,
-    glu_alpha: float = 1.702,
-    glu_bias: float = 1.0,
-) -> None:
+def _validate_dequant_swiglu_quant(a: Mapping[str, Any]) -> None:
+    x = a["x"]
+    weight_scale = a["weight_scale"]
+    activation_scale = a["activation_scale"]
+    bias = a["bias"]
+    quant_scale = a["quant_scale"]
+    quant_offset = a["quant_offset"]
+    group_index = a["group_index"]
+    quant_mode = a["quant_mode"]
+    dst_type = a["dst_type"]
+    activate_dim = a["activate_dim"]
+    swiglu_mode = a["swiglu_mode"]
     op = _DSQ
-    check_tensor(op, "x", x, dims={2}, dtypes={torch.int32, *_HALF_DTYPES})
+    check_tensor(op, "x", x, dims={2}, dtypes={torch.int32, *HALF_DTYPES})
     tokens, width = x.shape
     require(width % 2 == 0, op, "x", x, "must have an even last dim (it is split in two halves)")
     hidden = width // 2
@@ -383,7 +383,7 @@ def _validate_dequant_swiglu_quant(
         groups = 1
     if x.dtype == torch.int32:
         if weight_scale is None or activation_scale is None:
-            fail(op, "weight_scale", weight_scale, "and activation_scale are required for int32 x")
+            fail(op, "weight_scale", weight_scale, "int32 x needs it and activation_scale")
         check_tensor(op, "weight_scale", weight_scale, dims={2}, dtypes={torch.float32})
         check_shape(op, "weight_scale", weight_scale, (groups, width), "(groupNum, 2H)")
         check_tensor(op, "activation_scale", activation_scale, dims={1, 2}, dtypes={torch.float32})

@@ -266,6 +266,26 @@ def test_one_fia_launch_per_layer_for_any_batch(
         assert counts["scatter_nd_update_"] == 2 * shape.layers, (mode, counts)
 
 
+def test_one_validation_per_batch_over_every_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """All layers of a batch share one FIA geometry: the first layer's call validates fully, the
+    others only launch; each new batch (new metadata lists and table) validates again."""
+    shape = Shape(4, 2, 16, layers=6)
+    h = Harness(shape, 128, "npu-fia", n_reqs=5, monkeypatch=monkeypatch)
+    ops.reset_validation_counts()
+    steps = (
+        (ForwardMode.EXTEND, [3, 9, 1, 4, 6]),
+        (ForwardMode.DECODE, [1] * 5),
+        (ForwardMode.DECODE, [1] * 5),
+        (ForwardMode.EXTEND, [2, 1, 1, 130, 5]),
+    )
+    for step, (mode, lens) in enumerate(steps, start=1):
+        ops.reset_launch_counts()
+        assert_close(h.step(mode, lens))
+        assert ops.launch_counts()["fused_infer_attention_score"] == shape.layers
+        assert ops.validation_counts()["fused_infer_attention_score"] == step, mode
+    ops.reset_validation_counts()
+
+
 SYNC_METHODS = ("tolist", "item", "cpu")
 
 

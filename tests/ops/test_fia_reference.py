@@ -1,6 +1,6 @@
 """FIA v1/v2 references against a plain per-request, per-head dense attention written here.
 
-The brute force below shares no code with ``ops.attention``: it takes each request's logical
+The brute force below shares no code with ``ops.fia``: it takes each request's logical
 Q/K/V (``[len, heads, dim]``), builds the visibility rule from the documented sparse modes and
 computes softmax attention in float64, one (request, head) pair at a time. The test then packs the
 same logical tensors into every FIA input form (layouts, dense or paged caches, shuffled block
@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sglang_ascend_fia import ops
-from sglang_ascend_fia.ops import _fia_reference as reference
+from sglang_ascend_fia.ops.fia import reference
 
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, database=None)
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
@@ -422,19 +422,19 @@ def tiny_chunk_budgets() -> Iterator[list[int]]:
     or position (dense) of KV takes the online-softmax path over several KV chunks, and prefill
     runs row chunk by row chunk; yields a list that counts the online passes."""
     passes: list[int] = []
-    online = reference._attend_online
+    online = reference.attend_online
 
     def counting(*args: object, **kwargs: object) -> object:
         passes.append(1)
         return online(*args, **kwargs)  # type: ignore[arg-type]
 
-    saved = reference._KV_CHUNK_ELEMS, reference._SCORE_CHUNK_ELEMS, reference._attend_online
-    reference._KV_CHUNK_ELEMS, reference._SCORE_CHUNK_ELEMS = 1, 1
-    reference._attend_online = counting  # type: ignore[assignment]
+    saved = reference.KV_CHUNK_ELEMS, reference.SCORE_CHUNK_ELEMS, reference.attend_online
+    reference.KV_CHUNK_ELEMS, reference.SCORE_CHUNK_ELEMS = 1, 1
+    reference.attend_online = counting  # type: ignore[assignment]
     try:
         yield passes
     finally:
-        reference._KV_CHUNK_ELEMS, reference._SCORE_CHUNK_ELEMS, reference._attend_online = saved
+        reference.KV_CHUNK_ELEMS, reference.SCORE_CHUNK_ELEMS, reference.attend_online = saved
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None)

@@ -20,6 +20,12 @@ from sglang_ascend_fia import ops
 TEMPLATE = ~torch.tril(torch.ones(2048, 2048, dtype=torch.bool))
 
 
+def kv(*shape: int, empty: bool = False) -> dict[str, torch.Tensor]:
+    """A key and a value cache of one shape (most cases change both the same way)."""
+    make = torch.empty if empty else torch.randn
+    return {"key": make(*shape), "value": make(*shape)}
+
+
 def paged_decode(**over: object) -> dict[str, object]:
     """A valid BSND paged GQA decode call; tests override one thing at a time."""
     kw: dict[str, object] = {
@@ -151,8 +157,7 @@ CASES: list[tuple[str, dict[str, object], str]] = [
     (
         "decode block not 16-aligned",
         paged_decode(
-            key=torch.randn(6, 24, 32),
-            value=torch.randn(6, 24, 32),
+            **kv(6, 24, 32),
             block_size=24,
             block_table=torch.zeros(2, 20, dtype=torch.int32),
         ),
@@ -161,8 +166,7 @@ CASES: list[tuple[str, dict[str, object], str]] = [
     (
         "decode block above 512",
         paged_decode(
-            key=torch.randn(2, 528, 32),
-            value=torch.randn(2, 528, 32),
+            **kv(2, 528, 32),
             block_size=528,
             block_table=torch.zeros(2, 1, dtype=torch.int32),
         ),
@@ -171,8 +175,7 @@ CASES: list[tuple[str, dict[str, object], str]] = [
     (
         "prefill block 64",
         tnd_prefill(
-            key=torch.randn(8, 64, 32),
-            value=torch.randn(8, 64, 32),
+            **kv(8, 64, 32),
             block_size=64,
             block_table=torch.zeros(2, 4, dtype=torch.int32),
         ),
@@ -181,8 +184,7 @@ CASES: list[tuple[str, dict[str, object], str]] = [
     (
         "prefill block 640",
         tnd_prefill(
-            key=torch.randn(1, 640, 32),
-            value=torch.randn(1, 640, 32),
+            **kv(1, 640, 32),
             block_size=640,
             block_table=torch.zeros(2, 1, dtype=torch.int32),
         ),
@@ -191,8 +193,7 @@ CASES: list[tuple[str, dict[str, object], str]] = [
     (
         "rope block 32",
         mla_decode(
-            key=torch.randn(16, 32, 512),
-            value=torch.randn(16, 32, 512),
+            **kv(16, 32, 512),
             key_rope=torch.randn(16, 32, 64),
             block_size=32,
             block_table=torch.zeros(2, 8, dtype=torch.int32),
@@ -293,8 +294,7 @@ CASES: list[tuple[str, dict[str, object], str]] = [
         paged_decode(
             query=torch.randn(2, 8, 1, 16),
             input_layout="BNSD",
-            key=torch.randn(6, 2, 64, 16),
-            value=torch.randn(6, 2, 64, 16),
+            **kv(6, 2, 64, 16),
         ),
         r"key=\(6, 2, 64, 16\) .*\(blocks, KV_N=2, block_size=128, D\)",
     ),
@@ -302,8 +302,7 @@ CASES: list[tuple[str, dict[str, object], str]] = [
         "3-D cache H above 65535",
         paged_decode(
             query=torch.randn(1, 1, 2, 32768),
-            key=torch.empty(1, 16, 2 * 32768),
-            value=torch.empty(1, 16, 2 * 32768),
+            **kv(1, 16, 2 * 32768, empty=True),
             num_heads=2,
             num_key_value_heads=1,
             block_size=16,
@@ -471,8 +470,7 @@ CASES += [
         "dense BSH key H",
         dense_prefill(
             query=torch.randn(2, 3, 64),
-            key=torch.randn(2, 5, 66),
-            value=torch.randn(2, 5, 66),
+            **kv(2, 5, 66),
             input_layout="BSH",
             atten_mask=None,
         ),
@@ -531,8 +529,7 @@ CASES += [
         "TND paged at a head dim sglang does not run TND paged at",
         tnd_prefill(
             query=torch.randn(7, 4, 64),
-            key=torch.randn(4, 128, 2 * 64),
-            value=torch.randn(4, 128, 2 * 64),
+            **kv(4, 128, 2 * 64),
         ),
         r"query/value D=\(64, 64\) .*TND with page attention is accepted only at \(D, V_D\) in "
         r"\(\(128, 128\), \(192, 192\), \(256, 256\), \(192, 128\)\)",
@@ -581,8 +578,7 @@ CASES += [
     (
         "MLA NZ cache block 16",
         mla_decode(
-            key=torch.randn(16, 1, 32, 16, 16),
-            value=torch.randn(16, 1, 32, 16, 16),
+            **kv(16, 1, 32, 16, 16),
             key_rope=torch.randn(16, 1, 4, 16, 16),
             block_size=16,
             block_table=torch.zeros(2, 8, dtype=torch.int32),
@@ -634,8 +630,7 @@ CASES += [
         "heads above 256",
         dense_prefill(
             query=torch.randn(1, 1, 257, 16),
-            key=torch.randn(1, 4, 257, 16),
-            value=torch.randn(1, 4, 257, 16),
+            **kv(1, 4, 257, 16),
             num_heads=257,
             atten_mask=None,
         ),
@@ -645,8 +640,7 @@ CASES += [
         "head dim above 512",
         dense_prefill(
             query=torch.randn(1, 1, 1, 528),
-            key=torch.randn(1, 4, 1, 528),
-            value=torch.randn(1, 4, 1, 528),
+            **kv(1, 4, 1, 528),
             num_heads=1,
             atten_mask=None,
         ),
@@ -678,8 +672,7 @@ CASES += [
         "prompt head dim not 16-aligned",
         dense_prefill(
             query=torch.randn(2, 3, 4, 24),
-            key=torch.randn(2, 5, 4, 24),
-            value=torch.randn(2, 5, 4, 24),
+            **kv(2, 5, 4, 24),
         ),
         r"query='D=24' .*Q_S>1 needs the head dim 16-aligned",
     ),
@@ -703,8 +696,7 @@ CASES += [
         "prompt BSND N*D",
         dense_prefill(
             query=torch.randn(1, 2, 128, 512),
-            key=torch.randn(1, 2, 128, 512),
-            value=torch.randn(1, 2, 128, 512),
+            **kv(1, 2, 128, 512),
             num_heads=128,
             atten_mask=None,
         ),
@@ -795,8 +787,7 @@ CASES += [
         "TND MLA rope D",
         tnd_dense(
             query=torch.randn(7, 8, 128),
-            key=torch.randn(7, 8, 128),
-            value=torch.randn(7, 8, 128),
+            **kv(7, 8, 128),
             query_rope=torch.randn(7, 8, 32),
             key_rope=torch.randn(7, 8, 32),
         ),
@@ -812,16 +803,14 @@ CASES += [
         "MLA D 256",
         mla_decode(
             query=torch.randn(2, 1, 4, 256),
-            key=torch.randn(4, 128, 256),
-            value=torch.randn(4, 128, 256),
+            **kv(4, 128, 256),
         ),
         r"query/query_rope D=\(256, 64\) .*MLA needs D=512 and rope D=64",
     ),
     (
         "MLA two key heads",
         mla_decode(
-            key=torch.randn(4, 128, 1024),
-            value=torch.randn(4, 128, 1024),
+            **kv(4, 128, 1024),
             key_rope=torch.randn(4, 128, 128),
             num_key_value_heads=2,
         ),
@@ -846,8 +835,7 @@ CASES += [
     (
         "MLA without page attention",
         mla_decode(
-            key=torch.randn(2, 140, 1, 512),
-            value=torch.randn(2, 140, 1, 512),
+            **kv(2, 140, 1, 512),
             key_rope=torch.randn(2, 140, 1, 64),
             block_table=None,
             block_size=0,
@@ -871,8 +859,7 @@ CASES += [
             query=torch.randn(2, 4, 1, 512),
             query_rope=torch.randn(2, 4, 1, 64),
             input_layout="BNSD",
-            key=torch.randn(4, 1, 32, 128, 16),
-            value=torch.randn(4, 1, 32, 128, 16),
+            **kv(4, 1, 32, 128, 16),
             key_rope=torch.randn(4, 1, 4, 128, 16),
         ),
         r"input_layout='BNSD' .*not BNSD with an NZ cache",
@@ -882,8 +869,7 @@ CASES += [
         mla_band(
             query=torch.randn(1, 128, 1, 512),
             query_rope=torch.randn(1, 128, 1, 64),
-            key=torch.randn(1, 1, 6, 512),
-            value=torch.randn(1, 1, 6, 512),
+            **kv(1, 1, 6, 512),
             key_rope=torch.randn(1, 1, 6, 64),
             input_layout="BNSD",
         ),
@@ -899,8 +885,7 @@ CASES += [
     (
         "MLA band NZ cache",
         mla_band(
-            key=torch.randn(1, 1, 32, 64, 16),
-            value=torch.randn(1, 1, 32, 64, 16),
+            **kv(1, 1, 32, 64, 16),
             key_rope=torch.randn(1, 1, 4, 64, 16),
             block_table=torch.zeros(1, 1, dtype=torch.int32),
             block_size=64,
@@ -992,7 +977,7 @@ REFERENCE_ONLY: list[tuple[str, dict[str, object], str]] = [
     (
         "NZ cache",
         paged_decode(key=torch.randn(6, 2, 1, 128, 16), value=torch.randn(6, 2, 1, 128, 16)),
-        r"key=\(6, 2, 1, 128, 16\) is not supported by the reference; NZ caches",
+        r"key=\(6, 2, 1, 128, 16\) is not implemented by the reference \(it supports ND caches",
     ),
     (
         "int8 query and key (prompt, dense)",
@@ -1003,7 +988,7 @@ REFERENCE_ONLY: list[tuple[str, dict[str, object], str]] = [
             num_heads=2,
             atten_mask=None,
         ),
-        r"query/key dtype=\(torch.int8, torch.int8\) is not supported by the reference",
+        r"query/key dtype=\(torch.int8, torch.int8\) is not implemented by the reference",
     ),
     (
         "int8 cache (antiquant)",
@@ -1012,7 +997,7 @@ REFERENCE_ONLY: list[tuple[str, dict[str, object], str]] = [
             value=torch.zeros(6, 128, 32, dtype=torch.int8),
             antiquant_scale=torch.ones(2, 32),
         ),
-        r"antiquant_scale=\(2, 32\) is not supported by the reference",
+        r"antiquant_scale=\(2, 32\) is not implemented by the reference",
     ),
     (
         "-1 inside a request",
@@ -1029,32 +1014,32 @@ REFERENCE_ONLY: list[tuple[str, dict[str, object], str]] = [
         tnd_prefill(
             sparse_mode=0, pre_tokens=5, atten_mask=torch.zeros(1, 4, 256, dtype=torch.bool)
         ),
-        r"pre_tokens/next_tokens=\(5, 2147483647\) is not supported by the reference",
+        r"pre_tokens/next_tokens=\(5, 2147483647\) is not implemented by the reference",
     ),
     (
         "pse_shift",
         paged_decode(pse_shift=torch.zeros(2, 8, 1, 384)),
-        r"pse_shift=\(2, 8, 1, 384\) is not supported by the reference",
+        r"pse_shift=\(2, 8, 1, 384\) is not implemented by the reference",
     ),
     (
         "antiquant_mode",
         paged_decode(antiquant_mode=1),
-        r"antiquant_mode=1 is not supported by the reference",
+        r"antiquant_mode=1 is not implemented by the reference",
     ),
     (
         "quant_scale2",
         paged_decode(quant_scale2=torch.ones(1)),
-        r"quant_scale2=\(1,\) is not supported by the reference",
+        r"quant_scale2=\(1,\) is not implemented by the reference",
     ),
     (
         "shared prefix",
         paged_decode(actual_shared_prefix_len=[3]),
-        r"actual_shared_prefix_len=\[3\] is not supported by the reference",
+        r"actual_shared_prefix_len=\[3\] is not implemented by the reference",
     ),
     (
         "tree mask (sparse_mode 9, MLA)",
         mla_decode(**MLA_Q2, sparse_mode=9, atten_mask=torch.zeros(2, 2, 256, dtype=torch.bool)),
-        r"sparse_mode=9 is not supported by the reference; the treeMask layout is not documented",
+        r"sparse_mode=9 is not implemented by the reference \(.* treeMask layout is undocumented",
     ),
 ]
 
@@ -1091,13 +1076,13 @@ def v2(**kw: object) -> tuple[torch.Tensor, torch.Tensor]:
     [
         (
             {"dequant_scale_key": torch.ones(1)},
-            r"_v2: dequant_scale_key=\(1,\) is not supported",
+            r"_v2: dequant_scale_key=\(1,\) is not implemented",
             True,
         ),
-        ({"key_quant_mode": 1}, r"_v2: key_quant_mode=1 is not supported", True),
-        ({"out_dtype": 1}, r"_v2: out_dtype=1 is not supported", True),
-        ({"query_dtype": 27}, r"_v2: query_dtype=27 is not supported", True),
-        ({"input_layout": "BSND_NBSD"}, r"input_layout='BSND_NBSD' is not supported", True),
+        ({"key_quant_mode": 1}, r"_v2: key_quant_mode=1 is not implemented", True),
+        ({"out_dtype": 1}, r"_v2: out_dtype=1 is not implemented", True),
+        ({"query_dtype": 27}, r"_v2: query_dtype=27 is not implemented", True),
+        ({"input_layout": "BSND_NBSD"}, r"input_layout='BSND_NBSD' is not implemented", True),
         (
             {"learnable_sink": torch.zeros(3)},
             r"learnable_sink=\(3,\) .*shape \(num_query_heads,\) = \(8,\)",
@@ -1260,8 +1245,7 @@ ACCEPTED: list[tuple[str, dict[str, object]]] = [
     (
         "MLA NZ cache, BSND",
         mla_decode(
-            key=torch.randn(4, 1, 32, 128, 16),
-            value=torch.randn(4, 1, 32, 128, 16),
+            **kv(4, 1, 32, 128, 16),
             key_rope=torch.randn(4, 1, 4, 128, 16),
         ),
     ),
@@ -1270,8 +1254,7 @@ ACCEPTED: list[tuple[str, dict[str, object]]] = [
         "TND MLA extend",
         tnd_dense(
             query=torch.randn(7, 8, 128),
-            key=torch.randn(7, 8, 128),
-            value=torch.randn(7, 8, 128),
+            **kv(7, 8, 128),
             query_rope=torch.randn(7, 8, 64),
             key_rope=torch.randn(7, 8, 64),
         ),
@@ -1294,8 +1277,7 @@ ACCEPTED: list[tuple[str, dict[str, object]]] = [
         "BNSD prompt with N*D = 65536",
         dense_prefill(
             query=torch.randn(1, 128, 2, 512),
-            key=torch.randn(1, 128, 2, 512),
-            value=torch.randn(1, 128, 2, 512),
+            **kv(1, 128, 2, 512),
             num_heads=128,
             input_layout="BNSD",
             atten_mask=None,
@@ -1379,8 +1361,7 @@ V2_CASES: list[tuple[str, dict[str, object], str]] = [
         "v2 MLA query D 128 with page attention",
         mla_decode(
             query=torch.randn(2, 1, 4, 128),
-            key=torch.randn(4, 128, 128),
-            value=torch.randn(4, 128, 128),
+            **kv(4, 128, 128),
         ),
         r"query='D=128' .*MLA with a query D of 128 needs TND without page attention",
     ),
@@ -1417,8 +1398,7 @@ def test_v2_accepts_tnd_gqa_d128_and_tnd_paged_mla() -> None:
     """v2 documents GQA and D 128 for TND without paging, and TND for paged MLA at D 512."""
     gqa = tnd_dense(
         query=torch.randn(7, 8, 128),
-        key=torch.randn(7, 2, 128),
-        value=torch.randn(7, 2, 128),
+        **kv(7, 2, 128),
         num_key_value_heads=2,
     )
     out, _ = run_v2(gqa)
@@ -1510,7 +1490,7 @@ def test_float32_is_refused_on_an_npu_tensor_only() -> None:
         assert got[f"{name} torch.bfloat16"] == "accepted"
         assert got[f"{name} torch.float16"] == "accepted"
         refusal = got[f"{name} torch.float32"]
-        assert "=torch.float32 is not allowed on an NPU tensor" in refusal, refusal
+        assert "=torch.float32 is not allowed: on an NPU tensor" in refusal, refusal
         assert "float32 is accepted off the NPU only" in refusal
     assert got["fia torch.float32"].startswith("fused_infer_attention_score: query=")
     assert got["interleave_rope torch.float32"].startswith("interleave_rope: x=")
@@ -1542,9 +1522,9 @@ def test_dtype_policy_reads_the_device_type(dtype: torch.dtype) -> None:
         ops.fused_infer_attention_score.validate(q, k, v, **args)
         ops.interleave_rope.validate(x, cos, cos)
         return
-    with pytest.raises(ValueError, match=r"query=torch.float32 is not allowed on an NPU tensor"):
+    with pytest.raises(ValueError, match=r"query=torch.float32 is not allowed: on an NPU tensor"):
         ops.fused_infer_attention_score.validate(q, k, v, **args)
-    with pytest.raises(ValueError, match=r"interleave_rope: x=torch.float32 is not allowed on an"):
+    with pytest.raises(ValueError, match=r"interleave_rope: x=torch.float32 is not allowed: on an"):
         ops.interleave_rope.validate(x, cos, cos)
 
 

@@ -1,15 +1,16 @@
 """List the raise sites under ``sglang_ascend_fia/ops/`` that no test makes raise.
 
-Usage (from the repository root, with the fast-test environment)::
+Run by ``test_raise_sites.py`` as part of the suite. By hand, from the repository root, with the
+fast-test environment::
 
     PYTHONPATH=tests/support/pythonpath:tests/support .venv/bin/python \
         tests/ops/trace_raise_sites.py tests/ops [more pytest args]
 
-A *raise site* is a ``raise`` statement or a call to one of the raising helpers (``_fail``,
-``fail``, ``_not_supported``, ``not_implemented``, ``require``). A site counts as reached only if
+A *raise site* is a ``raise`` statement or a call to one of the raising helpers of
+``ops._checks`` (``fail``, ``not_implemented``, ``require``). A site counts as reached only if
 an exception actually propagates through its lines while the tests run (a ``require`` whose
 condition held does not count), so this is stricter than line coverage. Exits 1 when a site is
-left unreached. ``_fia_reference.py`` is excluded (its owner tests it separately).
+left unreached. ``fia/reference.py`` is excluded (its owner tests it separately).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from types import FrameType
 from typing import Any
 
 OPS = Path(__file__).resolve().parents[2] / "sglang_ascend_fia" / "ops"
-EXCLUDED = {"_fia_reference.py"}
-RAISERS = {"_fail", "fail", "_not_supported", "not_implemented", "require"}
+EXCLUDED = {"fia/reference.py"}
+RAISERS = {"fail", "not_implemented", "require"}
 
 _hits: dict[str, set[int]] = {}
 
@@ -75,8 +76,8 @@ def main(argv: list[str]) -> int:
         return 2
     missing = 0
     total = 0
-    for path in sorted(OPS.glob("*.py")):
-        if path.name in EXCLUDED:
+    for path in sorted(OPS.rglob("*.py")):
+        if path.relative_to(OPS).as_posix() in EXCLUDED:
             continue
         hits = _hits.get(str(path), set())
         for first, last, text in raise_sites(path):

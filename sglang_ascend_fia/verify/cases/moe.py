@@ -7,7 +7,7 @@ up to the terminator, ``norm_out`` only with ``out_flag``, int8 results dequanti
 scale. Gating inputs are continuous random values, so top-k ties (whose order no doc states)
 do not occur; the fp16 cases and the bf16 group-max case use well-separated scores (a random
 permutation times a step) so the kernel's rounding cannot reorder close experts either. The first
-case of each op is sglang 0.5.23's call (see ``ops/moe.py``).
+case of each op is sglang 0.5.23's call (see ``ops/moe/``).
 
 Covered per op (enforced by ``tests/verify/test_verify_coverage.py``): every float dtype the kernel
 takes (and int8 where it takes it); gating softmax 2-D/3-D with and without ``finished``, k=1 and
@@ -156,7 +156,7 @@ def _init_routing(
     return out
 
 
-# sglang's dispatch (``ops/moe.py``: active_num T*K, expert_tokens_num_type 1, all E experts),
+# sglang's dispatch (``ops/moe/``: active_num T*K, expert_tokens_num_type 1, all E experts),
 # here for 24 tokens routed to 4 of 16 experts.
 _SGLANG_DISPATCH: dict[str, object] = {
     "active_num": 24 * 4,

@@ -1,7 +1,8 @@
 """``npu_fused_infer_attention_score`` (FIA) and its ``_v2``, with a pure-PyTorch reference.
 
 What the kernel computes (doc: torch_npu 2.14.0 ``_op_plugin_docs.py``; meta shapes:
-``op_plugin/meta/_meta_registrations.py``; summary in shared/notes/upstream-0.5.23.md §3.1-3.2)::
+``op_plugin/meta/_meta_registrations.py``; every rule, with its source: ``docs/ops-semantics.md``,
+section ``npu_fused_infer_attention_score``)::
 
     attention_out = softmax(scale * (query @ key^T [+ query_rope @ key_rope^T]) + mask) @ value
 
@@ -14,174 +15,46 @@ per request and per query head, over that request's valid keys. The reference:
 - computes in fp32 with an online (flash-style) softmax over KV chunks, so neither the whole
   gathered cache nor the whole score matrix is materialised, and casts to the query dtype.
 
-Two kinds of rejection, both ``ValueError``. The validator (run by ``_dispatch`` before either
-implementation, so also on an NPU) enforces only the *documented* kernel constraints, and never
-refuses a call the kernel accepts. What only the reference lacks — quantisation arguments, NZ
-caches, int8 inputs, the v2-only ``*_NBSD``/``NTD`` layouts — is refused by the reference itself
-("... is not supported by the reference"), so only CPU/CUDA runs see it.
+Two kinds of rejection, both ``ValueError``, worded by ``ops._checks``. The validator (run by
+``_dispatch`` before either implementation, so also on an NPU) enforces only the *documented*
+kernel constraints, and never refuses a call the kernel accepts. What only the reference lacks —
+quantisation arguments, NZ caches, int8 inputs, the v2-only ``*_NBSD``/``NTD`` layouts — is
+refused by the reference itself ("... is not implemented by the reference"), so only CPU/CUDA
+runs see it.
 
-Choices the doc does not settle are marked **(inferred)** where they are made. The validator and
-planner live in :mod:`._fia_plan`, the computation in :mod:`._fia_reference`; this module holds
-the two public ops and their argument handling.
+Choices the doc does not settle are marked **(inferred)** where they are made. A call's path:
+this module (the two public ops) → :mod:`.plan` (validator and geometry, with the limits of
+:mod:`.rules`) → :mod:`.reference` (the computation).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from sglang_ascend_fia.ops._dispatch import npu_op
-from sglang_ascend_fia.ops._fia_plan import (
-    _OP,
-    _V2_ONLY_LAYOUTS,
-    INT32_MAX,
-    _fail,
-    _not_supported,
-    _Plan,
-    _plan,
-    _shape,
-)
-from sglang_ascend_fia.ops._fia_reference import _attention, _no_lse, _to_output_layout
-from sglang_ascend_fia.ops._fia_rules import (
-    TREE_MASK_SPARSE_MODE,
-    check_head_counts,
-    check_sparse_mode,
-)
+from sglang_ascend_fia.ops.fia.arguments import v2_to_v1, validate_v2_only_layout
+from sglang_ascend_fia.ops.fia.plan import Plan, plan
+from sglang_ascend_fia.ops.fia.reference import attention, no_lse, to_output_layout
+from sglang_ascend_fia.ops.fia.rules import INT32_MAX, V2_ONLY_LAYOUTS
 
-# ---------------------------------------------------------------------------------------------
-# v1
-# ---------------------------------------------------------------------------------------------
-
-# Arguments the reference does not model; each must keep its default (None, or 0 for modes).
-_V1_UNSUPPORTED = (
-    "pse_shift",
-    "dequant_scale1",
-    "quant_scale1",
-    "dequant_scale2",
-    "quant_scale2",
-    "quant_offset2",
-    "antiquant_scale",
-    "antiquant_offset",
-    "key_antiquant_scale",
-    "key_antiquant_offset",
-    "value_antiquant_scale",
-    "value_antiquant_offset",
-    "query_padding_size",
-    "kv_padding_size",
-    "key_shared_prefix",
-    "value_shared_prefix",
-    "actual_shared_prefix_len",
-    "key_rope_antiquant_scale",
-    "antiquant_mode",
-    "key_antiquant_mode",
-    "value_antiquant_mode",
-)
-_V2_UNSUPPORTED = (
-    "pse_shift",
-    "dequant_scale_query",
-    "dequant_scale_key",
-    "dequant_offset_key",
-    "dequant_scale_value",
-    "dequant_offset_value",
-    "dequant_scale_key_rope",
-    "quant_scale_out",
-    "quant_offset_out",
-    "quant_scale_p",
-    "query_quant_mode",
-    "key_quant_mode",
-    "value_quant_mode",
-    "query_dtype",
-    "key_dtype",
-    "value_dtype",
-    "query_rope_dtype",
-    "key_rope_dtype",
-    "key_shared_prefix_dtype",
-    "value_shared_prefix_dtype",
-    "dequant_scale_query_dtype",
-    "dequant_scale_key_dtype",
-    "dequant_scale_value_dtype",
-    "dequant_scale_key_rope_dtype",
-    "out_dtype",
-)
+__all__ = ["fused_infer_attention_score", "fused_infer_attention_score_v2"]
 
 
-def _reject_unsupported(op: str, a: dict[str, Any], names: tuple[str, ...]) -> None:
-    """The reference refuses (never ignores) arguments it does not model."""
-    for name in names:
-        value = a[name]
-        is_default = value is None if not name.endswith("_mode") else value == 0
-        if not is_default:
-            shown = _shape(value) if isinstance(value, torch.Tensor) else value
-            raise ValueError(
-                f"{op}: {name}={shown!r} is not supported by the reference; it implements float "
-                "attention without quantisation, pse_shift, shared prefixes, left padding or "
-                "dtype overrides"
-            )
-
-
-# What the doc excludes from sparse_mode=9 (treeMask): "不支持左padding、pse_shift、sharedPrefix,
-# 输出dtype不支持int8" (an int8 output is what quant_scale2 asks for).
-_TREE_MASK_EXCLUDES = (
-    "pse_shift",
-    "query_padding_size",
-    "kv_padding_size",
-    "key_shared_prefix",
-    "value_shared_prefix",
-    "actual_shared_prefix_len",
-    "quant_scale2",
-)
-
-
-def _plan_v1(a: dict[str, Any], *, reference: bool, version: int = 1) -> _Plan:
-    if a["sparse_mode"] == TREE_MASK_SPARSE_MODE:
-        for name in _TREE_MASK_EXCLUDES:
-            if a.get(name) is not None:
-                shown = _shape(a[name]) if isinstance(a[name], torch.Tensor) else a[name]
-                _fail(
-                    name,
-                    shown,
-                    "sparse_mode=9 (treeMask) takes no left padding, pse_shift, "
-                    "shared prefix or int8 output",
-                )
-    if reference:
-        _reject_unsupported(_OP, a, _V1_UNSUPPORTED)
-    return _plan(
-        a["query"],
-        a["key"],
-        a["value"],
-        atten_mask=a["atten_mask"],
-        actual_seq_lengths=a["actual_seq_lengths"],
-        actual_seq_lengths_kv=a["actual_seq_lengths_kv"],
-        block_table=a["block_table"],
-        query_rope=a["query_rope"],
-        key_rope=a["key_rope"],
-        num_heads=a["num_heads"],
-        pre_tokens=a["pre_tokens"],
-        next_tokens=a["next_tokens"],
-        input_layout=a["input_layout"],
-        num_key_value_heads=a["num_key_value_heads"],
-        sparse_mode=a["sparse_mode"],
-        inner_precise=a["inner_precise"],
-        block_size=a["block_size"],
-        reference=reference,
-        version=version,
-    )
-
-
-def _run_v1(
-    a: dict[str, Any], sink: torch.Tensor | None = None, version: int = 1
+def _run(
+    a: Mapping[str, Any], sink: torch.Tensor | None = None, version: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference for a complete v1 argument dict (every parameter present)."""
-    plan = _plan_v1(a, reference=True, version=version)
+    """The reference for a complete v1 argument mapping (every parameter present)."""
+    call = plan(a, reference=True, version=version)
     query = a["query"]
     if query.numel() == 0:  # doc: an empty query returns at once
-        return query.new_empty(_out_shape(plan, query)), _no_lse(query.device)
-    out, lse = _attention(
-        plan,
+        return query.new_empty(_out_shape(call, query)), no_lse(query.device)
+    out, lse = attention(
+        call,
         query,
         a["key"],
         a["value"],
@@ -192,54 +65,29 @@ def _run_v1(
         scale=float(a["scale"]),
         sink=sink,
     )
-    return _to_output_layout(plan, out, lse, query.dtype, bool(a["softmax_lse_flag"]))
+    return to_output_layout(call, out, lse, query.dtype, bool(a["softmax_lse_flag"]))
 
 
-def _out_shape(plan: _Plan, query: torch.Tensor) -> tuple[int, ...]:
-    b, n, s, dv = plan.batch, plan.num_heads, plan.q_s, plan.v_dim
+def _out_shape(call: Plan, query: torch.Tensor) -> tuple[int, ...]:
+    b, n, s, dv = call.batch, call.num_heads, call.q_s, call.v_dim
     return {
         "BSH": (b, s, n * dv),
         "BSND": (b, s, n, dv),
         "BNSD": (b, n, s, dv),
         "TND": (query.size(0), n, dv),
-    }[plan.out_layout]
+    }[call.out_layout]
 
 
-# inspect.signature() rebuilds the Signature on every call (~100 us for FIA's 40 parameters,
-# more than the reference's whole decode on a tiny model); the ops' signatures never change.
-_signature = functools.cache(inspect.signature)
+# ---------------------------------------------------------------------------------------------
+# v1
+# ---------------------------------------------------------------------------------------------
 
 
-@functools.cache
-def _parameters(fn: Any) -> tuple[tuple[str, ...], frozenset[str], dict[str, Any]]:
-    """``fn``'s positional parameter names, all names, and defaults."""
-    params = _signature(fn).parameters
-    positional = tuple(n for n, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD)
-    defaults = {n: p.default for n, p in params.items() if p.default is not p.empty}
-    return positional, frozenset(params), defaults
+def _validate_v1(a: Mapping[str, Any]) -> None:
+    plan(a, reference=False)
 
 
-def _bind(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """All of ``op``'s parameters, defaults filled in, as the validator sees the call."""
-    positional, names, defaults = _parameters(op.reference)
-    if (
-        len(args) == len(positional)
-        and names.issuperset(kwargs)
-        and kwargs.keys().isdisjoint(positional)
-    ):
-        # The usual call (tensors by position, the rest by keyword), bound in a few microseconds;
-        # anything else goes through Signature.bind, which also raises Python's own TypeErrors.
-        return {**defaults, **dict(zip(positional, args, strict=True)), **kwargs}
-    bound = _signature(op.reference).bind(*args, **kwargs)
-    bound.apply_defaults()
-    return dict(bound.arguments)
-
-
-def _validate_v1(*args: Any, **kwargs: Any) -> None:
-    _plan_v1(_bind(fused_infer_attention_score, args, kwargs), reference=False)
-
-
-@npu_op("npu_fused_infer_attention_score", validate=_validate_v1)
+@npu_op("npu_fused_infer_attention_score", validate=_validate_v1, memoise=True)
 def fused_infer_attention_score(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -343,77 +191,33 @@ def fused_infer_attention_score(
     query/kv left padding, NZ caches, int8 inputs, sparse_mode 9 (treeMask: its mask layout is
     not documented) and a sparse_mode 0 mask with non-default ``pre_tokens``/``next_tokens``
     (the doc says the band between them is computed but not where it is anchored) raise
-    ``ValueError`` ("not supported by the reference") after the validator has passed them.
+    ``ValueError`` ("not implemented by the reference") after the validator has passed them.
     dtype policy: fp32 is accepted off the NPU only (the CPU test bed runs in fp32); on an NPU
     tensor it is refused like the kernel refuses it.
     """
-    return _run_v1(dict(locals()))
+    return _run(dict(locals()))
 
 
 # ---------------------------------------------------------------------------------------------
 # v2
 # ---------------------------------------------------------------------------------------------
 
-# v2 name -> v1 name, for the arguments the two versions share under different names.
-_V2_RENAMES = {
-    "actual_seq_qlen": "actual_seq_lengths",
-    "actual_seq_kvlen": "actual_seq_lengths_kv",
-    "num_query_heads": "num_heads",
-    "softmax_scale": "scale",
-    "return_softmax_lse": "softmax_lse_flag",
-}
-_V2_SHARED = (
-    "query",
-    "key",
-    "value",
-    "query_rope",
-    "key_rope",
-    "atten_mask",
-    "block_table",
-    "num_key_value_heads",
-    "pre_tokens",
-    "next_tokens",
-    "input_layout",
-    "sparse_mode",
-    "block_size",
-    "inner_precise",
-)
+
+@functools.cache
+def _v1_defaults() -> dict[str, Any]:
+    """Every v1 parameter with its default: the base a v2 call is translated onto."""
+    parameters = inspect.signature(fused_infer_attention_score.reference).parameters
+    return {name: p.default for name, p in parameters.items()}
 
 
-def _v2_to_v1(a: dict[str, Any], *, reference: bool) -> dict[str, Any]:
-    """Check the v2-only arguments, then express the call with v1's names and defaults."""
-    if reference:
-        _reject_unsupported(f"{_OP}_v2", a, _V2_UNSUPPORTED)
-        if a["input_layout"] in _V2_ONLY_LAYOUTS:
-            _not_supported(
-                "input_layout", a["input_layout"], "the N-first output layouts are not implemented"
-            )
-    sink = a["learnable_sink"]
-    if sink is not None:
-        n = a["num_query_heads"]
-        if not isinstance(sink, torch.Tensor) or tuple(sink.shape) != (n,):
-            _fail("learnable_sink", _shape(sink), f"must have shape (num_query_heads,) = ({n},)")
-    v1 = {
-        name: p.default
-        for name, p in _signature(fused_infer_attention_score.reference).parameters.items()
-    }
-    v1.update({name: a[name] for name in _V2_SHARED})
-    v1.update({old: a[new] for new, old in _V2_RENAMES.items()})
-    return v1
-
-
-def _validate_v2(*args: Any, **kwargs: Any) -> None:
-    a = _bind(fused_infer_attention_score_v2, args, kwargs)
-    if a["input_layout"] in _V2_ONLY_LAYOUTS:
-        # Documented v2 layouts the plan does not model: check what does not depend on them.
-        rope = a["query_rope"] is not None
-        check_head_counts(a["num_query_heads"], a["num_key_value_heads"], mla=rope)
-        check_sparse_mode(a["sparse_mode"], rope=rope, version=2)
+def _validate_v2(a: Mapping[str, Any]) -> None:
+    if a["input_layout"] in V2_ONLY_LAYOUTS:
+        validate_v2_only_layout(a)
         return
-    _plan_v1(_v2_to_v1(a, reference=False), reference=False, version=2)
+    plan(v2_to_v1(a, _v1_defaults(), reference=False), reference=False, version=2)
 
 
-@npu_op("npu_fused_infer_attention_score_v2", validate=_validate_v2)
+@npu_op("npu_fused_infer_attention_score_v2", validate=_validate_v2, memoise=True)
 def fused_infer_attention_score_v2(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -484,7 +288,7 @@ def fused_infer_attention_score_v2(
     with page attention; MLA at D 128 needs TND without page attention; sparse_mode 9 is v1's.
 
     The quantisation arguments and the reserved ``*_dtype``/``out_dtype`` must keep their
-    defaults ("not supported by the reference"); the ``*_NBSD``/``NTD`` layouts are not modelled.
+    defaults ("not implemented by the reference"); the ``*_NBSD``/``NTD`` layouts are not modelled.
     """
-    a = dict(locals())
-    return _run_v1(_v2_to_v1(a, reference=True), sink=learnable_sink, version=2)
+    v1 = v2_to_v1(dict(locals()), _v1_defaults(), reference=True)
+    return _run(v1, sink=learnable_sink, version=2)

@@ -1,4 +1,4 @@
-"""The FIA reference computation: executes a validated :class:`_Plan` in fp32 on any device.
+"""The FIA reference computation: executes a validated :class:`~.plan.Plan` in fp32 on any device.
 
 An online (flash-style) softmax over KV chunks, so neither the whole gathered cache nor the whole
 score matrix is ever materialised; results are cast to the query dtype at the end.
@@ -12,17 +12,16 @@ from typing import Any
 
 import torch
 
-from sglang_ascend_fia.ops._fia_plan import (
-    _dense_mask_view,
-    _fail,
-    _Plan,
-)
+from sglang_ascend_fia.ops._checks import fail
+from sglang_ascend_fia.ops.fia.geometry import dense_mask_view
+from sglang_ascend_fia.ops.fia.plan import Plan
+from sglang_ascend_fia.ops.fia.rules import OP
 
 # Chunk budgets, in elements. A gathered K chunk (about 4 MiB in fp32) stays in cache from gather
 # through conversion to matmul; measured on 2 cores, 2^19-2^20 is the sweet spot (2^17 and 2^21
 # are 1.5-2.5x slower). The score chunk bounds the prefill working set.
-_KV_CHUNK_ELEMS = 1 << 20
-_SCORE_CHUNK_ELEMS = 1 << 22
+KV_CHUNK_ELEMS = 1 << 20
+SCORE_CHUNK_ELEMS = 1 << 22
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
@@ -32,7 +31,7 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     return torch.empty(t.shape, dtype=torch.float32, device=t.device).copy_(t)
 
 
-def _query_bnsd(plan: _Plan, q: torch.Tensor, dim: int) -> torch.Tensor:
+def _query_bnsd(plan: Plan, q: torch.Tensor, dim: int) -> torch.Tensor:
     """Any query layout -> ``[B, N, S, dim]`` (TND right-padded to the longest request)."""
     b, n, s = plan.batch, plan.num_heads, plan.q_s
     if plan.q_layout == "BSH":
@@ -86,7 +85,7 @@ class _KVSource:
 
     def __init__(
         self,
-        plan: _Plan,
+        plan: Plan,
         key: torch.Tensor,
         value: torch.Tensor,
         key_rope: torch.Tensor | None,
@@ -183,7 +182,8 @@ def _check_block_ids(
     bad = in_use & ((ids < 0) | (ids >= num_blocks))
     if bool(bad.any()):
         b, c = (int(x) for x in bad.nonzero()[0])
-        _fail(
+        fail(
+            OP,
             "block_table",
             f"[{b}, {c}] = {int(ids[b, c])}",
             f"request {b} needs block slot {c} for its {kv_lens[b]} tokens; ids must be "
@@ -191,7 +191,7 @@ def _check_block_ids(
         )
 
 
-def _checked_block_ids(plan: _Plan, block_table: torch.Tensor, num_blocks: int) -> torch.Tensor:
+def _checked_block_ids(plan: Plan, block_table: torch.Tensor, num_blocks: int) -> torch.Tensor:
     """Block ids as int64 on the table's device; ids in slots past a request's length (-1 padding)
     are clamped into range: they are read and masked out."""
     ids = block_table.to(device="cpu", dtype=torch.long)
@@ -206,14 +206,14 @@ def _checked_block_ids(plan: _Plan, block_table: torch.Tensor, num_blocks: int) 
 class _Masker:
     """``[b, rows, cols]`` True where query row i of a request may attend KV position j."""
 
-    def __init__(self, plan: _Plan, atten_mask: torch.Tensor | None, device: Any) -> None:
+    def __init__(self, plan: Plan, atten_mask: torch.Tensor | None, device: Any) -> None:
         self.plan, self.device = plan, device
         self.q_len = torch.tensor(plan.q_lens, device=device)[:, None, None]
         self.kv_len = torch.tensor(plan.kv_lens, device=device)[:, None, None]
         self.dense: torch.Tensor | None = None
         if plan.mask_mode == "dense":
             assert atten_mask is not None
-            view = _dense_mask_view(
+            view = dense_mask_view(
                 atten_mask, plan.batch, max(plan.q_lens), max(plan.kv_lens), prefill=plan.q_s > 1
             )
             self.dense = view.to(device=device, dtype=torch.bool)
@@ -252,8 +252,8 @@ class _Masker:
         return keep
 
 
-def _attention(
-    plan: _Plan,
+def attention(
+    plan: Plan,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
@@ -287,14 +287,14 @@ def _attention(
 
     per_token = nkv * (plan.q_dim + plan.rope_dim)  # gathered K elements per request and position
     step = plan.block_size if plan.paged else 1
-    group = max(1, min(b, _KV_CHUNK_ELEMS // max(1, per_token * step)))
+    group = max(1, min(b, KV_CHUNK_ELEMS // max(1, per_token * step)))
     tiles: list[tuple[int, int, int, int, torch.Tensor, torch.Tensor]] = []
     for b0 in range(0, b, group):
         b1 = min(b, b0 + group)
         extent = source.extent(b0, b1)
-        kv_chunk = max(step, _KV_CHUNK_ELEMS // max(1, (b1 - b0) * per_token) // step * step)
+        kv_chunk = max(step, KV_CHUNK_ELEMS // max(1, (b1 - b0) * per_token) // step * step)
         width = min(kv_chunk, max(extent, 1))
-        rows_per_chunk = max(1, _SCORE_CHUNK_ELEMS // ((b1 - b0) * n * width))
+        rows_per_chunk = max(1, SCORE_CHUNK_ELEMS // ((b1 - b0) * n * width))
         for i0 in range(0, s, rows_per_chunk):
             i1 = min(s, i0 + rows_per_chunk)
             o, m = _attend_rows(
@@ -348,7 +348,7 @@ def _attend_rows(
         p = scores.sub_(lse.masked_fill(torch.isinf(lse), 0.0)).exp_()
         out = torch.matmul(p, v)
     else:
-        out, lse = _attend_online(q, source, masker, sink_rows, (b0, b1, i0, i1), extent, kv_chunk)
+        out, lse = attend_online(q, source, masker, sink_rows, (b0, b1, i0, i1), extent, kv_chunk)
     return out.view(bb, nkv, g, rows, dv), lse.view(bb, nkv, g, rows)
 
 
@@ -372,7 +372,7 @@ def _scores(
     return scores, v
 
 
-def _attend_online(
+def attend_online(
     q: torch.Tensor,
     source: _KVSource,
     masker: _Masker,
@@ -410,8 +410,8 @@ def _attend_online(
     return out, lse
 
 
-def _to_output_layout(
-    plan: _Plan, out: torch.Tensor, lse: torch.Tensor, dtype: torch.dtype, want_lse: bool
+def to_output_layout(
+    plan: Plan, out: torch.Tensor, lse: torch.Tensor, dtype: torch.dtype, want_lse: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     b, n, s, dv = plan.batch, plan.num_heads, plan.q_s, plan.v_dim
     if plan.out_layout == "TND":
@@ -424,18 +424,18 @@ def _to_output_layout(
         attn[rows[valid]] = out.transpose(1, 2).reshape(b * s, n, dv)[valid].to(dtype)
         lse_t = torch.full((t, n, 1), -math.inf, dtype=torch.float32, device=out.device)
         lse_t[rows[valid]] = lse.transpose(1, 2).reshape(b * s, n, 1)[valid]
-        return attn, (lse_t if want_lse else _no_lse(out.device))
+        return attn, (lse_t if want_lse else no_lse(out.device))
     if plan.out_layout == "BSH":
         attn = out.transpose(1, 2).reshape(b, s, n * dv)
     elif plan.out_layout == "BSND":
         attn = out.transpose(1, 2)
     else:
         attn = out
-    lse_out = lse.unsqueeze(-1) if want_lse else _no_lse(out.device)
+    lse_out = lse.unsqueeze(-1) if want_lse else no_lse(out.device)
     return attn.to(dtype).contiguous(), lse_out
 
 
-def _no_lse(device: Any) -> torch.Tensor:
+def no_lse(device: Any) -> torch.Tensor:
     # The doc says "shape为[1]的值为0的Tensor"; the meta registration returns shape [0]. The doc
     # wins here: a [1] zero tensor.
     return torch.zeros(1, dtype=torch.float32, device=device)
