@@ -18,7 +18,8 @@ is on ``PYTHONPATH``; every action is opt-in through an environment variable. Ne
 - ``NPU_STANDIN_LOG=<file>``: appends one JSON line per ``ModelRunner.forward``: the mode before
   the forward, batch size, tokens, layers, the stand-in's call counts, the plugin ops' launch
   counts, and what served it (attention backend and KV pool classes with their modules, and
-  whether ``sglang_ascend_fia.plugin`` was ever imported in this process).
+  whether ``sglang_ascend_fia.plugin`` was ever imported in this process), and the exception
+  of a forward that raised.
 
 Remove when: no test, demo or benchmark compares the plugin with sglang's in-tree backend.
 """
@@ -96,7 +97,21 @@ def _forward_probe(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     mode = forward_batch.forward_mode.name  # read first: CPU rewrites MIXED to EXTEND in place
     torch_npu.reset_standin_call_counts()
     ops.reset_launch_counts()
-    result = wrapped(*args, **kwargs)
+    error = None
+    try:
+        return wrapped(*args, **kwargs)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        _log(instance, forward_batch, mode, error)
+
+
+def _log(instance: Any, forward_batch: Any, mode: str, error: str | None) -> None:
+    import torch_npu
+
+    from sglang_ascend_fia import ops
+
     config = instance.model_config
     record = {
         "pid": os.getpid(),
@@ -112,10 +127,10 @@ def _forward_probe(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         "kv_pool": _qualified(instance.token_to_kv_pool),
         "plugin_imported": "sglang_ascend_fia.plugin" in sys.modules,
         "use_fia_env": os.environ.get("ASCEND_USE_FIA"),
+        "error": error,
     }
     with open(os.environ[LOG_ENV], "a") as fh:
         fh.write(json.dumps(record) + "\n")
-    return result
 
 
 def _patch_runner(module: Any) -> None:
