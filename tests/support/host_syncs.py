@@ -81,9 +81,7 @@ class SyncCounter(TorchFunctionMode):
         frames = traceback.extract_stack(limit=30)[:-2]  # drop _record and __torch_function__
         if any(d in f.filename for f in frames for d in _KERNEL_DIRS):
             return
-        site = next(
-            (f for f in reversed(frames) if "torch" + os.sep not in f.filename), frames[-1]
-        )
+        site = next((f for f in reversed(frames) if "torch" + os.sep not in f.filename), frames[-1])
         self.syncs.append(
             {"kind": kind, "where": where, "site": f"{Path(site.filename).name}:{site.lineno}"}
         )

@@ -9,10 +9,11 @@ Three paths, all with ``--attention-backend ascend`` and the same engine argumen
 
 Upstream runs on the test-only torch_npu stand-in (``tests/support/npu_standin``), which is put
 on ``PYTHONPATH`` by :func:`path_env` only. Every path runs with the NPU dispatch of mixed
-batches (``NPU_STANDIN_MIXED_DISPATCH=1``), so a MIXED batch reaches ``forward_mixed`` as on an
-NPU instead of becoming a plain extend as sglang does on CPU. The stand-in's probe plugin logs
-each forward inside the scheduler: mode, kernel calls, backend and pool classes, and whether
-``sglang_ascend_fia.plugin`` was ever imported.
+batches (``NPU_STANDIN_MIXED_DISPATCH=1``), so a MIXED batch (``--enable-mixed-chunk``) reaches
+``forward_mixed`` as on an NPU instead of becoming a plain extend as sglang does on CPU. The
+stand-in's probe plugin logs each forward inside the scheduler: mode, kernel calls, backend and
+pool classes, whether ``sglang_ascend_fia.plugin`` was ever imported, and the error of a forward
+that raised (after which it ends the engine, ``NPU_STANDIN_KILL_ON_ERROR=1``).
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ STANDIN_DIR = SUPPORT_DIR / "npu_standin"
 PATHS = ("plugin", "upstream-fia", "upstream")
 # Upstream runs load only the test-bed plugins: sglang_ascend_fia's entry point is not listed.
 UPSTREAM_PLUGINS = "fia_testbed,npu_standin_probe"
-# A scheduler that raises can leave its engine waiting on the dead child; give up after this.
-GENERATE_TIMEOUT_S = 120.0
+GENERATE_TIMEOUT_S = 240.0
 
 
 def path_env(path: str, log: Path, **extra: str | None) -> dict[str, str]:
@@ -41,6 +41,7 @@ def path_env(path: str, log: Path, **extra: str | None) -> dict[str, str]:
     overrides: dict[str, str | None] = {
         "NPU_STANDIN_LOG": str(log),
         "NPU_STANDIN_MIXED_DISPATCH": "1",
+        "NPU_STANDIN_KILL_ON_ERROR": "1",
         "ASCEND_USE_FIA": None if path == "upstream" else "1",
         "SGLANG_PLUGINS": None if path == "plugin" else UPSTREAM_PLUGINS,
         **extra,
@@ -92,11 +93,14 @@ def run_path(
         with engine:
             while pending:
                 name, batch = pending.pop(0)
+                seen = len(read_log(log))
                 try:
                     reply = engine.generate(batch, new_tokens, timeout=GENERATE_TIMEOUT_S)
                     run.tokens[name] = reply["output_ids"]
                 except EngineError as exc:
-                    run.errors[name] = str(exc)
+                    # The probe logged the forward that raised before ending the engine.
+                    raised = [f["error"] for f in read_log(log)[seen:] if f["error"]]
+                    run.errors[name] = "\n".join([*raised, str(exc)])
                     break
     run.forwards = read_log(log)
     return run

@@ -139,7 +139,7 @@ def scenario_host_us(runner: Any, args: dict[str, Any]) -> dict[str, Any]:
         k = torch.zeros(batch_size, first.tp_k_head_num * first.qk_head_dim)
         v = torch.zeros(batch_size, first.tp_v_head_num * first.v_head_dim)
 
-        def step() -> None:
+        def step(fb: Any = fb, q: Any = q, k: Any = k, v: Any = v) -> None:
             backend.init_forward_metadata(fb)
             for layer in layers:
                 backend.forward(q, k, v, layer, fb)

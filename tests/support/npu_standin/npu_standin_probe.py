@@ -20,6 +20,8 @@ is on ``PYTHONPATH``; every action is opt-in through an environment variable. Ne
   counts, and what served it (attention backend and KV pool classes with their modules, and
   whether ``sglang_ascend_fia.plugin`` was ever imported in this process), and the exception
   of a forward that raised.
+- ``NPU_STANDIN_KILL_ON_ERROR=1`` (with the log): after logging a forward that raised, kill the
+  engine's process group, so the test sees the failure at once instead of a hung engine.
 
 Remove when: no test, demo or benchmark compares the plugin with sglang's in-tree backend.
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from typing import Any
 
@@ -35,6 +38,7 @@ import wrapt
 
 LOG_ENV = "NPU_STANDIN_LOG"
 MIXED_ENV = "NPU_STANDIN_MIXED_DISPATCH"
+KILL_ENV = "NPU_STANDIN_KILL_ON_ERROR"
 POOL_MODULE = "sglang.srt.hardware_backend.npu.memory_pool_npu"
 BACKEND_MODULE = "sglang.srt.hardware_backend.npu.attention.ascend_backend"
 MIXED_DISPATCH_MODULES = (
@@ -105,6 +109,11 @@ def _forward_probe(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         raise
     finally:
         _log(instance, forward_batch, mode, error)
+        if error is not None and _flag(KILL_ENV):
+            # sglang's engine does not exit when a scheduler raises (its SIGQUIT handler waits
+            # on py-spy and the children); the error is logged, so end the engine's own
+            # session (EngineProcess starts it with start_new_session=True) right away.
+            os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
 def _log(instance: Any, forward_batch: Any, mode: str, error: str | None) -> None:

@@ -55,7 +55,7 @@ _npu_paged_attention = standin.counted("_npu_paged_attention", references.paged_
 # sglang calls some kernels through the dispatcher namespace (``ascend_backend.py:3245`` decode,
 # ``:3523`` mixed). ``torch.ops.npu`` is a lazily created namespace object; an attribute set on
 # it is found before its ``__getattr__`` looks the op up in the dispatcher.
-setattr(torch.ops.npu, "npu_fused_infer_attention_score", npu_fused_infer_attention_score)
+torch.ops.npu.npu_fused_infer_attention_score = npu_fused_infer_attention_score
 
 __all__ = [
     "npu_fused_infer_attention_score",

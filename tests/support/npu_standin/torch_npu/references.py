@@ -189,7 +189,11 @@ def paged_attention(
     for b, length in enumerate(lens):
         slots = _slots(block_table, b, length, page)
         attended = _attend(
-            queries[b : b + 1].float(), flat_k[slots].float(), flat_v[slots].float(), scale_value, -1
+            queries[b : b + 1].float(),
+            flat_k[slots].float(),
+            flat_v[slots].float(),
+            scale_value,
+            -1,
         )
         result[b] = attended[0].to(out.dtype)
 
@@ -220,12 +224,11 @@ def flash_attention_qlens(
         return
     kernel = "_npu_flash_attention_qlens"
     _check_heads(kernel, num_heads, num_kv_heads, key_cache.shape[2])
-    _require(
-        mask.dim() == 2 and mask.shape[0] == mask.shape[1], kernel, f"mask shape {mask.shape}"
-    )
+    _require(mask.dim() == 2 and mask.shape[0] == mask.shape[1], kernel, f"mask shape {mask.shape}")
     marked = mask != 0
     _require(
-        bool(marked.triu(1).eq(torch.ones_like(marked).triu(1)).all()) and not bool(marked.tril().any()),
+        bool(marked.triu(1).eq(torch.ones_like(marked).triu(1)).all())
+        and not bool(marked.tril().any()),
         kernel,
         "mask is not a causal (upper-triangle) mask",
     )
@@ -245,7 +248,10 @@ def flash_attention_qlens(
         slots = _slots(block_table, b, kv_len, page)
         rows = slice(offset, offset + q_len)
         attended = _attend(
-            queries[rows].float(), flat_k[slots].float(), flat_v[slots].float(), scale_value,
+            queries[rows].float(),
+            flat_k[slots].float(),
+            flat_v[slots].float(),
+            scale_value,
             kv_len - q_len,
         )
         result[rows] = attended.to(out.dtype)

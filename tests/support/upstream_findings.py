@@ -2,7 +2,7 @@
 
 Each finding names the upstream ``file:line`` that causes it and the error text it produces
 through the torch_npu stand-in; the engine tests accept a departure from HF only when it matches
-one of these, and fail if a finding no longer happens (so this list stays true).
+one of these, and fail if a finding no longer happens (so this list stays true). TEST-ONLY.
 """
 
 from __future__ import annotations
@@ -12,16 +12,17 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Finding:
-    path: str  # side_by_side.PATHS
+    run: str  # the engine run of test_engine_side_by_side that shows it
     mode: str  # the forward mode that raises
     error: str  # text of the error raised in that forward
     cause: str  # upstream file:line and why
 
 
 UPSTREAM_FIA_MIXED_BLOCK_SIZE = Finding(
-    path="upstream-fia",
+    run="upstream-fia+mixed",
     mode="MIXED",
     error="block_size=1 is not allowed",
+    # With --enable-mixed-chunk (mixed batches reach forward_mixed on an NPU).
     cause=(
         "hardware_backend/npu/attention/ascend_backend.py:3517 reads "
         "`num_block, block_size, _, _ = k_cache.shape`, but with ASCEND_USE_FIA=1 the pool's "
@@ -35,6 +36,6 @@ UPSTREAM_FIA_MIXED_BLOCK_SIZE = Finding(
 FINDINGS = (UPSTREAM_FIA_MIXED_BLOCK_SIZE,)
 
 
-def explains(path: str, error: str) -> Finding | None:
-    """The finding that explains ``error`` on ``path``, if any."""
-    return next((f for f in FINDINGS if f.path == path and f.error in error), None)
+def explains(run: str, error: str) -> Finding | None:
+    """The finding that explains ``error`` in ``run``, if any."""
+    return next((f for f in FINDINGS if f.run == run and f.error in error), None)
