@@ -7,7 +7,11 @@
    before it and is sent afterwards, so sglang serves that prefix from its radix cache.
 4. Runs the same prompts through stock sglang (``torch_native``) and HF transformers (fp32),
    and prints the tokens side by side with ✓/✗, the FIA launches per layer and the times.
-5. Exits 1 on any mismatch, or if a forward made other than one FIA launch per layer.
+5. Runs the engine tests' workloads through the plugin and sglang's in-tree Ascend backend in
+   both of its modes (on the test-only torch_npu stand-in, ``demo/upstream.py``) and prints
+   which paths match HF, their attention launches per layer, and the cause of each failure.
+6. Exits 1 on any mismatch of the plugin, or if a forward made other than one FIA launch per
+   layer.
 
 The test bed (``tests/support``: the ``sgl_kernel`` stand-in, the torchvision fix, the launch
 probe) is put on ``PYTHONPATH`` by the Makefile; none of it is part of the wheel.
@@ -129,8 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         for p, m, a, b, c in zip(prompts, meta, plugin, hf, stock, strict=True)
     ]
     text, ok = render(rows, launches, timings)
-    print(text)
-    return 0 if ok else 1
+    print(text, flush=True)
+    from demo import upstream
+
+    side_by_side, plugin_ok = upstream.report(model)
+    print(side_by_side)
+    return 0 if ok and plugin_ok else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,213 @@
+"""TEST-ONLY single-process ModelRunner driver for the side-by-side measurements (tests, bench).
+
+``python -m side_by_side_runner '<json>'`` builds sglang's real ``ModelRunner`` through
+``fia_runner.load_runner`` in the environment of one path (``side_by_side.path_env``), runs one
+scenario and prints one ``@@side_by_side@@<json>`` line.
+
+Scenarios:
+
+- ``launches``: for each batch size, a fresh prefill then one decode step; kernel launches per
+  forward (the plugin's through ``ops``, upstream's through the torch_npu stand-in).
+- ``syncs``: one prefill and two decode steps; every host sync of each forward, split by whether
+  the tensor was on the device (:mod:`host_syncs`).
+- ``host_us``: host microseconds per layer per decode step of the attention backend alone
+  (``init_forward_metadata`` once, then every layer's ``forward``), with zero-cost kernels that
+  return preallocated outputs: upstream through the stand-in's ``NPU_STANDIN_ZERO_COST=1``, the
+  plugin through its own dispatch (``ops.npu_op`` with each op's validator) whose reference slot
+  holds the zero-cost stand-in. Best of several rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+MARK = "@@side_by_side@@"
+
+
+def _requests(batch: int, input_len: int) -> list[Any]:
+    from sglang.benchmark import one_batch
+
+    inputs = [[(7 * r + 3 * i) % 500 + 4 for i in range(input_len + r % 7)] for r in range(batch)]
+    return one_batch.prepare_synthetic_inputs_for_latency_test(batch, input_len, inputs)
+
+
+def _kernel_counts() -> dict[str, int]:
+    import torch_npu
+
+    from sglang_ascend_fia import ops
+
+    return torch_npu.standin_call_counts() or ops.launch_counts()
+
+
+def _reset_counts() -> None:
+    import torch_npu
+
+    from sglang_ascend_fia import ops
+
+    torch_npu.reset_standin_call_counts()
+    ops.reset_launch_counts()
+
+
+def _wrap_forward(runner: Any, on_forward: Any) -> None:
+    torch_runner = runner.torch_runner
+    original = torch_runner.forward
+
+    def forward(forward_batch: Any, *args: Any, **kwargs: Any) -> Any:
+        return on_forward(original, forward_batch, *args, **kwargs)
+
+    torch_runner.forward = forward
+
+
+def scenario_launches(runner: Any, args: dict[str, Any]) -> dict[str, Any]:
+    forwards: list[dict[str, Any]] = []
+
+    def on_forward(original: Any, forward_batch: Any, *a: Any, **kw: Any) -> Any:
+        mode, batch = forward_batch.forward_mode.name, int(forward_batch.batch_size)
+        _reset_counts()
+        out = original(forward_batch, *a, **kw)
+        forwards.append({"mode": mode, "batch_size": batch, "calls": _kernel_counts()})
+        return out
+
+    _wrap_forward(runner, on_forward)
+    for batch in args["batch_sizes"]:
+        runner.clear()
+        next_ids, _, schedule_batch = runner.extend(_requests(batch, args.get("input_len", 40)))
+        runner.decode(next_ids, schedule_batch)
+    return {"forwards": forwards, **_describe(runner)}
+
+
+def scenario_syncs(runner: Any, args: dict[str, Any]) -> dict[str, Any]:
+    from host_syncs import counting
+
+    forwards: list[dict[str, Any]] = []
+    torch_runner = runner.torch_runner
+
+    def on_forward(original: Any, forward_batch: Any, *a: Any, **kw: Any) -> Any:
+        mode = forward_batch.forward_mode.name
+        with counting(forward_batch, torch_runner.attn_backend) as counter:
+            out = original(forward_batch, *a, **kw)
+        forwards.append({"mode": mode, "syncs": counter.syncs})
+        return out
+
+    _wrap_forward(runner, on_forward)
+    next_ids, _, batch = runner.extend(_requests(args.get("batch", 4), args.get("input_len", 40)))
+    for _ in range(2):
+        next_ids, _ = runner.decode(next_ids, batch)
+    return {"forwards": forwards, **_describe(runner)}
+
+
+def _zero_cost_plugin_ops() -> None:
+    """The plugin's FIA and scatter ops re-declared through its own dispatch (``ops.npu_op``,
+    same validator), with the zero-cost stand-in in the reference slot."""
+    import torch_npu
+
+    from sglang_ascend_fia import ops
+
+    for name in ("fused_infer_attention_score", "scatter_nd_update_"):
+        op = getattr(ops, name)
+        zero_cost = getattr(torch_npu, op.npu_name)
+        setattr(ops, name, ops.npu_op(op.npu_name, validate=op.validate)(zero_cost))
+
+
+def scenario_host_us(runner: Any, args: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    import torch_npu
+    from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+
+    if not torch_npu.zero_cost_enabled():
+        raise RuntimeError("host_us needs NPU_STANDIN_ZERO_COST=1 in the runner's environment")
+    if args["path"] == "plugin":
+        _zero_cost_plugin_ops()
+    torch_runner = runner.torch_runner
+    backend = torch_runner.attn_backend
+    layers = [layer.self_attn.attn for layer in torch_runner.model.model.layers]
+    iters, result = args.get("iters", 50), {}
+    for batch_size in args["batch_sizes"]:
+        runner.clear()
+        next_ids, _, batch = runner.extend(_requests(batch_size, args.get("input_len", 24)))
+        batch.input_ids = next_ids.to("cpu").long()
+        batch.prepare_for_decode()
+        fb = ForwardBatch.init_new(batch, torch_runner, return_hidden_states_before_norm=False)
+        first = layers[0]
+        q = torch.zeros(batch_size, first.tp_q_head_num * first.qk_head_dim)
+        k = torch.zeros(batch_size, first.tp_k_head_num * first.qk_head_dim)
+        v = torch.zeros(batch_size, first.tp_v_head_num * first.v_head_dim)
+
+        def step(fb: Any = fb, q: Any = q, k: Any = k, v: Any = v) -> None:
+            backend.init_forward_metadata(fb)
+            for layer in layers:
+                backend.forward(q, k, v, layer, fb)
+
+        step()  # warm-up
+        rounds = []
+        for _ in range(args.get("rounds", 7)):
+            start = time.perf_counter()
+            for _ in range(iters):
+                step()
+            rounds.append((time.perf_counter() - start) / iters / len(layers) * 1e6)
+        result[str(batch_size)] = min(rounds)
+    return {"decode_us_per_layer": result, **_describe(runner)}
+
+
+def _describe(runner: Any) -> dict[str, Any]:
+    torch_runner = runner.torch_runner
+    return {
+        "backend": type(torch_runner.attn_backend).__name__,
+        "num_layers": torch_runner.model_config.num_hidden_layers,
+        "plugin_imported": "sglang_ascend_fia.plugin" in sys.modules,
+    }
+
+
+SCENARIOS = {"launches": scenario_launches, "syncs": scenario_syncs, "host_us": scenario_host_us}
+
+
+def main() -> None:
+    import fia_runner
+
+    args = json.loads(sys.argv[1])
+    try:
+        import torch
+
+        torch.set_num_threads(1)  # tiny tensors: threads only add spin-waits
+        runner = fia_runner.load_runner(args)
+        payload = {"ok": True, **SCENARIOS[args["scenario"]](runner, args)}
+    except BaseException as exc:
+        payload = {
+            "ok": False,
+            "error": f"{type(exc).__name__}: {exc}",
+            "trace": traceback.format_exc(),
+        }
+    sys.stdout.write(MARK + json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+def run(path: str, args: dict[str, Any], *, timeout: float = 300.0, **env: str) -> dict[str, Any]:
+    """Run one scenario for ``path`` in a fresh child process and return its result."""
+    from side_by_side import path_env
+
+    log = Path("/dev/null")  # the per-forward probe log is for engines; this driver counts itself
+    proc = subprocess.run(
+        [sys.executable, "-m", "side_by_side_runner", json.dumps({**args, "path": path})],
+        env=path_env(path, log, NPU_STANDIN_LOG=None, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        start_new_session=True,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith(MARK):
+            result: dict[str, Any] = json.loads(line[len(MARK) :])
+            if not result["ok"]:
+                raise RuntimeError(f"{result['error']}\n{result['trace']}")
+            return result
+    raise RuntimeError(f"side_by_side_runner exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+
+
+if __name__ == "__main__":
+    main()
