@@ -17,15 +17,14 @@ def create_ascend_fia_backend(
 ) -> Any:
     """wrapt wrapper around sglang's ``create_ascend_backend(runner)``.
 
-    MHA/GQA models get :class:`AscendFIABackend`. MLA models keep sglang's own
-    ``AscendAttnBackend`` (the call goes to ``wrapped``), which this backend does not replace.
+    MHA/GQA models get :class:`AscendFIABackend`, MLA models (DeepSeek-V2/V3)
+    :class:`~sglang_ascend_fia.mla.backend.AscendFIAMLABackend`.
     """
     runner = args[0] if args else kwargs["runner"]
     if runner.use_mla_backend:
-        logger.info(
-            "sglang-ascend-fia: MLA model; the 'ascend' backend stays sglang's AscendAttnBackend"
-        )
-        return wrapped(*args, **kwargs)
+        from sglang_ascend_fia.mla.backend import AscendFIAMLABackend
+
+        return AscendFIAMLABackend(runner)
     # Imported here: the backend module imports sglang's attention base classes, which must
     # not load before sglang itself asks for a backend.
     from sglang_ascend_fia.attention.backend import AscendFIABackend
