@@ -229,3 +229,9 @@ def test_attention_dims_fia_cannot_take_are_refused() -> None:
 def test_more_heads_than_fia_prefill_takes_are_refused() -> None:
     with pytest.raises(UnsupportedConfiguration, match="at most 128"):
         AscendFIAMLABackend(make_runner(make_pool(2), 256))
+
+
+def test_graph_mode_is_refused_with_the_way_out() -> None:
+    backend = AscendFIAMLABackend(make_runner(make_pool(2), 16))
+    with pytest.raises(UnsupportedConfiguration, match="--disable-cuda-graph"):
+        backend.init_cuda_graph_state(8, 8)
