@@ -28,7 +28,7 @@ STOCK: dict[str, dict[str, Any]] = {
         "qualname": "create_ascend_backend",
     },
     "fia-mla-kv-pool": {
-        "type": "type",
+        "type": "ABCMeta",  # sglang's KV pools are abstract base classes
         "module": "sglang.srt.hardware_backend.npu.memory_pool_npu",
         "qualname": "NPUMLATokenToKVPool",
     },
