@@ -1,8 +1,10 @@
 """``make demo``: the FIA backend generating through a real ``sglang.Engine`` on this CPU.
 
-1. Builds the tiny random-weight Qwen2 offline (cached under ``.cache/models``).
+1. Builds the tiny random-weight Qwen2 and DeepSeek-V2-Lite-style models offline (cached under
+   ``.cache/models``); steps 2-5 run for each, one table per model.
 2. Starts sglang with the plugin active (``ASCEND_USE_FIA=1``, ``--attention-backend ascend``),
-   so every attention layer runs one ``fused_infer_attention_score`` call on the reference ops.
+   so every attention layer runs one ``fused_infer_attention_score`` call on the reference ops
+   (MHA/GQA through the FIA backend, DeepSeek's MLA through the FIA MLA backend).
 3. Generates greedily for a few prompts; the last one shares a two-page prefix with the one
    before it and is sent afterwards, so sglang serves that prefix from its radix cache.
 4. Runs the same prompts through stock sglang (``torch_native``) and HF transformers (fp32),
@@ -22,12 +24,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from testbed.engine import EngineProcess, testbed_env
-from testbed.models import build_qwen2, encode_prompts, token_stream
+from testbed.models import build_deepseek_v2_lite, build_qwen2, encode_prompts, token_stream
 from testbed.oracle import hf_greedy
 
 NEW_TOKENS = 16
@@ -104,12 +107,18 @@ def render(rows: list[Row], launches: set[float], timings: dict[str, float]) -> 
     return "\n".join(lines), ok
 
 
-def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="make demo", description=__doc__.splitlines()[0]).parse_args(argv)
-    t0 = time.perf_counter()
-    model = build_qwen2()
+# The models shown, each in its own table: the tiny Qwen2 (MHA/GQA) and the tiny
+# DeepSeek-V2-Lite-style model (MLA attention with the real 512/64 latent dims, MoE stock).
+MODELS: dict[str, Callable[[], Path]] = {
+    "Qwen2 (GQA)": build_qwen2,
+    "DeepSeek-V2-Lite-style (MLA)": build_deepseek_v2_lite,
+}
+
+
+def run_model(model: Path) -> tuple[str, bool]:
+    """Plugin engine, stock torch_native engine and HF on one model; its table and verdict."""
     prompts = demo_prompts(model)
-    timings = {"build model": time.perf_counter() - t0}
+    timings: dict[str, float] = {}
     print(f"model: {model} ({len(prompts)} prompts x {NEW_TOKENS} new tokens, greedy)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "launches.jsonl"
@@ -132,13 +141,23 @@ def main(argv: list[str] | None = None) -> int:
         Row(len(p), int(m.get("cached_tokens", 0)), a, b, c)
         for p, m, a, b, c in zip(prompts, meta, plugin, hf, stock, strict=True)
     ]
-    text, ok = render(rows, launches, timings)
-    print(text, flush=True)
+    return render(rows, launches, timings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="make demo", description=__doc__.splitlines()[0]).parse_args(argv)
+    all_ok = True
+    for title, build in MODELS.items():
+        print(f"\n== {title} ==", flush=True)
+        text, ok = run_model(build())
+        print(text, flush=True)
+        all_ok = all_ok and ok
     from demo import upstream
 
-    side_by_side, plugin_ok = upstream.report(model)
-    print(side_by_side)
-    return 0 if ok and plugin_ok else 1
+    print("\n== Qwen2 (GQA): the plugin beside sglang's own Ascend backend ==", flush=True)
+    side_by_side, plugin_ok = upstream.report(build_qwen2())
+    print(side_by_side, flush=True)
+    return 0 if all_ok and plugin_ok else 1
 
 
 if __name__ == "__main__":

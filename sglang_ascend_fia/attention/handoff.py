@@ -25,7 +25,6 @@ logger = logging.getLogger(__name__)
 
 # What makes the FIA backend hand off; shown by ``doctor``.
 HANDOFF_RULES = (
-    "MLA models (query_rope/key_rope attention)",
     "speculative decoding (target verify / draft workers)",
     "encoder-decoder, cross, encoder-only and other non-causal attention",
     "sliding-window attention and learned attention sinks",
@@ -39,7 +38,7 @@ HANDOFF_RULES = (
 class Decision:
     """One attention-backend choice made in this process."""
 
-    backend: str  # "fia" or "sglang" (sglang's own AscendAttnBackend)
+    backend: str  # "fia", "fia-mla" or "sglang" (sglang's own AscendAttnBackend)
     reason: str  # why sglang's own backend was chosen; "" for fia
 
 

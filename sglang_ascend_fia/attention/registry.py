@@ -14,17 +14,24 @@ def create_ascend_fia_backend(
 ) -> Any:
     """wrapt wrapper around sglang's ``create_ascend_backend(runner)``.
 
-    Causal MHA/GQA models get :class:`AscendFIABackend`. A model or setting the FIA backend does
-    not implement (:func:`handoff.handoff_reason`: MLA, sliding window, sinks, non-causal or
-    cross attention, logit_cap, speculative decoding, context parallel, non-float or HND KV
-    caches) keeps sglang's own ``AscendAttnBackend`` (the call goes to ``wrapped``), with one
-    log line naming the reason.
+    Causal MHA/GQA models get :class:`AscendFIABackend`, MLA models (DeepSeek-V2/V3)
+    :class:`~sglang_ascend_fia.mla.backend.AscendFIAMLABackend`. An MHA/GQA model or setting the
+    FIA backend does not implement (:func:`handoff.handoff_reason`: sliding window, sinks,
+    non-causal or cross attention, logit_cap, speculative decoding, context parallel, non-float
+    or HND KV caches) keeps sglang's own ``AscendAttnBackend`` (the call goes to ``wrapped``),
+    with one log line naming the reason.
     """
     # Imported here: these modules import sglang's attention classes, which must not load
     # before sglang itself asks for a backend.
     from sglang_ascend_fia.attention import handoff
 
     runner = args[0] if args else kwargs["runner"]
+    if runner.use_mla_backend:
+        from sglang_ascend_fia.mla.backend import AscendFIAMLABackend
+
+        mla_backend = AscendFIAMLABackend(runner)
+        handoff.record(handoff.Decision("fia-mla", ""))
+        return mla_backend
     reason = handoff.handoff_reason(runner)
     if reason is not None:
         handoff.record(handoff.Decision("sglang", reason))

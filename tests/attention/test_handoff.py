@@ -55,7 +55,6 @@ def _handoff_cases() -> list[tuple[str, dict[str, Any], dict[str, Any], str]]:
     from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 
     return [
-        ("mla", {}, {"use_mla_backend": True}, "the model uses MLA"),
         ("eagle", {}, {"spec_algorithm": SpeculativeAlgorithm.EAGLE}, "speculative decoding"),
         ("draft", {}, {"is_draft_worker": True}, "speculative decoding"),
         ("swa-runner", {}, {"sliding_window_size": 4096}, "sliding-window"),

@@ -27,6 +27,21 @@ STOCK: dict[str, dict[str, Any]] = {
         "module": "sglang.srt.layers.attention.attention_registry",
         "qualname": "create_ascend_backend",
     },
+    "fia-mla-kv-pool": {
+        "type": "ABCMeta",  # sglang's KV pools are abstract base classes
+        "module": "sglang.srt.hardware_backend.npu.memory_pool_npu",
+        "qualname": "NPUMLATokenToKVPool",
+    },
+    "fia-mla-deepseek-prepare": {
+        "type": "function",
+        "module": "sglang.srt.models.deepseek_v2",
+        "qualname": "DeepseekV2AttentionMLA.forward_prepare",
+    },
+    "fia-mla-deepseek-core": {
+        "type": "function",
+        "module": "sglang.srt.models.deepseek_v2",
+        "qualname": "DeepseekV2AttentionMLA.forward_core",
+    },
 }
 # Modules that must import on the CPU test bed: if one stops importing, the test bed is broken
 # and the matrix must fail rather than skip itself away.

@@ -195,6 +195,58 @@ def deepseek_v2_config(**overrides: Any) -> dict[str, Any]:
     return config
 
 
+# The real DeepSeek attention dims (the FIA MLA kernels take no others) on a tiny body: two
+# layers (dense, then MoE), hidden 128. MoE stays stock sglang in these models.
+MLA_REAL_DIMS: dict[str, Any] = {
+    "hidden_size": 128,
+    "kv_lora_rank": 512,
+    "qk_rope_head_dim": 64,
+    "qk_nope_head_dim": 128,
+    "v_head_dim": 128,
+}
+
+
+def deepseek_v2_lite_config(**overrides: Any) -> dict[str, Any]:
+    """DeepSeek-V2-Lite-style attention: no q_lora, 16 query heads, kv_lora 512, rope 64."""
+    config = deepseek_v2_config(
+        **MLA_REAL_DIMS, num_attention_heads=16, num_key_value_heads=16, q_lora_rank=None
+    )
+    config.update(overrides)
+    return config
+
+
+def deepseek_v3_style_config(**overrides: Any) -> dict[str, Any]:
+    """DeepSeek-V3-style attention: q_lora, 32 query heads, kv_lora 512, rope 64, and yarn rope
+    scaling with V3's factor and mscale (softmax scale x mscale^2, cos/sin scaled)."""
+    config = deepseek_v2_config(
+        **MLA_REAL_DIMS,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        q_lora_rank=96,
+        rope_scaling={
+            "type": "yarn",
+            "rope_type": "yarn",
+            "factor": 40.0,
+            "original_max_position_embeddings": 4096,
+            "beta_fast": 32,
+            "beta_slow": 1,
+            "mscale": 1.0,
+            "mscale_all_dim": 1.0,
+        },
+        max_position_embeddings=4096,
+    )
+    config.update(overrides)
+    return config
+
+
+def build_deepseek_v2_lite(seed: int = 0, **overrides: Any) -> Path:
+    return _build("deepseek_v2", deepseek_v2_lite_config(**overrides), seed)
+
+
+def build_deepseek_v3_style(seed: int = 0, **overrides: Any) -> Path:
+    return _build("deepseek_v2", deepseek_v3_style_config(**overrides), seed)
+
+
 def build_qwen2(seed: int = 0, **overrides: Any) -> Path:
     return _build("qwen2", qwen2_config(**overrides), seed)
 

@@ -1,0 +1,130 @@
+"""DeepSeek MLA attention on FIA through a real ``sglang.Engine`` on CPU, fp32, page size 128.
+
+The tiny DeepSeek-V2-Lite-style model (no q_lora, 16 query heads, kv_lora 512, rope 64, nope
+128, v 128; layer 0 dense, layer 1 MoE, which runs stock) serves every FIA workload with the
+plugin active (``ASCEND_USE_FIA=1``, ``--attention-backend ascend``): 8 prompts x 32 tokens, a
+radix-cached shared prefix (several requests decoding on the same prefix pages), a prompt longer
+than ``chunked_prefill_size`` and a batch mixing all three. HF transformers is the oracle. A
+test-only probe logs ``ops.launch_counts()`` per forward in the scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from testbed.engine import EngineProcess, start_error, testbed_env
+from testbed.models import build_deepseek_v2_lite
+from testbed.oracle import hf_greedy
+
+from e2e.fia_common import CHUNK, ENGINE_ARGS, NEW_TOKENS, PAGE_SIZE, workloads
+from e2e.mla_common import launches_per_layer, run_fia_and_hf, served_by
+from sglang_ascend_fia import ops
+
+pytestmark = pytest.mark.engine
+
+WORKLOADS = ("parity", "prefix-seed", "prefix-hits", "chunked", "mixed")
+
+
+@pytest.fixture(scope="module")
+def model() -> Path:
+    return build_deepseek_v2_lite()
+
+
+@pytest.fixture(scope="module")
+def prompts(model: Path) -> dict[str, list[list[int]]]:
+    return workloads(model)
+
+
+@pytest.fixture(scope="module")
+def runs(
+    model: Path, prompts: dict[str, list[list[int]]], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    return run_fia_and_hf(model, prompts, tmp_path_factory.mktemp("mla") / "launches.jsonl")
+
+
+def test_model_has_the_v2_lite_attention_dims(model: Path) -> None:
+    config = json.loads((model / "config.json").read_text())
+    assert config["q_lora_rank"] is None and config["num_attention_heads"] == 16
+    keys = ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
+    assert [config[k] for k in keys] == [512, 64, 128, 128]
+
+
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_tokens_match_hf(runs: dict[str, Any], workload: str) -> None:
+    fia = runs["fia"][workload]
+    assert fia == runs["hf"][workload], f"{workload}: FIA MLA differs from HF"
+    assert all(len(ids) == NEW_TOKENS for ids in fia)
+
+
+def test_parity_covers_at_least_eight_prompts(prompts: dict[str, list[list[int]]]) -> None:
+    assert len(prompts["parity"]) >= 8
+
+
+def test_prefix_workloads_hit_the_radix_cache(
+    runs: dict[str, Any], prompts: dict[str, list[list[int]]]
+) -> None:
+    """The prefix prompts were served from cached pages, decoding together on them."""
+    hits = [m["cached_tokens"] for m in runs["meta"]["prefix-hits"]]
+    assert len(hits) >= 3 and all(h >= 2 * PAGE_SIZE for h in hits), hits
+    mixed = [m["cached_tokens"] for m in runs["meta"]["mixed"]]
+    assert mixed[1] >= 2 * PAGE_SIZE and mixed[3] >= 2 * PAGE_SIZE, mixed
+    assert mixed[0] == 0, "the long prompt of the mixed batch must be a fresh chunked prefill"
+    assert len(prompts["chunked"][0]) > 2 * CHUNK and len(prompts["mixed"][0]) > 2 * CHUNK
+
+
+def test_served_by_the_fia_mla_backend_and_split_pool(runs: dict[str, Any]) -> None:
+    served = served_by(runs["launches"])
+    assert len(served) == 1, served
+    record = json.loads(served.pop())
+    assert record["attn_backend"] == "AscendFIAMLABackend"
+    assert record["kv_pool"] == "FIAMLATokenToKVPool"
+    assert [layer["mlp"] for layer in record["layers"]] == ["DeepseekV2MLP", "DeepseekV2MoE"]
+
+
+def test_one_fia_launch_per_layer_in_every_forward(runs: dict[str, Any]) -> None:
+    """Prefill (with or without a prefix, chunked, mixed) and decode: exactly one FIA launch
+    per layer, and two cache writes (latent, rope) per layer; no other op of the facade."""
+    records = runs["launches"]
+    assert records, "the launch probe logged no forward"
+    assert launches_per_layer(records, "fused_infer_attention_score") == {1.0}
+    assert launches_per_layer(records, "scatter_nd_update_") == {2.0}
+    assert {op for r in records for op in r["launches"]} == {
+        "fused_infer_attention_score",
+        "scatter_nd_update_",
+    }
+    modes = Counter(r["mode"] for r in records)
+    assert {"EXTEND", "DECODE"} <= set(modes), modes
+    # The same counts at many batch sizes: independent of the batch.
+    decode_batches = {r["batch_size"] for r in records if r["mode"] == "DECODE"}
+    extend_batches = {r["batch_size"] for r in records if r["mode"] != "DECODE"}
+    assert max(decode_batches) >= 8 and len(decode_batches) >= 3, decode_batches
+    assert max(extend_batches) >= 5, extend_batches
+
+
+def test_toggle_off_runs_deepseek_stock(model: Path, prompts: dict[str, list[list[int]]]) -> None:
+    """ASCEND_USE_FIA=0: the plugin patches nothing; stock torch_native serves the model with
+    sglang's single-buffer MLA pool, with HF's tokens."""
+    batch = prompts["parity"]
+    env = testbed_env(ASCEND_USE_FIA="0")
+    with EngineProcess(model, env=env, attention_backend="torch_native", **ENGINE_ARGS) as engine:
+        out = engine.generate(batch, NEW_TOKENS)
+    assert out["output_ids"] == hf_greedy(model, batch, NEW_TOKENS)
+
+
+def test_page_size_other_than_128_fails_startup(model: Path) -> None:
+    legal = ops.legal_page_sizes(mla=True)
+    assert legal == (128,)
+    error = start_error(
+        model,
+        env=testbed_env(ASCEND_USE_FIA="1"),
+        attention_backend="ascend",
+        page_size=256,
+        chunked_prefill_size=256,
+    )
+    assert error is not None, "page_size=256 started"
+    assert "the 'ascend' attention backend cannot start" in error, error[-2000:]
+    assert f"accepts page sizes {legal}" in error
