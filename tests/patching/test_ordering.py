@@ -42,10 +42,25 @@ STOCK: dict[str, dict[str, Any]] = {
         "module": "sglang.srt.models.deepseek_v2",
         "qualname": "DeepseekV2AttentionMLA.forward_core",
     },
+    "moe-gating-top-k": {
+        "type": "function",
+        "module": "sglang.srt.layers.moe.topk",
+        "qualname": "TopK.forward_native",
+    },
+    # sglang aliases forward_native = forward_cpu (unquant.py:1468).
+    "moe-routed-experts": {
+        "type": "function",
+        "module": "sglang.srt.layers.quantization.unquant",
+        "qualname": "UnquantizedFusedMoEMethod.forward_cpu",
+    },
 }
 # Modules that must import on the CPU test bed: if one stops importing, the test bed is broken
 # and the matrix must fail rather than skip itself away.
-MUST_IMPORT = {"sglang.srt.layers.attention.attention_registry"}
+MUST_IMPORT = {
+    "sglang.srt.layers.attention.attention_registry",
+    "sglang.srt.layers.moe.topk",
+    "sglang.srt.layers.quantization.unquant",
+}
 
 
 @functools.cache

@@ -269,3 +269,83 @@ def token_stream(model_dir: Path, n: int, offset: int = 0) -> list[int]:
     is served from sglang's radix cache."""
     ids = [t for p in encode_prompts(model_dir) for t in p]
     return [ids[(offset + i) % len(ids)] for i in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# MoE-focused DeepSeek models (issue 11): more experts, wider top-k, and a V3-style router.
+# ---------------------------------------------------------------------------------------------
+
+
+def deepseek_v2_lite_moe_config(**overrides: Any) -> dict[str, Any]:
+    """A scaled-down DeepSeek-V2-Lite MoE: softmax gating, 2 shared experts, top-4 of 16 routed
+    experts (V2-Lite: top-6 of 64), every layer after the first MoE."""
+    config = deepseek_v2_config(
+        num_hidden_layers=3,
+        n_routed_experts=16,
+        n_shared_experts=2,
+        num_experts_per_tok=4,
+        norm_topk_prob=False,
+    )
+    config.update(overrides)
+    return config
+
+
+def build_deepseek_v2_lite_moe(seed: int = 0, **overrides: Any) -> Path:
+    return _build("deepseek_v2", deepseek_v2_lite_moe_config(**overrides), seed)
+
+
+def deepseek_v3_moe_config(**overrides: Any) -> dict[str, Any]:
+    """A scaled-down DeepSeek-V3 MoE: sigmoid gating with ``e_score_correction_bias``
+    (noaux_tc), 4 groups of 4 experts keeping the top 2 groups, top-4, ``norm_topk_prob``,
+    ``routed_scaling_factor`` 2.5 and one dense layer first (``first_k_dense_replace``)."""
+    config = deepseek_v2_config(
+        num_hidden_layers=3,
+        n_routed_experts=16,
+        n_shared_experts=1,
+        num_experts_per_tok=4,
+        n_group=4,
+        topk_group=2,
+        topk_method="noaux_tc",
+        scoring_func="sigmoid",
+        norm_topk_prob=True,
+        routed_scaling_factor=2.5,
+        first_k_dense_replace=1,
+    )
+    config.update(overrides)
+    return config
+
+
+def build_deepseek_v3_moe(seed: int = 0, bias_scale: float = 0.05, **overrides: Any) -> Path:
+    """The V3-style model through HF's ``DeepseekV3ForCausalLM``, with a random nonzero
+    ``e_score_correction_bias`` per MoE layer (a buffer, so the generic init leaves it 0)."""
+    config_kwargs = deepseek_v3_moe_config(**overrides)
+    key = _key("deepseek_v3", {**config_kwargs, "bias_scale": bias_scale}, seed)
+    directory = CACHE_DIR / f"deepseek_v3-{key}"
+    if (directory / "config.json").is_file():
+        return directory
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = CACHE_DIR / f".{directory.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    torch.manual_seed(seed)
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    model = DeepseekV3ForCausalLM(DeepseekV3Config(**config_kwargs))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() >= 2 and "norm" not in name:
+                param.normal_(0.0, 0.08)
+        biases = [b for n, b in model.named_buffers() if n.endswith("e_score_correction_bias")]
+        assert biases, "DeepseekV3ForCausalLM has no e_score_correction_bias buffer"
+        for bias in biases:
+            bias.normal_(0.0, bias_scale)
+    _finish(model, directory, tmp)
+    # sglang 0.5.23 reads these keys; transformers 5 drops them from the saved config.
+    path = directory / "config.json"
+    data = json.loads(path.read_text())
+    for name in ("scoring_func", "topk_method", "n_group", "topk_group"):
+        data.setdefault(name, config_kwargs[name])
+    data.setdefault("aux_loss_alpha", 0.001)
+    data.setdefault("seq_aux", True)
+    data.setdefault("ep_size", 1)
+    path.write_text(json.dumps(data, indent=2))
+    return directory
