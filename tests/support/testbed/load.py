@@ -68,8 +68,10 @@ def build_requests(
     return requests
 
 
-async def _one(client: Any, model: str, req: LoadRequest, timeout: float) -> LoadReply:
-    extra = {"ignore_eos": True}
+async def _one(
+    client: Any, model: str, req: LoadRequest, timeout: float, ignore_eos: bool
+) -> LoadReply:
+    extra = {"ignore_eos": ignore_eos}
     common: dict[str, Any] = {
         "model": model,
         "max_tokens": req.max_tokens,
@@ -113,7 +115,12 @@ def _reply(text: str, usage: Any, finish: str | None) -> LoadReply:
 
 
 async def _drive(
-    base_url: str, model: str, requests: list[LoadRequest], concurrency: int, per_request_s: float
+    base_url: str,
+    model: str,
+    requests: list[LoadRequest],
+    concurrency: int,
+    per_request_s: float,
+    ignore_eos: bool,
 ) -> list[LoadReply | BaseException]:
     from openai import AsyncOpenAI
 
@@ -122,7 +129,9 @@ async def _drive(
 
     async def bounded(req: LoadRequest) -> LoadReply:
         async with gate:
-            return await asyncio.wait_for(_one(client, model, req, per_request_s), per_request_s)
+            return await asyncio.wait_for(
+                _one(client, model, req, per_request_s, ignore_eos), per_request_s
+            )
 
     try:
         return await asyncio.gather(*(bounded(r) for r in requests), return_exceptions=True)
@@ -138,11 +147,14 @@ def run_load(
     concurrency: int,
     per_request_s: float = 120.0,
     total_s: float = 600.0,
+    ignore_eos: bool = True,
 ) -> tuple[list[LoadReply | BaseException], float]:
     """Send every request, ``concurrency`` in flight; (replies or exceptions, wall seconds)."""
     started = time.perf_counter()
     replies = asyncio.run(
-        asyncio.wait_for(_drive(base_url, model, requests, concurrency, per_request_s), total_s)
+        asyncio.wait_for(
+            _drive(base_url, model, requests, concurrency, per_request_s, ignore_eos), total_s
+        )
     )
     return replies, time.perf_counter() - started
 
