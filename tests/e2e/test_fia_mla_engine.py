@@ -85,14 +85,26 @@ def test_served_by_the_fia_mla_backend_and_split_pool(runs: dict[str, Any]) -> N
     assert [layer["mlp"] for layer in record["layers"]] == ["DeepseekV2MLP", "DeepseekV2MoE"]
 
 
+# The NPU MoE chain (sglang_ascend_fia/moe) runs on the model's MoE layers when the toggle is on.
+MOE_OPS = {
+    "moe_gating_top_k",
+    "moe_gating_top_k_softmax",
+    "moe_init_routing_v2",
+    "grouped_matmul",
+    "swiglu",
+    "moe_finalize_routing",
+}
+
+
 def test_one_fia_launch_per_layer_in_every_forward(runs: dict[str, Any]) -> None:
     """Prefill (with or without a prefix, chunked, mixed) and decode: exactly one FIA launch
-    per layer, and two cache writes (latent, rope) per layer; no other op of the facade."""
+    per layer, and two cache writes (latent, rope) per layer; no other attention op of the
+    facade (the MoE layers' NPU MoE chain, patched separately, may launch its own ops)."""
     records = runs["launches"]
     assert records, "the launch probe logged no forward"
     assert launches_per_layer(records, "fused_infer_attention_score") == {1.0}
     assert launches_per_layer(records, "scatter_nd_update_") == {2.0}
-    assert {op for r in records for op in r["launches"]} == {
+    assert {op for r in records for op in r["launches"]} - MOE_OPS == {
         "fused_infer_attention_score",
         "scatter_nd_update_",
     }
