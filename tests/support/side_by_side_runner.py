@@ -19,6 +19,7 @@ Scenarios:
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -111,8 +112,21 @@ def _zero_cost_plugin_ops() -> None:
 
     for name in ("fused_infer_attention_score", "scatter_nd_update_"):
         op = getattr(ops, name)
-        zero_cost = getattr(torch_npu, op.npu_name)
-        setattr(ops, name, ops.npu_op(op.npu_name, validate=op.validate)(zero_cost))
+        setattr(ops, name, _zero_cost_op(op, getattr(torch_npu, op.npu_name)))
+
+
+def _zero_cost_op(op: Any, zero_cost: Any) -> Any:
+    """``op`` re-declared with the zero-cost kernel in its reference slot: the same signature
+    (npu_op binds to the reference's), the same mapping validator, the same per-batch memo."""
+
+    @functools.wraps(op.reference)
+    def reference(*args: Any, **kwargs: Any) -> Any:
+        return zero_cost(*args, **kwargs)
+
+    from sglang_ascend_fia.ops import npu_op
+
+    memoise = op.npu_name.startswith("npu_fused_infer_attention_score")
+    return npu_op(op.npu_name, validate=op.validator, memoise=memoise)(reference)
 
 
 def scenario_host_us(runner: Any, args: dict[str, Any]) -> dict[str, Any]:
