@@ -79,6 +79,9 @@ def test_stock_torch_native_matches_hf(
         "use_mla_backend": True,
         "attn_backend": "TorchNativeAttnBackend",
         "kv_pool": "MLATokenToKVPool",
+        # Absorbed MLA: keys are kv_lora_rank 32 + qk_rope_head_dim 16, values the 32-wide
+        # latent, one KV head shared by the 4 query heads.
+        "attention": {"head_dim": 48, "kv_heads": 1, "q_heads": 4, "v_head_dim": 32},
         "layers": [
             {"attn": "DeepseekV2AttentionMLA", "mlp": "DeepseekV2MLP"},
             {"attn": "DeepseekV2AttentionMLA", "mlp": "DeepseekV2MoE"},

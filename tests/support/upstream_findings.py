@@ -16,6 +16,7 @@ class Finding:
     mode: str  # the forward mode that raises
     error: str  # text of the error raised in that forward
     cause: str  # upstream file:line and why
+    head_dims: tuple[int, ...] = (16, 128)  # the test models' head dims where it happens
 
 
 UPSTREAM_FIA_MIXED_BLOCK_SIZE = Finding(
@@ -33,9 +34,28 @@ UPSTREAM_FIA_MIXED_BLOCK_SIZE = Finding(
     ),
 )
 
-FINDINGS = (UPSTREAM_FIA_MIXED_BLOCK_SIZE,)
+UPSTREAM_MIXED_TND_OUTSIDE_ITS_SET = Finding(
+    run="upstream",
+    mode="MIXED",
+    error="TND with page attention is accepted only at",
+    # With --enable-mixed-chunk and ASCEND_USE_FIA unset (the ATB path).
+    cause=(
+        "hardware_backend/npu/attention/ascend_backend.py:3482-3540 (forward_mixed) calls FIA "
+        "with input_layout='TND' and a block table at every head dim, while the same file's "
+        "_can_use_tnd (ascend_backend.py:459-464) keeps TND + paged to head dims 128/192/256 "
+        "and sends the rest through per-request BSND; at head dim 16 the stand-in (the plugin's "
+        "reference, which applies that rule) refuses the call (inferred: the rule is upstream's, "
+        "the public FIA doc does not state it)"
+    ),
+    head_dims=(16,),
+)
+
+FINDINGS = (UPSTREAM_FIA_MIXED_BLOCK_SIZE, UPSTREAM_MIXED_TND_OUTSIDE_ITS_SET)
 
 
-def explains(run: str, error: str) -> Finding | None:
-    """The finding that explains ``error`` in ``run``, if any."""
-    return next((f for f in FINDINGS if f.run == run and f.error in error), None)
+def explains(run: str, error: str, head_dim: int) -> Finding | None:
+    """The finding that explains ``error`` in ``run`` at ``head_dim``, if any."""
+    return next(
+        (f for f in FINDINGS if f.run == run and head_dim in f.head_dims and f.error in error),
+        None,
+    )

@@ -36,6 +36,10 @@ PLUGIN_BACKEND = "sglang_ascend_fia.attention.backend.AscendFIABackend"
 NPU_POOL = "sglang.srt.hardware_backend.npu.memory_pool_npu.NPUMHATokenToKVPool"
 
 
+def _head_dim(request: pytest.FixtureRequest) -> int:
+    return int(request.node.callspec.params["side_by_side"])
+
+
 def _model(head_dim: int) -> Path:
     if head_dim == 16:
         return build_qwen2()  # hidden 64, 4 q heads, 2 kv heads
@@ -87,7 +91,7 @@ def test_plugin_is_off_inside_upstream_schedulers(side_by_side) -> None:  # type
 
 
 @pytest.mark.parametrize("run_name", [*PATHS, "upstream-fia+mixed"])
-def test_tokens_match_hf_or_a_documented_finding(side_by_side, run_name: str) -> None:  # type: ignore[no-untyped-def]
+def test_tokens_match_hf_or_a_documented_finding(side_by_side, run_name: str, request) -> None:  # type: ignore[no-untyped-def]
     runs, hf = side_by_side
     run = runs[run_name]
     assert run.start_error is None, run.start_error
@@ -95,15 +99,17 @@ def test_tokens_match_hf_or_a_documented_finding(side_by_side, run_name: str) ->
         if workload not in run.tokens and workload not in run.errors:
             continue  # not part of this run
         if workload in run.errors:
-            finding = explains(run_name, run.errors[workload])
+            finding = explains(run_name, run.errors[workload], _head_dim(request))
             assert finding is not None, f"{run_name}/{workload}:\n{run.errors[workload][-3000:]}"
             continue
         assert run.tokens[workload] == expected, f"{run_name}/{workload}: tokens differ from HF"
 
 
-def test_every_documented_finding_still_happens(side_by_side) -> None:  # type: ignore[no-untyped-def]
+def test_every_documented_finding_still_happens(side_by_side, request) -> None:  # type: ignore[no-untyped-def]
     runs, _ = side_by_side
     for finding in FINDINGS:
+        if _head_dim(request) not in finding.head_dims:
+            continue
         failed = [f for f in runs[finding.run].forwards if f["error"]]
         assert failed, f"{finding.run}: no forward failed; finding no longer holds: {finding}"
         for forward in failed:
