@@ -9,9 +9,10 @@ shared expert, hidden 64), twice with the same weights: once with the plugin on 
 
 ``moe.layer_ratio_b64``: plugin over stock layer throughput at batch 64 (stock seconds per call
 divided by plugin seconds per call, so > 1 means the plugin's path is faster), the fastest of
-interleaved runs of each side in the same run. ``moe.launches_per_layer_b{1,64}``: ops launched
-by one MoE layer call with the plugin on (gating 1, init routing 1, grouped matmul 2, SwiGLU 1,
-finalize 1), counted by ``ops.launch_counts()``, at both batch sizes.
+interleaved runs of each side in the same run, one intra-op thread.
+``moe.launches_per_layer_b{1,64}``: ops launched by one MoE layer call with the plugin on (gating
+1, init routing 1, grouped matmul 2, SwiGLU 1, finalize 1), counted by ``ops.launch_counts()``,
+at both batch sizes.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from testbed.moe_layers import (
 from sglang_ascend_fia import ops
 
 BATCH = 64
-CALLS = 50  # layer calls per timed run
-REPEATS = 7
+CALLS = 20  # layer calls per timed run
+REPEATS = 25
 DEAD = (2, 3, 7, 10, 11, 14, 15)  # as tests/moe: experts no token picks
 
 
@@ -49,6 +50,17 @@ def _seconds_per_call(layer: Any, x: torch.Tensor) -> Callable[[], float]:
 
 
 def layer_figures() -> dict[str, Any]:
+    threads = torch.get_num_threads()
+    # One intra-op thread for both sides: on these tiny tensors more threads only add OpenMP
+    # spin-waits, which on a loaded 2-core host swing either side by several times.
+    torch.set_num_threads(1)
+    try:
+        return _layer_figures()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _layer_figures() -> dict[str, Any]:
     config = moe_config()
     figures: dict[str, Any] = {}
     with sglang_context(), torch.inference_mode():
