@@ -64,7 +64,8 @@ def _layer_figures() -> dict[str, Any]:
     config = moe_config()
     figures: dict[str, Any] = {}
     with sglang_context(), torch.inference_mode():
-        # CustomOp layers bind their forward when built: build each inside its plugin state.
+        # sglang's fused ops keep the forward their first call resolved (kernels/fused_op.py):
+        # the plugin's layer is first called with the plugin on, the stock one with it off.
         with plugin(True):
             fia_layer = build_deepseek_moe(config)
             fill_weights(fia_layer, DEAD)
@@ -72,11 +73,12 @@ def _layer_figures() -> dict[str, Any]:
                 ops.reset_launch_counts()
                 fia_layer(moe_inputs(batch, config.hidden_size))
                 figures[f"launches_per_layer_b{batch}"] = sum(ops.launch_counts().values())
+        x = moe_inputs(BATCH, config.hidden_size)
         with plugin(False):
             stock_layer = build_deepseek_moe(config)
             fill_weights(stock_layer, DEAD)
-        x = moe_inputs(BATCH, config.hidden_size)
-        # Each layer keeps the path it was built with: check by the launches of one call.
+            stock_layer(x)
+        # Each layer keeps its path: the launches of one call of each are the plugin's alone.
         ops.reset_launch_counts()
         torch.testing.assert_close(fia_layer(x), stock_layer(x), rtol=1e-4, atol=1e-5)
         assert sum(ops.launch_counts().values()) == figures[f"launches_per_layer_b{BATCH}"]

@@ -81,8 +81,9 @@ def sglang_context() -> Iterator[None]:
 @contextmanager
 def plugin(on: bool) -> Iterator[None]:
     """The plugin's patches applied (``on``) or not, in this process; the previous toggle and
-    patch state come back on exit. sglang's ``CustomOp`` layers bind their forward method when
-    they are built, so build a layer inside the state it is meant to run in."""
+    patch state come back on exit. sglang's ``BaseFusedOp`` layers (``TopK``, the MoE quant
+    method) resolve their forward method on their first call and keep it
+    (``kernels/fused_op.py``), so a layer runs the path of the state it was first called in."""
     from sglang_ascend_fia import config
     from sglang_ascend_fia import plugin as fia_plugin
 
