@@ -1,0 +1,161 @@
+"""The W8A8 hooks' compute against brute force: dense layers and the routed-expert chain.
+
+The brute-force side quantises activations per token itself (``round(x / s)``, ``s = rowmax|x|
+/ 127``, in float32 like the documented kernel: at an exact .5 tie float64 could round the
+other way), multiplies by the dequantised weights in float64, rounds to bfloat16 where the
+chain's ops output bfloat16, and loops over tokens and experts; the hooks run the ``ops`` chain
+sglang's NPU methods run. Both see the same int8 weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sglang_ascend_fia.moe import experts_w8a8
+from sglang_ascend_fia.moe.experts_w8a8 import routed_experts_w8a8, scale_dtype_for
+from sglang_ascend_fia.w8a8 import linear
+from sglang_ascend_fia.w8a8.convert import quantize_weight
+
+
+def _fake_quant(x: torch.Tensor) -> torch.Tensor:
+    """Per-row symmetric int8 round trip: what the int8 activations stand for (float64 out)."""
+    x = x.float()
+    scale = x.abs().amax(dim=-1, keepdim=True) / 127
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.round(x / safe).clamp(-127, 127).double() * scale.double()
+
+
+def _int8_weight(out_dim: int, in_dim: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    q, scale = quantize_weight(torch.randn(out_dim, in_dim, generator=gen) * 0.1)
+    return q, scale, q.double() * scale.double()  # int8 [out, in], fp32 [out, 1], dequantised
+
+
+def _linear_layer(q: torch.Tensor, scale: torch.Tensor) -> SimpleNamespace:
+    return SimpleNamespace(
+        weight=torch.nn.Parameter(q.clone(), requires_grad=False),
+        weight_scale=torch.nn.Parameter(scale.clone(), requires_grad=False),
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_dense_layer_equals_quantised_activations_times_dequantised_weights(
+    dtype: torch.dtype, with_bias: bool
+) -> None:
+    gen = torch.Generator().manual_seed(1)
+    q, scale, w = _int8_weight(24, 40, gen)
+    layer = _linear_layer(q, scale)
+    linear.process_weights_after_loading(None, layer)
+    assert layer.weight.shape == (40, 24) and layer.weight.is_contiguous()
+    assert layer.weight_scale.shape == (24,)
+    linear.process_weights_after_loading(None, layer)  # a second call keeps the layout
+    assert layer.weight.shape == (40, 24)
+    x = torch.randn(2, 5, 40, generator=gen).to(dtype)
+    x[1, 2] = 0  # an all-zero token quantises to zeros with scale 0
+    bias = (torch.randn(24, generator=gen) * 0.1).to(dtype) if with_bias else None
+    out = linear.apply(None, layer, x, bias)
+    expected = _fake_quant(x.reshape(-1, 40)) @ w.T
+    if bias is not None:
+        expected = expected + bias.double()
+    assert out.dtype == dtype and out.shape == (2, 5, 24)
+    # One rounding to the output dtype apart: half an ulp, 2^-9 (bf16) or 2^-12 (fp16) relative.
+    ulp = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
+    torch.testing.assert_close(out.reshape(-1, 24).double(), expected, rtol=ulp, atol=1e-6)
+    # The int8 path is near the float layer: activation rounding is its only extra error.
+    float_out = x.reshape(-1, 40).double() @ w.T + (0 if bias is None else bias.double())
+    assert (out.reshape(-1, 24).double() - float_out).abs().max() < 0.05
+
+
+def test_dense_hooks_refuse_layers_they_did_not_lay_out() -> None:
+    gen = torch.Generator().manual_seed(2)
+    q, scale, _ = _int8_weight(8, 16, gen)
+    with pytest.raises(RuntimeError, match="restart with ASCEND_USE_FIA=1"):
+        linear.apply(None, _linear_layer(q, scale), torch.zeros(2, 16, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match=r"dtype torch.float32 .* accepted: int8 \[out, in\]"):
+        linear.process_weights_after_loading(None, _linear_layer(q.float(), scale))
+
+
+def _experts(num_experts: int, hidden: int, inter: int, gen: torch.Generator) -> dict[str, Any]:
+    w13 = [_int8_weight(2 * inter, hidden, gen) for _ in range(num_experts)]
+    w2 = [_int8_weight(hidden, inter, gen) for _ in range(num_experts)]
+    return {
+        "w13": torch.stack([q for q, _, _ in w13]),
+        "w13_scale": torch.stack([s for _, s, _ in w13]),  # [E, 2I, 1] as sglang loads it
+        "w2": torch.stack([q for q, _, _ in w2]),
+        "w2_scale": torch.stack([s for _, s, _ in w2]),
+        # NPUW8A8Int8MoEMethod keeps the expert scales in bfloat16, so that is what the
+        # chain multiplies by; the loop dequantises with the same rounded scales.
+        "w13_deq": [q.double() * _bf16(s) for q, s, _ in w13],
+        "w2_deq": [q.double() * _bf16(s) for q, s, _ in w2],
+    }
+
+
+def _bf16(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.bfloat16).double()
+
+
+def _dense_loop(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, e: dict) -> torch.Tensor:
+    """Per token, per chosen expert: int8 round trips where the NPU chain quantises."""
+    out = torch.zeros(x.shape, dtype=torch.float64)
+    for t in range(x.shape[0]):
+        xq = _fake_quant(x[t : t + 1])
+        for k in range(ids.shape[1]):
+            expert = int(ids[t, k])
+            gate_up = _bf16(xq @ e["w13_deq"][expert].T).float()  # the gmm's bf16 output
+            gate, up = gate_up.chunk(2, dim=-1)
+            h = _fake_quant(F.silu(gate) * up)
+            down = _bf16(h @ e["w2_deq"][expert].T)[0]
+            out[t] += _bf16(torch.tensor(float(weights[t, k]))) * down
+    return out
+
+
+@pytest.mark.parametrize("tokens", [1, 64])
+def test_routed_experts_equal_a_dense_loop_with_unbalanced_routing(tokens: int) -> None:
+    gen = torch.Generator().manual_seed(3)
+    num_experts, hidden, inter, top_k = 8, 64, 32, 3
+    e = _experts(num_experts, hidden, inter, gen)
+    x = torch.randn(tokens, hidden, generator=gen).to(torch.bfloat16)
+    # Experts 0-4 only, skewed to expert 1: experts 5-7 get no tokens at all.
+    ids = torch.stack([torch.randperm(5, generator=gen)[:top_k] for _ in range(tokens)])
+    ids[: tokens // 2, 0] = 1
+    ids = torch.stack([row if len(set(row.tolist())) == top_k else row.roll(1) for row in ids])
+    weights = torch.rand(tokens, top_k, generator=gen)
+    out = routed_experts_w8a8(x, weights, ids, e["w13"], e["w13_scale"], e["w2"], e["w2_scale"])
+    assert out.dtype == torch.bfloat16 and out.shape == x.shape
+    expected = _dense_loop(x, weights, ids, e)
+    # One bf16 rounding of the weighted sum apart.
+    torch.testing.assert_close(out.double(), expected, rtol=2.0**-8, atol=1e-6)
+
+
+def test_scale_dtype_follows_the_grouped_matmul_dtype_table() -> None:
+    assert scale_dtype_for(torch.bfloat16) == torch.bfloat16
+    assert scale_dtype_for(torch.float16) == torch.float32
+    with pytest.raises(ValueError, match=r"dtype=torch.float32; accepted: torch.bfloat16"):
+        scale_dtype_for(torch.float32)
+
+
+def test_moe_hook_hands_unsupported_layers_to_sglang_once(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[Any] = []
+
+    def stock(*args: Any, **kwargs: Any) -> str:
+        calls.append(args)
+        return "stock"
+
+    config = SimpleNamespace(
+        activation="gelu", apply_router_weight_on_input=False, gemm1_alpha=None,
+        gemm1_clamp_limit=None,
+    )  # fmt: skip
+    instance = SimpleNamespace(moe_runner_config=config)
+    layer = SimpleNamespace()
+    with caplog.at_level(logging.INFO, logger="sglang_ascend_fia"):
+        for _ in range(2):
+            assert experts_w8a8.w8a8_experts_apply(stock, instance, (layer, None), {}) == "stock"
+    assert len(calls) == 2
+    lines = [r.getMessage() for r in caplog.records if "W8A8Int8MoEMethod" in r.getMessage()]
+    assert len(lines) == 1 and "activation='gelu'" in lines[0]
