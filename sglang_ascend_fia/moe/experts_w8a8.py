@@ -6,11 +6,9 @@ routes (``npu_moe_init_routing_v2(quant_mode=1)``, ``token_dispatcher/ascend_tp.
 runner (``moe_runner/ascend.py:207-279``) runs ``npu_grouped_matmul`` on int8 with ``scale=[w13
 scale]`` and ``per_token_scale=[routing scale]``, then ``npu_dequant_swiglu_quant(quant_mode=1,
 activate_left=True)`` (``moe/activation.py:31-38``) re-quantises the SwiGLU output per token for
-the w2 grouped matmul, and ``npu_moe_finalize_routing(drop_pad_mode=2)`` combines. The weights
-are the per-channel int8 ``[E, out, in]`` ``W8A8Int8MoEMethod`` loads, passed transposed (the
-NPU method transposes them once at load; a transposed view is the same operand).
-
-sglang's stock ``apply`` runs the triton int8 MoE (CUDA only) or AMX's ``fused_experts_cpu``.
+the w2 grouped matmul, and ``npu_moe_finalize_routing(drop_pad_mode=2)`` combines.
+``lay_out_weights`` is that method's load-time layout. ``sglang_ascend_fia.w8a8.methods`` puts
+both on sglang's ``W8A8Int8MoEMethod``.
 """
 
 from __future__ import annotations
@@ -23,9 +21,7 @@ from sglang_ascend_fia import ops
 from sglang_ascend_fia.moe._fallback import fall_back_once
 from sglang_ascend_fia.moe.experts import unsupported_reason
 
-__sglang_patches__ = ("moe-w8a8-routed-experts",)
-
-_HOOK = "moe experts (W8A8Int8MoEMethod.apply)"
+_HOOK = "moe experts (w8a8_int8)"
 
 
 def scale_dtype_for(dtype: torch.dtype) -> torch.dtype:
@@ -45,6 +41,35 @@ def scale_dtype_for(dtype: torch.dtype) -> torch.dtype:
     )
 
 
+def stock_reason(layer: Any, config: Any) -> str | None:
+    """Why this W8A8 layer keeps sglang's own method (the same limits as the BF16 chain)."""
+    return unsupported_reason(layer, config)
+
+
+def log_stock_fallback(reason: str) -> None:
+    """One log line per reason and process: sglang's own W8A8 MoE method serves the layer."""
+    fall_back_once(_HOOK, reason)
+
+
+def lay_out_weights(layer: Any) -> None:
+    """``NPUW8A8Int8MoEMethod.process_weights_after_loading`` (``moe_methods.py:647-686``):
+    int8 ``w13`` ``[E, 2I, H]`` and ``w2`` ``[E, H, I]`` -> ``[E, in, out]`` contiguous, the
+    grouped matmul's ``[E, K, N]``; scales ``[E, out, 1]`` -> ``[E, out]`` (kept float32 here;
+    ``routed_experts_w8a8`` casts them to the dtype the output needs)."""
+    for prefix in ("w13", "w2"):
+        weight = getattr(layer, f"{prefix}_weight").data
+        if weight.dtype != torch.int8 or weight.dim() != 3:
+            raise ValueError(
+                f"w8a8_int8 MoE {prefix}_weight has dtype {weight.dtype} and shape "
+                f"{tuple(weight.shape)}; accepted: int8 [experts, out, in] as written by "
+                "`sglang-ascend-fia quantize-w8a8`"
+            )
+        transposed = weight.transpose(1, 2).contiguous()
+        setattr(layer, f"{prefix}_weight", torch.nn.Parameter(transposed, requires_grad=False))
+        scale = getattr(layer, f"{prefix}_weight_scale").data.squeeze(-1)
+        setattr(layer, f"{prefix}_weight_scale", torch.nn.Parameter(scale, requires_grad=False))
+
+
 def routed_experts_w8a8(
     x: torch.Tensor,
     topk_weights: torch.Tensor,
@@ -56,8 +81,8 @@ def routed_experts_w8a8(
 ) -> torch.Tensor:
     """``sum_k w[t, k] * W2_e(swiglu(W13_e x_t))`` with int8 activations and weights.
 
-    ``w13`` int8 ``[E, 2I, H]`` (gate rows first) and ``w2`` int8 ``[E, H, I]`` with per-channel
-    scales ``[E, 2I(, 1)]`` and ``[E, H(, 1)]``: sglang's ``W8A8Int8MoEMethod`` parameters.
+    ``w13`` int8 ``[E, H, 2I]`` (gate columns first) and ``w2`` int8 ``[E, I, H]`` with
+    per-channel scales ``[E, 2I]`` and ``[E, H]``: the layout ``lay_out_weights`` leaves.
     """
     num_tokens, top_k = topk_ids.shape
     num_experts = w13.shape[0]
@@ -76,8 +101,8 @@ def routed_experts_w8a8(
     expert_tokens = expert_tokens.to(torch.int64)
     gate_up = ops.grouped_matmul(
         [permuted],
-        [w13.transpose(1, 2)],
-        scale=[w13_scale.reshape(num_experts, -1).to(scale_dtype)],
+        [w13],
+        scale=[w13_scale.to(scale_dtype)],
         per_token_scale=[token_scale],
         split_item=2,
         group_type=0,
@@ -88,8 +113,8 @@ def routed_experts_w8a8(
     hidden, hidden_scale = ops.dequant_swiglu_quant(gate_up, quant_mode=1, activate_left=True)
     down = ops.grouped_matmul(
         [hidden],
-        [w2.transpose(1, 2)],
-        scale=[w2_scale.reshape(num_experts, -1).to(scale_dtype)],
+        [w2],
+        scale=[w2_scale.to(scale_dtype)],
         per_token_scale=[hidden_scale],
         split_item=2,
         group_type=0,
@@ -107,31 +132,3 @@ def routed_experts_w8a8(
         ids,
         drop_pad_mode=2,
     )
-
-
-def w8a8_experts_apply(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    """wrapt hook for ``W8A8Int8MoEMethod.apply(layer, dispatch_output)``."""
-    from sglang.srt.layers.moe.token_dispatcher import StandardCombineInput
-
-    layer = args[0] if args else kwargs["layer"]
-    dispatch_output = args[1] if len(args) > 1 else kwargs["dispatch_output"]
-    reason = unsupported_reason(layer, instance.moe_runner_config)
-    if reason is None and getattr(layer, "use_intel_amx_backend", False):
-        reason = "the layer runs sgl_kernel's AMX fused_experts_cpu (weights VNNI-packed)"
-    if reason is not None:
-        fall_back_once(_HOOK, reason)
-        return wrapped(*args, **kwargs)
-    topk_weights, topk_ids, _ = dispatch_output.topk_output
-    x = dispatch_output.hidden_states
-    if x.shape[0] == 0:
-        return StandardCombineInput(hidden_states=torch.zeros_like(x))
-    out = routed_experts_w8a8(
-        x,
-        topk_weights,
-        topk_ids,
-        layer.w13_weight,
-        layer.w13_weight_scale,
-        layer.w2_weight,
-        layer.w2_weight_scale,
-    )
-    return StandardCombineInput(hidden_states=out)

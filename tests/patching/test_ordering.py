@@ -53,20 +53,10 @@ STOCK: dict[str, dict[str, Any]] = {
         "module": "sglang.srt.layers.quantization.unquant",
         "qualname": "UnquantizedFusedMoEMethod.forward_cpu",
     },
-    "w8a8-linear-weights": {
+    "w8a8-int8-methods": {
         "type": "function",
         "module": "sglang.srt.layers.quantization.w8a8_int8",
-        "qualname": "W8A8Int8LinearMethod.process_weights_after_loading",
-    },
-    "w8a8-linear-apply": {
-        "type": "function",
-        "module": "sglang.srt.layers.quantization.w8a8_int8",
-        "qualname": "W8A8Int8LinearMethod.apply",
-    },
-    "moe-w8a8-routed-experts": {
-        "type": "function",
-        "module": "sglang.srt.layers.quantization.w8a8_int8",
-        "qualname": "W8A8Int8MoEMethod.apply",
+        "qualname": "W8A8Int8Config.get_quant_method",
     },
 }
 # Modules that must import on the CPU test bed: if one stops importing, the test bed is broken

@@ -22,6 +22,9 @@ from sglang_ascend_fia.moe.experts_w8a8 import routed_experts_w8a8, scale_dtype_
 from sglang_ascend_fia.w8a8 import linear
 from sglang_ascend_fia.w8a8.convert import quantize_weight
 
+# The hook module subclasses sglang's methods: importing it imports sglang (a few seconds).
+methods = pytest.importorskip("sglang_ascend_fia.w8a8.methods")
+
 
 def _fake_quant(x: torch.Tensor) -> torch.Tensor:
     """Per-row symmetric int8 round trip: what the int8 activations stand for (float64 out)."""
@@ -51,15 +54,13 @@ def test_dense_layer_equals_quantised_activations_times_dequantised_weights(
     gen = torch.Generator().manual_seed(1)
     q, scale, w = _int8_weight(24, 40, gen)
     layer = _linear_layer(q, scale)
-    linear.process_weights_after_loading(None, layer)
+    linear.lay_out_weights(layer)
     assert layer.weight.shape == (40, 24) and layer.weight.is_contiguous()
     assert layer.weight_scale.shape == (24,)
-    linear.process_weights_after_loading(None, layer)  # a second call keeps the layout
-    assert layer.weight.shape == (40, 24)
     x = torch.randn(2, 5, 40, generator=gen).to(dtype)
     x[1, 2] = 0  # an all-zero token quantises to zeros with scale 0
     bias = (torch.randn(24, generator=gen) * 0.1).to(dtype) if with_bias else None
-    out = linear.apply(None, layer, x, bias)
+    out = linear.quant_linear(x, layer.weight, layer.weight_scale, bias)
     expected = _fake_quant(x.reshape(-1, 40)) @ w.T
     if bias is not None:
         expected = expected + bias.double()
@@ -72,13 +73,44 @@ def test_dense_layer_equals_quantised_activations_times_dequantised_weights(
     assert (out.reshape(-1, 24).double() - float_out).abs().max() < 0.05
 
 
-def test_dense_hooks_refuse_layers_they_did_not_lay_out() -> None:
+def test_sglang_linear_layer_runs_the_int8_pair_through_the_hooked_method() -> None:
+    """A real sglang ``ReplicatedLinear`` built under ``W8A8Int8Config``: the hook swaps in the
+    plugin's method, which lays out the int8 weights sglang created and runs the ops pair."""
+    from sglang.srt.layers.linear import ReplicatedLinear
+    from sglang.srt.layers.quantization.unquant import UnquantizedLinearMethod
+    from sglang.srt.layers.quantization.w8a8_int8 import W8A8Int8Config, W8A8Int8LinearMethod
+
+    from sglang_ascend_fia import ops
+
+    config = W8A8Int8Config({"quant_method": "w8a8_int8", "ignore": ["lm_head"]})
+    prefix = "model.layers.0.mlp.down_proj"
+    layer = ReplicatedLinear(
+        40, 24, bias=False, quant_config=config, prefix=prefix, params_dtype=torch.bfloat16
+    )
+    assert type(layer.quant_method) is W8A8Int8LinearMethod  # what stock sglang hands out
+    method = methods.get_quant_method(config.get_quant_method, config, (layer, prefix), {})
+    assert isinstance(method, methods.FIAW8A8Int8LinearMethod)
+    ignored = methods.get_quant_method(config.get_quant_method, config, (layer, "lm_head"), {})
+    assert type(ignored) is UnquantizedLinearMethod
+    gen = torch.Generator().manual_seed(4)
+    q, scale, w = _int8_weight(24, 40, gen)
+    layer.weight.data.copy_(q)  # sglang created int8 [out, in] and fp32 [out, 1]
+    layer.weight_scale.data.copy_(scale)
+    layer.quant_method = method
+    method.process_weights_after_loading(layer)
+    x = torch.randn(6, 40, generator=gen).to(torch.bfloat16)
+    ops.reset_launch_counts()
+    out, _ = layer(x)
+    assert ops.launch_counts() == {"dynamic_quant": 1, "quant_matmul": 1}
+    expected = _fake_quant(x) @ w.T
+    torch.testing.assert_close(out.double(), expected, rtol=2.0**-8, atol=1e-6)
+
+
+def test_dense_layout_refuses_a_float_weight() -> None:
     gen = torch.Generator().manual_seed(2)
     q, scale, _ = _int8_weight(8, 16, gen)
-    with pytest.raises(RuntimeError, match="restart with ASCEND_USE_FIA=1"):
-        linear.apply(None, _linear_layer(q, scale), torch.zeros(2, 16, dtype=torch.bfloat16))
     with pytest.raises(ValueError, match=r"dtype torch.float32 .* accepted: int8 \[out, in\]"):
-        linear.process_weights_after_loading(None, _linear_layer(q.float(), scale))
+        linear.lay_out_weights(_linear_layer(q.float(), scale))
 
 
 def _experts(num_experts: int, hidden: int, inter: int, gen: torch.Generator) -> dict[str, Any]:
@@ -126,7 +158,17 @@ def test_routed_experts_equal_a_dense_loop_with_unbalanced_routing(tokens: int) 
     ids[: tokens // 2, 0] = 1
     ids = torch.stack([row if len(set(row.tolist())) == top_k else row.roll(1) for row in ids])
     weights = torch.rand(tokens, top_k, generator=gen)
-    out = routed_experts_w8a8(x, weights, ids, e["w13"], e["w13_scale"], e["w2"], e["w2_scale"])
+    layer = SimpleNamespace(
+        w13_weight=e["w13"], w13_weight_scale=e["w13_scale"],
+        w2_weight=e["w2"], w2_weight_scale=e["w2_scale"],
+    )  # fmt: skip
+    experts_w8a8.lay_out_weights(layer)  # [E, out, in] -> [E, in, out]; scales [E, out]
+    assert layer.w13_weight.shape == (num_experts, hidden, 2 * inter)
+    assert layer.w2_weight_scale.shape == (num_experts, hidden)
+    out = routed_experts_w8a8(
+        x, weights, ids, layer.w13_weight, layer.w13_weight_scale,
+        layer.w2_weight, layer.w2_weight_scale,
+    )  # fmt: skip
     assert out.dtype == torch.bfloat16 and out.shape == x.shape
     expected = _dense_loop(x, weights, ids, e)
     # One bf16 rounding of the weighted sum apart.
@@ -140,22 +182,29 @@ def test_scale_dtype_follows_the_grouped_matmul_dtype_table() -> None:
         scale_dtype_for(torch.float32)
 
 
-def test_moe_hook_hands_unsupported_layers_to_sglang_once(caplog: pytest.LogCaptureFixture) -> None:
+def test_moe_method_hands_unsupported_layers_to_sglang_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sglang.srt.layers.quantization.w8a8_int8 import W8A8Int8Config, W8A8Int8MoEMethod
+
     calls: list[Any] = []
-
-    def stock(*args: Any, **kwargs: Any) -> str:
-        calls.append(args)
-        return "stock"
-
-    config = SimpleNamespace(
+    monkeypatch.setattr(W8A8Int8MoEMethod, "apply", lambda self, *args: calls.append(args))
+    method = methods.FIAW8A8Int8MoEMethod(W8A8Int8Config({}))
+    method.moe_runner_config = SimpleNamespace(
         activation="gelu", apply_router_weight_on_input=False, gemm1_alpha=None,
         gemm1_clamp_limit=None,
     )  # fmt: skip
-    instance = SimpleNamespace(moe_runner_config=config)
-    layer = SimpleNamespace()
+    gen = torch.Generator().manual_seed(5)
+    e = _experts(2, 8, 4, gen)
+    layer = SimpleNamespace(
+        w13_weight=e["w13"], w13_weight_scale=e["w13_scale"],
+        w2_weight=e["w2"], w2_weight_scale=e["w2_scale"],
+    )  # fmt: skip
+    method.process_weights_after_loading(layer)
+    assert layer.w13_weight.shape == (2, 8, 8)  # sglang's own layout kept: [E, 2I, H]
     with caplog.at_level(logging.INFO, logger="sglang_ascend_fia"):
         for _ in range(2):
-            assert experts_w8a8.w8a8_experts_apply(stock, instance, (layer, None), {}) == "stock"
-    assert len(calls) == 2
-    lines = [r.getMessage() for r in caplog.records if "W8A8Int8MoEMethod" in r.getMessage()]
+            method.apply(layer, "dispatch")
+    assert calls == [(layer, "dispatch")] * 2
+    lines = [r.getMessage() for r in caplog.records if "w8a8_int8" in r.getMessage()]
     assert len(lines) == 1 and "activation='gelu'" in lines[0]
