@@ -27,19 +27,27 @@ import pytest
 import torch
 from testbed.engine import EngineProcess, testbed_env
 from testbed.models import build_deepseek_v2_lite_moe, encode_prompts
-from testbed.oracle import hf_greedy, hf_logprobs_along
+from testbed.oracle import hf_logprobs_along
 from testbed.quantized import build_w8a8_pair
 
 pytestmark = pytest.mark.engine
 
 NEW_TOKENS = 32
 NUM_PROMPTS = 8
+# Tolerances, against what was measured on the 2-core CPU test bed (README, "W8A8 dynamic int8"):
+# W8A8 max 0.075 / mean 0.011 nats; the same dequantised model in bfloat16 without int8
+# activations max 0.039 / mean 0.0057; the int8 weight rounding alone (HF fp32, float vs
+# dequantised weights) moves log-probs by up to 0.125. A wrong scale, layout or SwiGLU half
+# moves them by whole nats.
 # |sglang's log-prob of each token it chose - HF fp32's log-prob of that token|, nats.
-LOGPROB_TOL = None
-# HF's best log-prob minus HF's log-prob of sglang's token: 0 where sglang picked HF's argmax;
-# positive only at near-ties, which the int8 activations may tip.
-NEAR_TIE_TOL = None
-MIN_ARGMAX_AGREEMENT = None  # share of the 256 positions where sglang picked HF's argmax
+LOGPROB_TOL = 0.2
+MEAN_LOGPROB_TOL = 0.03
+# HF's best log-prob minus HF's log-prob of sglang's token: 0 where sglang picked HF's argmax,
+# positive only at near-ties the int8 activations (or bfloat16) tip. Measured max 0.013.
+NEAR_TIE_TOL = 0.1
+# Share of the 256 positions where sglang picked HF's argmax: measured 0.973 (bfloat16 alone
+# 0.965).
+MIN_ARGMAX_AGREEMENT = 0.9
 W8A8_MOE_CHAIN = ("moe_init_routing_v2", "dequant_swiglu_quant", "moe_finalize_routing")
 
 
@@ -92,13 +100,13 @@ def test_w8a8_deepseek_moe_tracks_the_dequantised_float_model(tmp_path: Path) ->
         near_tie += (scores.max(dim=-1).values - hf_lp).tolist()
         agree += int((scores.argmax(dim=-1) == torch.tensor(chosen)).sum())
     agreement = agree / (NUM_PROMPTS * NEW_TOKENS)
-    greedy_equal = sum(a == b for a, b in zip(hf_greedy(dequantised, prompts, NEW_TOKENS), tokens))
+    mean_err = sum(logprob_err) / len(logprob_err)
     measured = (
-        f"max |logprob err| {max(logprob_err):.4f}, mean {sum(logprob_err) / len(logprob_err):.4f}; "
-        f"max near-tie gap {max(near_tie):.4f}; argmax agreement {agreement:.3f}; "
-        f"{greedy_equal}/{NUM_PROMPTS} prompts' free-running greedy tokens equal HF's"
+        f"max |logprob err| {max(logprob_err):.4f}, mean {mean_err:.4f}; "
+        f"max near-tie gap {max(near_tie):.4f}; argmax agreement {agreement:.3f}"
     )
     print(measured)
     assert max(logprob_err) <= LOGPROB_TOL, measured
+    assert mean_err <= MEAN_LOGPROB_TOL, measured
     assert max(near_tie) <= NEAR_TIE_TOL, measured
     assert agreement >= MIN_ARGMAX_AGREEMENT, measured
