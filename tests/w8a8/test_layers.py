@@ -113,7 +113,9 @@ def test_dense_layout_refuses_a_float_weight() -> None:
         linear.lay_out_weights(_linear_layer(q.float(), scale))
 
 
-def _experts(num_experts: int, hidden: int, inter: int, gen: torch.Generator) -> dict[str, Any]:
+def _experts(
+    num_experts: int, hidden: int, inter: int, gen: torch.Generator, dtype: torch.dtype
+) -> dict[str, Any]:
     w13 = [_int8_weight(2 * inter, hidden, gen) for _ in range(num_experts)]
     w2 = [_int8_weight(hidden, inter, gen) for _ in range(num_experts)]
     return {
@@ -121,15 +123,16 @@ def _experts(num_experts: int, hidden: int, inter: int, gen: torch.Generator) ->
         "w13_scale": torch.stack([s for _, s, _ in w13]),  # [E, 2I, 1] as sglang loads it
         "w2": torch.stack([q for q, _, _ in w2]),
         "w2_scale": torch.stack([s for _, s, _ in w2]),
-        # NPUW8A8Int8MoEMethod keeps the expert scales in bfloat16, so that is what the
-        # chain multiplies by; the loop dequantises with the same rounded scales.
-        "w13_deq": [q.double() * _bf16(s) for q, s, _ in w13],
-        "w2_deq": [q.double() * _bf16(s) for q, s, _ in w2],
+        # The chain multiplies by bfloat16 expert scales in a bfloat16 model (as
+        # NPUW8A8Int8MoEMethod stores them) and float32 ones in a float16 model; the loop
+        # dequantises with the same scales.
+        "w13_deq": [q.double() * _round(s, scale_dtype_for(dtype)) for q, s, _ in w13],
+        "w2_deq": [q.double() * _round(s, scale_dtype_for(dtype)) for q, s, _ in w2],
     }
 
 
-def _bf16(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.bfloat16).double()
+def _round(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return x.to(dtype).double()
 
 
 def _dense_loop(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, e: dict) -> torch.Tensor:
@@ -139,20 +142,23 @@ def _dense_loop(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, e: di
         xq = _fake_quant(x[t : t + 1])
         for k in range(ids.shape[1]):
             expert = int(ids[t, k])
-            gate_up = _bf16(xq @ e["w13_deq"][expert].T).float()  # the gmm's bf16 output
+            gate_up = _round(xq @ e["w13_deq"][expert].T, x.dtype).float()  # the gmm's output
             gate, up = gate_up.chunk(2, dim=-1)
             h = _fake_quant(F.silu(gate) * up)
-            down = _bf16(h @ e["w2_deq"][expert].T)[0]
-            out[t] += _bf16(torch.tensor(float(weights[t, k]))) * down
+            down = _round(h @ e["w2_deq"][expert].T, x.dtype)[0]
+            out[t] += _round(weights[t, k], x.dtype) * down
     return out
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("tokens", [1, 64])
-def test_routed_experts_equal_a_dense_loop_with_unbalanced_routing(tokens: int) -> None:
+def test_routed_experts_equal_a_dense_loop_with_unbalanced_routing(
+    tokens: int, dtype: torch.dtype
+) -> None:
     gen = torch.Generator().manual_seed(3)
     num_experts, hidden, inter, top_k = 8, 64, 32, 3
-    e = _experts(num_experts, hidden, inter, gen)
-    x = torch.randn(tokens, hidden, generator=gen).to(torch.bfloat16)
+    e = _experts(num_experts, hidden, inter, gen, dtype)
+    x = torch.randn(tokens, hidden, generator=gen).to(dtype)
     # Experts 0-4 only, skewed to expert 1: experts 5-7 get no tokens at all.
     ids = torch.stack([torch.randperm(5, generator=gen)[:top_k] for _ in range(tokens)])
     ids[: tokens // 2, 0] = 1
@@ -169,10 +175,11 @@ def test_routed_experts_equal_a_dense_loop_with_unbalanced_routing(tokens: int) 
         x, weights, ids, layer.w13_weight, layer.w13_weight_scale,
         layer.w2_weight, layer.w2_weight_scale,
     )  # fmt: skip
-    assert out.dtype == torch.bfloat16 and out.shape == x.shape
+    assert out.dtype == dtype and out.shape == x.shape
     expected = _dense_loop(x, weights, ids, e)
-    # One bf16 rounding of the weighted sum apart.
-    torch.testing.assert_close(out.double(), expected, rtol=2.0**-8, atol=1e-6)
+    # One rounding of the weighted sum to the output dtype apart.
+    ulp = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
+    torch.testing.assert_close(out.double(), expected, rtol=ulp, atol=1e-6)
 
 
 def test_scale_dtype_follows_the_grouped_matmul_dtype_table() -> None:
@@ -195,7 +202,7 @@ def test_moe_method_hands_unsupported_layers_to_sglang_once(
         gemm1_clamp_limit=None,
     )  # fmt: skip
     gen = torch.Generator().manual_seed(5)
-    e = _experts(2, 8, 4, gen)
+    e = _experts(2, 8, 4, gen, torch.bfloat16)
     layer = SimpleNamespace(
         w13_weight=e["w13"], w13_weight_scale=e["w13_scale"],
         w2_weight=e["w2"], w2_weight_scale=e["w2_scale"],
