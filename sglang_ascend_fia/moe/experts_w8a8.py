@@ -28,8 +28,8 @@ def scale_dtype_for(dtype: torch.dtype) -> torch.dtype:
     """The per-channel scale dtype the int8 grouped matmul needs for a ``dtype`` output.
 
     The A2/A3 dtype table pairs a bfloat16 scale with bfloat16 output and a float32 scale with
-    float16 output. ``NPUW8A8Int8MoEMethod`` always casts to bfloat16 (so a float16 model would
-    be refused there); this picks the legal pair for either model dtype.
+    float16 output. ``NPUW8A8Int8MoEMethod`` always casts to bfloat16, a pair outside that table
+    for a float16 model (inferred: not run on an NPU); this picks the table's pair for either.
     """
     if dtype == torch.bfloat16:
         return torch.bfloat16
