@@ -53,6 +53,11 @@ STOCK: dict[str, dict[str, Any]] = {
         "module": "sglang.srt.layers.quantization.unquant",
         "qualname": "UnquantizedFusedMoEMethod.forward_cpu",
     },
+    "w8a8-int8-methods": {
+        "type": "function",
+        "module": "sglang.srt.layers.quantization.w8a8_int8",
+        "qualname": "W8A8Int8Config.get_quant_method",
+    },
 }
 # Modules that must import on the CPU test bed: if one stops importing, the test bed is broken
 # and the matrix must fail rather than skip itself away.
@@ -60,6 +65,7 @@ MUST_IMPORT = {
     "sglang.srt.layers.attention.attention_registry",
     "sglang.srt.layers.moe.topk",
     "sglang.srt.layers.quantization.unquant",
+    "sglang.srt.layers.quantization.w8a8_int8",
 }
 
 

@@ -84,3 +84,23 @@ def _hf_greedy(model_dir: Path, prompts: list[list[int]], max_new_tokens: int) -
             past = out.past_key_values
         outputs.append(tokens)
     return outputs
+
+
+@torch.no_grad()
+def hf_logprobs_along(
+    model_dir: Path, prompts: list[list[int]], continuations: list[list[int]]
+) -> list[torch.Tensor]:
+    """HF fp32 log-probabilities ``[len(continuation), vocab]`` at each continuation position,
+    teacher-forced on the given tokens (one forward per prompt), so another engine's choices
+    can be scored even after it departs from HF's own greedy path."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    out: list[torch.Tensor] = []
+    for prompt, continuation in zip(prompts, continuations, strict=True):
+        ids = torch.tensor([prompt + continuation])
+        logits = model(input_ids=ids).logits[0].double()
+        start = len(prompt) - 1
+        out.append(torch.log_softmax(logits[start : start + len(continuation)], dim=-1))
+    return out
