@@ -65,12 +65,16 @@ def _generate(engine: EngineProcess, prompts: list[list[int]]) -> tuple[list[Any
     return first["output_ids"] + last["output_ids"], first["meta"] + last["meta"]
 
 
+# FIA v1 and v2 (the MLA prefill runs on v2): one launch of either per layer.
+FIA_OPS = ("fused_infer_attention_score", "fused_infer_attention_score_v2")
+
+
 def launches_per_layer(log: Path) -> set[float]:
     """FIA launches per layer in every forward the launch probe logged."""
     import json
 
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return {r["launches"].get("fused_infer_attention_score", 0) / r["num_layers"] for r in records}
+    return {sum(r["launches"].get(op, 0) for op in FIA_OPS) / r["num_layers"] for r in records}
 
 
 def _cell(tokens: list[int]) -> str:

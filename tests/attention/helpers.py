@@ -8,11 +8,15 @@ against the exact buffer layouts an engine hands it.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import torch
+
+from sglang_ascend_fia import ops
 
 
 @dataclass
@@ -174,3 +178,45 @@ def forward_batch(
         extend_prefix_lens_cpu=[n - q for n, q in zip(lens, new_lens, strict=True)],
         out_cache_loc=out_cache_loc,
     )
+
+
+class FakeNPUGraph:
+    """What NPUGraphRunner relies on, modelled on CPU.
+
+    Capture records every FIA call with its tensors (by reference: a graph keeps addresses) and a
+    *copy* of its host lists (a captured kernel keeps the values it was given). ``update``
+    replaces one keyword for every captured FIA call, as ``graph.update(cpu_update_input=...)``
+    does; ``replay`` re-runs the calls and writes into the captured outputs.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[Any, ...], dict[str, Any], torch.Tensor]] = []
+
+    def capture(self, monkeypatch: pytest.MonkeyPatch, run: Callable[[], Any]) -> Any:
+        real = ops.fused_infer_attention_score
+
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            out, lse = real(*args, **kwargs)
+            frozen = {k: list(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+            self.calls.append((args, frozen, out))
+            self.bound_lists = [v for v in kwargs.values() if isinstance(v, list)]
+            return out, lse
+
+        monkeypatch.setattr(ops, "fused_infer_attention_score", recording)
+        try:
+            return run()
+        finally:
+            monkeypatch.setattr(ops, "fused_infer_attention_score", real)
+
+    def update(self, cpu_update_input: list[dict[str, list[int]]]) -> None:
+        # NPUGraphRunner sends one dict; it applies to every captured FIA call.
+        (update,) = cpu_update_input
+        for _, kwargs, _ in self.calls:
+            for key, value in update.items():
+                assert key in kwargs, f"captured FIA call has no {key!r} to update"
+                assert isinstance(kwargs[key], list), f"{key} was not bound as a Python list"
+                kwargs[key] = list(value)
+
+    def replay(self) -> None:
+        for args, kwargs, out in self.calls:
+            out.copy_(ops.fused_infer_attention_score(*args, **kwargs)[0])
