@@ -63,14 +63,24 @@ def make_pool(kind: str, shape: Shape, page: int, pages: int, monkeypatch: Any) 
 POOL_KINDS = ("stock", "npu-fia", "npu")
 
 
-def make_runner(pool: Any, shape: Shape, page: int, max_reqs: int = 64, **overrides: Any) -> Any:
+def fake_runner(
+    pool: Any,
+    page: int,
+    q_heads: int,
+    max_reqs: int,
+    model_fields: dict[str, Any],
+    **overrides: Any,
+) -> Any:
+    """A ``ModelRunner`` stand-in carrying what the FIA backends and the hand-off rules read,
+    over sglang's own ``ReqToTokenPool``; ``overrides`` set runner attributes."""
     from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
     from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 
     model_config = SimpleNamespace(
         context_len=2048,
         is_encoder_decoder=False,
-        get_num_attention_heads=lambda tp: shape.q_heads // tp,
+        get_num_attention_heads=lambda tp: q_heads // tp,
+        **model_fields,
     )
     runner = SimpleNamespace(
         device="cpu",
@@ -93,6 +103,10 @@ def make_runner(pool: Any, shape: Shape, page: int, max_reqs: int = 64, **overri
     if "dtype" in overrides and "kv_cache_dtype" not in overrides:
         runner.kv_cache_dtype = runner.dtype  # sglang's "auto": the model's dtype
     return runner
+
+
+def make_runner(pool: Any, shape: Shape, page: int, max_reqs: int = 64, **overrides: Any) -> Any:
+    return fake_runner(pool, page, shape.q_heads, max_reqs, {}, **overrides)
 
 
 def make_layer(shape: Shape, layer_id: int, **kwargs: Any) -> Any:
