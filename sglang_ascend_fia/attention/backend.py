@@ -271,19 +271,6 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
         flat = out.reshape(bs * max_q, heads * layer.v_head_dim)
         return flat.index_select(0, metadata.padded_rows)
 
-    def forward_mixed(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor | None,
-        v: torch.Tensor | None,
-        layer: RadixAttention,
-        forward_batch: ForwardBatch,
-        save_kv_cache: bool = True,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        """Mixed chunked-prefill + decode batches: decode rows are extends of length 1."""
-        return self.forward_extend(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
-
     def forward_decode(
         self,
         q: torch.Tensor,

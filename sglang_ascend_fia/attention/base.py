@@ -19,6 +19,7 @@ from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 from sglang_ascend_fia.ops.fia.rules import MASK_TEMPLATE_SIZE
 
 if TYPE_CHECKING:
+    from sglang.srt.layers.radix_attention import RadixAttention
     from sglang.srt.model_executor.forward_batch_info import ForwardBatch, ForwardMode
     from sglang.srt.model_executor.model_runner import ModelRunner
 
@@ -113,6 +114,20 @@ class FIABackendBase(AttentionBackend, Generic[M]):
         if self.forward_metadata is None:
             raise RuntimeError("init_forward_metadata() was not called before the forward")
         return self.forward_metadata
+
+    def forward_mixed(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor | None,
+        v: torch.Tensor | None,
+        layer: RadixAttention,
+        forward_batch: ForwardBatch,
+        save_kv_cache: bool = True,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Mixed chunked-prefill + decode batches: the decode rows are extends of one token over
+        their cached context, so ``forward_extend`` serves the whole batch in its launches."""
+        return self.forward_extend(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
 
     # ------------------------------------------------------------------------ graph mode
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:

@@ -274,19 +274,6 @@ class AscendFIAMLABackend(FIABackendBase[MLAMetadata]):
         key_rope = rope.unsqueeze(1).expand(-1, heads, -1)
         return key, value, key_rope
 
-    def forward_mixed(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor | None,
-        v: torch.Tensor | None,
-        layer: RadixAttention,
-        forward_batch: ForwardBatch,
-        save_kv_cache: bool = True,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        """Mixed chunked-prefill + decode batches: decode rows are extends with a prefix."""
-        return self.forward_extend(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
-
     def forward_decode(
         self,
         q: torch.Tensor,
