@@ -3,8 +3,8 @@
 1. Builds the tiny random-weight Qwen2 and DeepSeek-V2-Lite-style models offline (cached under
    ``.cache/models``); steps 2-5 run for each, one table per model.
 2. Starts sglang with the plugin active (``ASCEND_USE_FIA=1``, ``--attention-backend ascend``),
-   so every attention layer runs one ``fused_infer_attention_score`` call on the reference ops
-   (MHA/GQA through the FIA backend, DeepSeek's MLA through the FIA MLA backend).
+   so every attention layer runs one FIA call on the reference ops (MHA/GQA through the FIA
+   backend; DeepSeek's MLA through the FIA MLA backend, its prefill on FIA v2).
 3. Generates greedily for a few prompts; the last one shares a two-page prefix with the one
    before it and is sent afterwards, so sglang serves that prefix from its radix cache.
 4. Runs the same prompts through stock sglang (``torch_native``) and HF transformers (fp32),
