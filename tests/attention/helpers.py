@@ -7,8 +7,9 @@ against the exact buffer layouts an engine hands it.
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -192,6 +193,38 @@ def forward_batch(
         extend_prefix_lens_cpu=[n - q for n, q in zip(lens, new_lens, strict=True)],
         out_cache_loc=out_cache_loc,
     )
+
+
+def graph_decode_batch(reqs: Requests, lens: list[int], rows: list[int]) -> Any:
+    """A decode batch as ``NPUGraphRunner`` hands it over: at capture every length 0 and every
+    ``req_pool_indices`` 0 (npu_graph_runner.py:335-347 pads with those), at replay the real
+    lengths and rows copied into the static buffers."""
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    n = len(lens)
+    fb = forward_batch(ForwardMode.DECODE, reqs, [1] * n, torch.zeros(n, dtype=torch.long))
+    fb.seq_lens_cpu = torch.tensor(lens)
+    fb.seq_lens = fb.seq_lens_cpu.clone()
+    fb.req_pool_indices = torch.tensor(rows)
+    return fb
+
+
+@contextlib.contextmanager
+def active_ascend_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Any], Any]]:
+    """``ATTENTION_BACKENDS["ascend"]`` as sglang looks it up, with the plugin active."""
+    monkeypatch.setenv("ASCEND_USE_FIA", "1")
+    from sglang.srt.layers.attention import attention_registry
+
+    # The MLA pool module first, as sglang's own import order has it: the fia-mla-kv-pool hook
+    # fires when memory_pool_npu is imported, and it imports this module.
+    import sglang_ascend_fia.mla.pool  # noqa: F401
+    from sglang_ascend_fia import plugin
+
+    plugin.activate()
+    try:
+        yield lambda runner: attention_registry.ATTENTION_BACKENDS["ascend"](runner)
+    finally:
+        plugin.deactivate()
 
 
 class FakeNPUGraph:

@@ -26,6 +26,7 @@ from attention.helpers import (
     Requests,
     Shape,
     forward_batch,
+    graph_decode_batch,
     make_layer,
     make_pool,
     make_runner,
@@ -349,11 +350,7 @@ def test_graph_replay_rebinds_kv_lengths(monkeypatch: pytest.MonkeyPatch) -> Non
     q_static = torch.randn(3, shape.q_heads * shape.head_dim)
 
     def decode_batch(lens: list[int], rows: list[int]) -> Any:
-        fb = forward_batch(ForwardMode.DECODE, h.reqs, [1] * 3, torch.zeros(3, dtype=torch.long))
-        fb.seq_lens_cpu = torch.tensor(lens)
-        fb.seq_lens = fb.seq_lens_cpu.clone()
-        fb.req_pool_indices = torch.tensor(rows)
-        return fb
+        return graph_decode_batch(h.reqs, lens, rows)
 
     graph = FakeNPUGraph()
     capture_fb = decode_batch([0, 0, 0], [0, 0, 0])

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from attention.helpers import FakeNPUGraph, Requests, forward_batch
+from attention.helpers import FakeNPUGraph, Requests, forward_batch, graph_decode_batch
 from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
 from mla.helpers import NOPE, PAGE, ROPE, R, V, make_layer, make_pool, make_runner
@@ -283,11 +283,7 @@ def test_decode_graph_replay_rebinds_kv_lengths(monkeypatch: pytest.MonkeyPatch)
     k_rope = bed.rand(3, 1, ROPE)
 
     def decode_batch(lens: list[int], rows: list[int]) -> Any:
-        fb = forward_batch(ForwardMode.DECODE, bed.reqs, [1] * 3, torch.zeros(3, dtype=torch.long))
-        fb.seq_lens_cpu = torch.tensor(lens)
-        fb.seq_lens = fb.seq_lens_cpu.clone()
-        fb.req_pool_indices = torch.tensor(rows)
-        return fb
+        return graph_decode_batch(bed.reqs, lens, rows)
 
     def decode(fb: Any) -> torch.Tensor:
         return backend.forward_decode(

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 import torch
+from attention.helpers import active_ascend_factory
 
 from mla.helpers import make_pool, make_runner
-from sglang_ascend_fia import plugin
 from sglang_ascend_fia.attention import handoff
 from sglang_ascend_fia.attention.base import UnsupportedConfiguration
 from sglang_ascend_fia.mla.backend import AscendFIAMLABackend
@@ -26,18 +26,8 @@ from sglang_ascend_fia.mla.backend import AscendFIAMLABackend
 @pytest.fixture
 def ascend_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """``ATTENTION_BACKENDS["ascend"]`` as sglang looks it up, with the plugin active."""
-    monkeypatch.setenv("ASCEND_USE_FIA", "1")
-    from sglang.srt.layers.attention import attention_registry
-
-    # The pool module first, as sglang's own import order has it: the fia-mla-kv-pool hook
-    # fires when memory_pool_npu is imported, and it imports this module.
-    import sglang_ascend_fia.mla.pool  # noqa: F401
-
-    plugin.activate()
-    try:
-        yield lambda runner: attention_registry.ATTENTION_BACKENDS["ascend"](runner)
-    finally:
-        plugin.deactivate()
+    with active_ascend_factory(monkeypatch) as factory:
+        yield factory
 
 
 def _set(path: str, value: Any) -> Callable[[Any, pytest.MonkeyPatch], None]:
