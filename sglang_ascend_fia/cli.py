@@ -73,6 +73,7 @@ def _attention_rows() -> dict[str, Any]:
 
     return {
         "hands_off": list(handoff.HANDOFF_RULES),
+        "mla_hands_off": list(handoff.MLA_HANDOFF_RULES),
         "decisions": [{"backend": d.backend, "reason": d.reason} for d in handoff.decisions()],
     }
 
@@ -147,8 +148,13 @@ def _print_report(report: dict[str, Any]) -> None:
     print("\nattention: FIA serves causal MHA/GQA; sglang's own AscendAttnBackend serves")
     for rule in attention["hands_off"]:
         print(f"  - {rule}")
+    print("attention: FIA MLA serves DeepSeek-V2/V3 MLA; sglang's own AscendAttnBackend serves")
+    for rule in attention["mla_hands_off"]:
+        print(f"  - {rule}")
     for d in attention["decisions"]:
-        chosen = "FIA" if d["backend"] == "fia" else f"sglang's own: {d['reason']}"
+        chosen = {"fia": "FIA", "fia-mla": "FIA MLA"}.get(
+            d["backend"], f"sglang's own: {d['reason']}"
+        )
         print(f"  chosen in this process: {chosen}")
     print("  (a server logs its choice once per model runner at start-up)")
     print(f"\npatches ({len(report['patches'])}):")
