@@ -167,9 +167,10 @@ def npu_unsupported_reason(layer: Any, dispatch_output: Any, config: Any) -> str
             "serves the ascend_tp dispatcher; DeepEP and other all-to-all dispatchers keep "
             "sglang's runner)"
         )
-    kernels = {type(getattr(layer, name, None)).__name__ for name in ("w13_kernel", "w2_kernel")}
-    if kernels != {NPUUnquantMoEMethod.__name__}:
-        return f"the expert kernels are {sorted(kernels)} (the plugin runs NPUUnquantMoEMethod's)"
+    kernels = [getattr(layer, name, None) for name in ("w13_kernel", "w2_kernel")]
+    if any(type(kernel) is not NPUUnquantMoEMethod for kernel in kernels):
+        names = [type(kernel).__name__ for kernel in kernels]
+        return f"the expert kernels are {names} (the plugin runs NPUUnquantMoEMethod's only)"
     if dispatch_output.hidden_states_scale is not None:
         return "the dispatcher quantised the tokens (hidden_states_scale is set)"
     if getattr(config, "use_tp_all_gather_activation", False):
