@@ -14,16 +14,13 @@ same cases on sglang's NPU dispatch (``forward_npu``).
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
 from testbed.moe_layers import (
     DEAD,
-    DEAD_GATE,
     DEEPSEEK,
-    FEATURE,
     build_deepseek_moe,
+    build_qwen2_style_moe,
     fill_weights,
     moe_config,
     moe_inputs,
@@ -82,35 +79,12 @@ def test_deepseek_moe_layer_equals_dense_loop(name: str, plugin_on: bool) -> Non
             assert launches == ({"moe_gating_top_k": 1, **CHAIN} if plugin_on else {}), launches
 
 
-def _build_qwen2_style(top_k: int, renormalize: bool, experts: int, hidden: int) -> Any:
-    """``TopK`` + ``FusedMoE`` as ``Qwen2MoeSparseMoeBlock`` builds them (qwen2_moe.py)."""
-    from sglang.srt.layers.moe.ep_moe.layer import get_moe_impl_class
-    from sglang.srt.layers.moe.topk import TopK
-
-    topk = TopK(top_k=top_k, renormalize=renormalize, layer_id=1)
-    fused = get_moe_impl_class(None)(
-        layer_id=1,
-        top_k=top_k,
-        num_experts=experts,
-        hidden_size=hidden,
-        intermediate_size=32,
-        quant_config=None,
-        prefix="model.layers.1.mlp.experts",
-    )
-    return topk, fused
-
-
 @pytest.mark.parametrize("renormalize", [True, False], ids=["renorm", "raw"])
 def test_plain_softmax_topk_and_fused_moe_equal_dense_loop(renormalize: bool) -> None:
     """Ungrouped softmax without a bias: the ``moe_gating_top_k_softmax`` kernel choice."""
-    hidden, experts, top_k = 64, 16, 4
-    generator = torch.Generator().manual_seed(3)
+    hidden, top_k = 64, 4
     with plugin(True), torch.inference_mode():
-        topk, fused = _build_qwen2_style(top_k, renormalize, experts, hidden)
-        for param in fused.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-        router = torch.randn(experts, hidden, generator=generator) * 0.1
-        router[list(DEAD), FEATURE] = DEAD_GATE  # as fill_weights does: never picked
+        topk, fused, router = build_qwen2_style_moe(top_k, renormalize, hidden=hidden)
         for batch in BATCHES:
             x = moe_inputs(batch, hidden)
             ops.reset_launch_counts()

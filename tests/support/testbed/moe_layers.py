@@ -175,3 +175,31 @@ def moe_inputs(tokens: int, hidden: int, seed: int = 1) -> torch.Tensor:
     x = torch.randn(tokens, hidden, generator=torch.Generator().manual_seed(seed))
     x[:, FEATURE] = FEATURE_VALUE
     return x
+
+
+def build_qwen2_style_moe(
+    top_k: int, renormalize: bool, experts: int = 16, hidden: int = 64, seed: int = 3
+) -> tuple[Any, Any, torch.Tensor]:
+    """``TopK`` + ``FusedMoE`` as ``Qwen2MoeSparseMoeBlock`` builds them (qwen2_moe.py), with
+    random experts and a router ``[E, H]`` whose ``DEAD`` rows no token picks (plain softmax
+    top-k without groups or bias: ``fused_topk_npu``'s ``moe_gating_top_k_softmax`` choice)."""
+    from sglang.srt.layers.moe.ep_moe.layer import get_moe_impl_class
+    from sglang.srt.layers.moe.topk import TopK
+
+    topk = TopK(top_k=top_k, renormalize=renormalize, layer_id=1)
+    fused = get_moe_impl_class(None)(
+        layer_id=1,
+        top_k=top_k,
+        num_experts=experts,
+        hidden_size=hidden,
+        intermediate_size=32,
+        quant_config=None,
+        prefix="model.layers.1.mlp.experts",
+    )
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in fused.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    router = torch.randn(experts, hidden, generator=generator) * 0.1
+    router[list(DEAD), FEATURE] = DEAD_GATE  # as fill_weights does: never picked
+    return topk, fused, router.to(torch.get_default_dtype())

@@ -14,10 +14,12 @@ take the branches it takes on an Ascend NPU for these layers, and nothing else:
   ``fused_topk_npu``'s fallback), and ``layers/activation.py`` gets the stand-in as the
   ``torch_npu`` it imports only on an NPU.
 
-Each run builds one layer in one plugin state and dtype, with or without a
-``num_token_non_padded`` bound in the forward context (sglang sets one with EP > 1, DP-attention
-gather or a custom all-to-all, ``forward_batch_info.py:2271-2285``), and reports per batch the
-largest error against ``testbed.moe_oracle.dense_moe``, the rows departing from it, the tokens
+Each run builds one layer (a ``DeepseekV2MoE`` case of ``testbed.moe_layers.DEEPSEEK``, or
+Qwen2-style ``TopK`` + ``FusedMoE`` with plain renormalised softmax) in one plugin state and
+dtype, with or without a ``num_token_non_padded`` bound in the forward context (sglang sets one
+with EP > 1, DP-attention gather or a custom all-to-all, ``forward_batch_info.py:2271-2285``),
+and reports per batch the largest error against ``testbed.moe_oracle.dense_moe``, the rows
+departing from it, the tokens
 per expert, the plugin's ops launches and the stand-in's kernel calls.
 """
 
@@ -25,8 +27,9 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Any
 from unittest import mock
 
@@ -36,13 +39,14 @@ from testbed.moe_layers import (
     DEAD,
     DEEPSEEK,
     build_deepseek_moe,
+    build_qwen2_style_moe,
     fill_weights,
     moe_config,
     moe_inputs,
     plugin,
     sglang_context,
 )
-from testbed.moe_oracle import dense_moe
+from testbed.moe_oracle import Routing, dense_moe
 
 BATCHES = (1, 64)
 TOLERANCE = {
@@ -52,9 +56,11 @@ TOLERANCE = {
 }
 # (case, plugin on, dtype, num_token_non_padded bound): sglang's NPU runner hard-codes bf16
 # outputs (moe_runner/ascend.py:218), so stock runs in bf16 only.
+QWEN2 = "qwen2-softmax-renorm"  # plain softmax top-k, renormalised: the softmax gating kernel
+CASES = (*DEEPSEEK, QWEN2)
 RUNS = [
-    *((case, True, dtype, True) for case in DEEPSEEK for dtype in ("float32", "bfloat16")),
-    *((case, False, "bfloat16", True) for case in DEEPSEEK),
+    *((case, True, dtype, True) for case in CASES for dtype in ("float32", "bfloat16")),
+    *((case, False, "bfloat16", True) for case in CASES),
     ("v2-grouped-softmax", False, "bfloat16", False),
 ]
 
@@ -101,37 +107,77 @@ def token_bound(bound: bool, tokens: int) -> Iterator[None]:
         yield
 
 
+@dataclass
+class Built:
+    """One layer under test: its forward, and what the oracle needs."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    router_logits: Callable[[torch.Tensor], torch.Tensor]
+    routing: Routing
+    bias: torch.Tensor | None
+    w13: torch.Tensor
+    w2: torch.Tensor
+    shared: tuple[torch.Tensor, torch.Tensor] | None
+    topk: Any  # sglang's TopK
+    experts: Any  # sglang's FusedMoE
+    hidden: int
+
+
+def build(case: str) -> Built:
+    if case == QWEN2:  # TopK + FusedMoE as Qwen2MoeSparseMoeBlock builds them
+        topk, fused, router = build_qwen2_style_moe(top_k=4, renormalize=True)
+        return Built(
+            forward=lambda x: fused(x, topk(x, x @ router.T)),
+            router_logits=lambda x: x @ router.T,
+            routing=Routing("softmax", 4, norm_topk_prob=True),
+            bias=None,
+            w13=fused.w13_weight,
+            w2=fused.w2_weight,
+            shared=None,
+            topk=topk,
+            experts=fused,
+            hidden=router.shape[1],
+        )
+    overrides, routing = DEEPSEEK[case]
+    config = moe_config(**overrides)
+    layer = build_deepseek_moe(config)
+    fill_weights(layer, DEAD)
+    shared = layer.shared_experts
+    return Built(
+        forward=layer,
+        router_logits=layer.gate,  # the router, not under test: the oracle's input
+        routing=routing,
+        bias=layer.gate.e_score_correction_bias,
+        w13=layer.experts.w13_weight,
+        w2=layer.experts.w2_weight,
+        shared=(shared.gate_up_proj.weight, shared.down_proj.weight),
+        topk=layer.topk,
+        experts=layer.experts,
+        hidden=config.hidden_size,
+    )
+
+
 def run(case: str, plugin_on: bool, dtype_name: str, bound: bool) -> dict[str, Any]:
     import torch_npu
 
     from sglang_ascend_fia import ops
 
-    overrides, routing = DEEPSEEK[case]
     dtype = getattr(torch, dtype_name)
-    config = moe_config(**overrides)
     batches = {}
     with plugin(plugin_on), npu_dispatch(), torch.inference_mode():
         with default_dtype(dtype):  # as sglang's model loader builds a bf16 model
-            layer = build_deepseek_moe(config)
-        fill_weights(layer, DEAD)
+            built = build(case)
         for batch in BATCHES:
-            x = moe_inputs(batch, config.hidden_size).to(dtype)
-            logits = layer.gate(x.clone())  # the router, not under test: the oracle's input
+            x = moe_inputs(batch, built.hidden).to(dtype)
+            logits = built.router_logits(x.clone())
             ops.reset_launch_counts()
             torch_npu.reset_standin_call_counts()
             with token_bound(bound, batch):
-                out = layer(x.clone())
+                out = built.forward(x.clone())
             launches = ops.launch_counts()
             standin = torch_npu.standin_call_counts()
-            shared = layer.shared_experts
             expected, tokens_per_expert = dense_moe(
-                x,
-                routing,
-                logits,
-                layer.gate.e_score_correction_bias,
-                layer.experts.w13_weight,
-                layer.experts.w2_weight,
-                (shared.gate_up_proj.weight, shared.down_proj.weight),
+                x, built.routing, logits, built.bias, built.w13, built.w2, built.shared
             )
             tol = TOLERANCE[dtype_name]
             error = (out.double() - expected).abs()
@@ -147,9 +193,9 @@ def run(case: str, plugin_on: bool, dtype_name: str, bound: bool) -> dict[str, A
     # What served the layer: the methods sglang's dispatch resolved on the first call, and the
     # token dispatcher FusedMoE built.
     forward = {
-        "topk": layer.topk._forward_method.__name__,
-        "experts": layer.experts.quant_method._forward_method.__name__,
-        "dispatcher": type(layer.experts.dispatcher).__name__,
+        "topk": built.topk._forward_method.__name__,
+        "experts": built.experts.quant_method._forward_method.__name__,
+        "dispatcher": type(built.experts.dispatcher).__name__,
     }
     return {
         "case": case,
