@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from testbed.moe_layers import (
+    DEAD,
     build_deepseek_moe,
     fill_weights,
     moe_config,
@@ -36,7 +37,6 @@ from sglang_ascend_fia import ops
 BATCH = 64
 CALLS = 20  # layer calls per timed run
 REPEATS = 25
-DEAD = (2, 3, 7, 10, 11, 14, 15)  # as tests/moe: experts no token picks
 
 
 def _seconds_per_call(layer: Any, x: torch.Tensor) -> Callable[[], float]:

@@ -1,4 +1,8 @@
-"""``TopK.forward_native`` through ``ops``: sglang's ``fused_topk_npu`` choice of gating kernel.
+"""sglang's ``TopK`` through ``ops``: ``fused_topk_npu``'s choice of gating kernel.
+
+Two hooks: ``TopK.forward_native`` (no platform kernel, e.g. CPU) and ``TopK.forward_npu`` (what
+sglang dispatches to on an NPU, ``kernels/fused_op.py`` ``_platform_key``), both through
+:func:`route`.
 
 Mirrors ``hardware_backend/npu/moe/topk.py:19-122`` (sglang 0.5.23): plain softmax top-k without
 groups or bias -> ``moe_gating_top_k_softmax`` (+ L1 renormalisation when ``renormalize``);
@@ -18,9 +22,10 @@ import torch
 from sglang_ascend_fia import ops
 from sglang_ascend_fia.moe._fallback import fall_back_once
 
-__sglang_patches__ = ("moe-gating-top-k",)
+__sglang_patches__ = ("moe-gating-top-k", "moe-gating-top-k-npu")
 
 _HOOK = "moe gating (TopK.forward_native)"
+_NPU_HOOK = "moe gating (TopK.forward_npu)"
 
 
 def unsupported_reason(topk_config: Any, dynamic_expert_bias: Any) -> str | None:
@@ -86,8 +91,9 @@ def gate(topk_config: Any, router_logits: torch.Tensor) -> tuple[torch.Tensor, t
     return weights.to(torch.float32), ids
 
 
-def topk_forward_native(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    """wrapt hook for ``TopK.forward_native(hidden_states, router_logits, *, ...)``."""
+def route(instance: Any, router_logits: torch.Tensor, kwargs: Any) -> Any:
+    """``StandardTopKOutput`` of ``instance`` (a ``TopK``) through :func:`gate`, finished as
+    ``_finalize_topk_npu`` does (``hardware_backend/npu/moe/topk.py:125-154``)."""
     from sglang.srt.eplb.expert_distribution import get_global_expert_distribution_recorder
     from sglang.srt.eplb.expert_location_dispatch import topk_ids_logical_to_physical
     from sglang.srt.layers.moe.topk import (
@@ -97,15 +103,6 @@ def topk_forward_native(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> 
     )
 
     config = instance.topk_config
-    reason = unsupported_reason(config, kwargs.get("dynamic_expert_bias"))
-    if reason is None and kwargs.get("router_logits_partials") is not None:
-        reason = "router_logits_partials is set (ROCm split-K router)"
-    if reason is None and getattr(instance, "waterfill_balancer", None) is not None:
-        reason = "waterfill expert balancing is enabled"
-    if reason is not None:
-        fall_back_once(_HOOK, reason)
-        return wrapped(*args, **kwargs)
-    router_logits = args[1] if len(args) > 1 else kwargs["router_logits"]
     num_token_non_padded, dispatch_info = resolve_routing_inputs(
         layer_id=instance.layer_id,
         is_draft=instance.is_draft,
@@ -125,3 +122,32 @@ def topk_forward_native(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> 
     else:
         get_global_expert_distribution_recorder().on_select_experts(topk_ids=ids)
     return StandardTopKOutput(weights, ids, router_logits)
+
+
+def topk_forward_native(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """wrapt hook for ``TopK.forward_native(hidden_states, router_logits, *, ...)``."""
+    reason = unsupported_reason(instance.topk_config, kwargs.get("dynamic_expert_bias"))
+    if reason is None and kwargs.get("router_logits_partials") is not None:
+        reason = "router_logits_partials is set (ROCm split-K router)"
+    if reason is None and getattr(instance, "waterfill_balancer", None) is not None:
+        reason = "waterfill expert balancing is enabled"
+    if reason is not None:
+        fall_back_once(_HOOK, reason)
+        return wrapped(*args, **kwargs)
+    router_logits = args[1] if len(args) > 1 else kwargs["router_logits"]
+    return route(instance, router_logits, kwargs)
+
+
+def topk_forward_npu(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """wrapt hook for ``TopK.forward_npu(hidden_states, router_logits, *, ...)``.
+
+    Stock ``forward_npu`` applies no waterfill expansion (``layers/moe/topk.py:979-1014``), so
+    neither does this; everything :func:`unsupported_reason` names (DeepSeek-V4's
+    ``sqrtsoftplus`` among them) keeps sglang's ``forward_npu``.
+    """
+    reason = unsupported_reason(instance.topk_config, kwargs.get("dynamic_expert_bias"))
+    if reason is not None:
+        fall_back_once(_NPU_HOOK, reason)
+        return wrapped(*args, **kwargs)
+    router_logits = args[1] if len(args) > 1 else kwargs["router_logits"]
+    return route(instance, router_logits, kwargs)

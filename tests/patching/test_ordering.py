@@ -58,6 +58,26 @@ STOCK: dict[str, dict[str, Any]] = {
         "module": "sglang.srt.layers.quantization.w8a8_int8",
         "qualname": "W8A8Int8Config.get_quant_method",
     },
+    "moe-gating-top-k-npu": {
+        "type": "function",
+        "module": "sglang.srt.layers.moe.topk",
+        "qualname": "TopK.forward_npu",
+    },
+    "moe-routed-experts-npu": {
+        "type": "function",
+        "module": "sglang.srt.layers.quantization.unquant",
+        "qualname": "UnquantizedFusedMoEMethod.forward_npu",
+    },
+    "moe-npu-init-routing": {
+        "type": "function",
+        "module": "sglang.srt.hardware_backend.npu.moe.init_routing",
+        "qualname": "NPUMoEInitRouting_v2._init_routing",
+    },
+    "moe-npu-finalize-routing": {
+        "type": "function",
+        "module": "sglang.srt.hardware_backend.npu.moe.finalize_routing",
+        "qualname": "NPUFinalizeRouting._finalize_routing",
+    },
 }
 # Modules that must import on the CPU test bed: if one stops importing, the test bed is broken
 # and the matrix must fail rather than skip itself away.
@@ -66,6 +86,8 @@ MUST_IMPORT = {
     "sglang.srt.layers.moe.topk",
     "sglang.srt.layers.quantization.unquant",
     "sglang.srt.layers.quantization.w8a8_int8",
+    "sglang.srt.hardware_backend.npu.moe.init_routing",
+    "sglang.srt.hardware_backend.npu.moe.finalize_routing",
 }
 
 

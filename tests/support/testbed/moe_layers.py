@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from testbed.models import build_deepseek_v3_moe, deepseek_v3_moe_config
+from testbed.moe_oracle import Routing
 
 # The feature every test input holds at FEATURE_VALUE; a dead expert's gate row weighs it by
 # DEAD_GATE, so its logit is about -36: softmax and sigmoid are ~0 and the router never picks it.
@@ -28,6 +29,33 @@ DEAD_GATE = -12.0
 # With a correction bias, ranking uses score + bias: a dead expert's bias keeps it below every
 # live one (live biases are ~N(0, 0.05)).
 DEAD_BIAS = -1.0
+DEAD = (2, 3, 7, 10, 11, 14, 15)  # every group of 4 keeps >= 2 live experts
+
+# name -> (config overrides, routing, the gating op sglang's NPU choice calls)
+DEEPSEEK = {
+    # V2-Lite: softmax top-k, no groups, no renormalisation, 2 shared experts.
+    "v2-lite-softmax": (
+        {"scoring_func": "softmax", "topk_method": "greedy", "n_group": 1, "topk_group": 1,
+         "norm_topk_prob": False, "routed_scaling_factor": 1.0, "n_shared_experts": 2},
+        Routing("softmax", 4),
+    ),
+    # V2: softmax, group_limited_greedy (a group scores by its max), renormalised, scaled.
+    "v2-grouped-softmax": (
+        {"scoring_func": "softmax", "topk_method": "group_limited_greedy", "n_group": 4,
+         "topk_group": 2, "norm_topk_prob": True, "routed_scaling_factor": 1.5},
+        Routing("softmax", 4, n_group=4, topk_group=2, norm_topk_prob=True, scaling=1.5),
+    ),
+    # V3: sigmoid, noaux_tc with a correction bias, renormalised, scaled by 2.5.
+    "v3-sigmoid-grouped-bias": (
+        {},
+        Routing("sigmoid", 4, n_group=4, topk_group=2, norm_topk_prob=True, scaling=2.5),
+    ),
+    # V3 with norm_topk_prob=False: the NPU kernel renormalises sigmoid whatever renorm says.
+    "v3-sigmoid-unnormalised": (
+        {"norm_topk_prob": False},
+        Routing("sigmoid", 4, n_group=4, topk_group=2, norm_topk_prob=False, scaling=2.5),
+    ),
+}  # fmt: skip
 
 
 def _free_port() -> int:
@@ -147,3 +175,31 @@ def moe_inputs(tokens: int, hidden: int, seed: int = 1) -> torch.Tensor:
     x = torch.randn(tokens, hidden, generator=torch.Generator().manual_seed(seed))
     x[:, FEATURE] = FEATURE_VALUE
     return x
+
+
+def build_qwen2_style_moe(
+    top_k: int, renormalize: bool, experts: int = 16, hidden: int = 64, seed: int = 3
+) -> tuple[Any, Any, torch.Tensor]:
+    """``TopK`` + ``FusedMoE`` as ``Qwen2MoeSparseMoeBlock`` builds them (qwen2_moe.py), with
+    random experts and a router ``[E, H]`` whose ``DEAD`` rows no token picks (plain softmax
+    top-k without groups or bias: ``fused_topk_npu``'s ``moe_gating_top_k_softmax`` choice)."""
+    from sglang.srt.layers.moe.ep_moe.layer import get_moe_impl_class
+    from sglang.srt.layers.moe.topk import TopK
+
+    topk = TopK(top_k=top_k, renormalize=renormalize, layer_id=1)
+    fused = get_moe_impl_class(None)(
+        layer_id=1,
+        top_k=top_k,
+        num_experts=experts,
+        hidden_size=hidden,
+        intermediate_size=32,
+        quant_config=None,
+        prefix="model.layers.1.mlp.experts",
+    )
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in fused.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    router = torch.randn(experts, hidden, generator=generator) * 0.1
+    router[list(DEAD), FEATURE] = DEAD_GATE  # as fill_weights does: never picked
+    return topk, fused, router.to(torch.get_default_dtype())
