@@ -1,23 +1,90 @@
-"""Hand-off through a real ``sglang.Engine``: a setting the FIA backend does not implement sends
-the model to sglang's own ``AscendAttnBackend`` with one log line, instead of refusing to start.
+"""Hand-off through real sglang processes: a model or setting the FIA backend does not implement
+sends attention to sglang's own ``AscendAttnBackend`` with one log line, instead of refusing.
 
-On CPU sglang's own backend cannot be built: its module imports ``torch_npu`` at top level
-(hardware_backend/npu/attention/ascend_backend.py:7-11). So this engine stops at that import,
-and the evidence of the hand-off is the plugin's line followed by sglang's own import failing.
-Serving tokens through sglang's own backend here waits for a test-only torch_npu stand-in.
+- A sliding-window model through ``sglang.launch_server``: the tiny OLMo-3 (every layer a
+  32-token window) starts, logs the hand-off once and serves. sglang's own backend runs on CPU
+  through the test-only torch_npu stand-in (``tests/support/npu_standin``, put on ``PYTHONPATH``
+  by ``side_by_side.path_env``), whose probe logs the backend of every forward. Prompts inside
+  the window are answered as HF fp32 answers them; prompts past it are answered as HF answers
+  the same weights *without* a window: sglang 0.5.23's own backend applies a window only for
+  hybrid-SWA architectures (``upstream_findings.UPSTREAM_WINDOW_IGNORED_WITHOUT_HYBRID_SWA``),
+  and the test fails when that changes.
+- ``--kv-cache-dtype bf16`` under an fp32 model through ``sglang.Engine`` without the stand-in:
+  the hand-off line, then sglang's own backend stops importing ``torch_npu``
+  (hardware_backend/npu/attention/ascend_backend.py:7-11). No tokens for it: sglang's FIA path
+  then mixes an fp32 query with a bf16 cache, which the stand-in refuses.
 """
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from pathlib import Path
 
 import pytest
+from side_by_side import path_env, read_log
 from testbed.engine import start_error, testbed_env
-from testbed.models import build_qwen2
+from testbed.models import build_olmo3, build_qwen2, encode_prompts, token_stream
+from testbed.oracle import hf_greedy
+from testbed.server import ServerProcess
+from upstream_findings import UPSTREAM_WINDOW_IGNORED_WITHOUT_HYBRID_SWA
 
 pytestmark = pytest.mark.engine
 
 HANDOFF_LINE = "sglang-ascend-fia: attention runs on sglang's own AscendAttnBackend, not FIA: "
+SGLANG_BACKEND = "sglang.srt.hardware_backend.npu.attention.ascend_backend.AscendAttnBackend"
+NEW_TOKENS = 12
+WINDOW = 32  # build_olmo3's sliding window
+
+
+def _generate(base_url: str, prompts: list[list[int]]) -> list[list[int]]:
+    body = {
+        "input_ids": prompts,
+        "sampling_params": {"temperature": 0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True},
+    }
+    request = urllib.request.Request(
+        base_url + "/generate",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=240) as reply:
+        return [answer["output_ids"] for answer in json.load(reply)]
+
+
+def test_sliding_window_model_is_served_by_sglangs_own_backend(tmp_path: Path) -> None:
+    model = build_olmo3()
+    # The same weights with a window no test context reaches: HF's full-attention answers.
+    unwindowed = build_olmo3(sliding_window=4096)
+    inside = encode_prompts(model)[:2]
+    assert all(len(p) + NEW_TOKENS <= WINDOW for p in inside)
+    past = [token_stream(model, 60), token_stream(model, 150, 7)]  # one past a 128-token page
+    probe = tmp_path / "probe.jsonl"
+    with ServerProcess(
+        model,
+        tmp_path / "server.log",
+        env=path_env("plugin", probe),  # the plugin active, ASCEND_USE_FIA=1
+        attention_backend="ascend",
+        page_size=128,
+    ) as server:
+        answers = _generate(server.base_url, inside + past)
+        log = server.log_text()
+    lines = [line for line in log.splitlines() if HANDOFF_LINE in line]
+    assert len(lines) == 1, log[-3000:]
+    assert lines[0].endswith("sliding-window attention is not implemented by the FIA backend")
+    forwards = read_log(probe)
+    assert forwards, "the probe logged no forward"
+    assert [f["error"] for f in forwards if f["error"]] == []
+    assert {f["attn_backend"] for f in forwards} == {SGLANG_BACKEND}
+    assert {f["mode"] for f in forwards} >= {"EXTEND", "DECODE"}
+    # sglang's own backend attends through the stand-in's kernels, not the plugin's.
+    assert all(f["standin_calls"] for f in forwards)
+
+    assert answers[: len(inside)] == hf_greedy(model, inside, NEW_TOKENS)
+    windowed = hf_greedy(model, past, NEW_TOKENS)
+    full = hf_greedy(unwindowed, past, NEW_TOKENS)
+    assert all(w[0] != f[0] for w, f in zip(windowed, full, strict=True)), "the window must cut"
+    # Past the window sglang's own backend attends to every token (the upstream finding).
+    assert answers[len(inside) :] == full, UPSTREAM_WINDOW_IGNORED_WITHOUT_HYBRID_SWA.cause
 
 
 def test_bf16_kv_cache_with_an_fp32_model_goes_to_sglangs_own_backend() -> None:

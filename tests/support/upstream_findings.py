@@ -97,3 +97,26 @@ UPSTREAM_NPU_GROUP_SELECT_MODE = RoutingFinding(
 )
 
 ROUTING_FINDINGS = (UPSTREAM_NPU_SIGMOID_RENORMALISED, UPSTREAM_NPU_GROUP_SELECT_MODE)
+
+
+@dataclass(frozen=True)
+class WindowFinding:
+    """A sliding window that sglang 0.5.23's ``AscendAttnBackend`` does not apply."""
+
+    model: str  # the test-bed model that shows it (tests/e2e/test_fia_handoff.py)
+    cause: str  # upstream file:line and why
+
+
+UPSTREAM_WINDOW_IGNORED_WITHOUT_HYBRID_SWA = WindowFinding(
+    model="testbed.models.build_olmo3 (every layer a 32-token window)",
+    cause=(
+        "hardware_backend/npu/attention/ascend_backend.py:452-457 (_is_swa_layer) counts a "
+        "layer's sliding_window_size only when the model runner is hybrid SWA, and "
+        "forward_extend / forward_decode take their windowed FIA calls only for such layers or "
+        "for layers with sinks (ascend_backend.py:1728); a model whose RadixAttention layers "
+        "carry a window but whose architecture is not in is_hybrid_swa_model's list "
+        "(configs/model_config.py:2651-2697: OLMo-3 served as Olmo2ForCausalLM, Gemma-2, ...) is "
+        "attended with plain causal masks, so past the window every token equals HF's "
+        "full-attention answer, not the windowed one"
+    ),
+)

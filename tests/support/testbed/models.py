@@ -100,6 +100,10 @@ def _build(kind: str, config_kwargs: dict[str, Any], seed: int) -> Path:
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
         model: torch.nn.Module = Qwen2ForCausalLM(Qwen2Config(**config_kwargs))
+    elif kind == "olmo3":
+        from transformers import Olmo3Config, Olmo3ForCausalLM
+
+        model = Olmo3ForCausalLM(Olmo3Config(**config_kwargs))
     else:
         from transformers import DeepseekV2Config, DeepseekV2ForCausalLM
 
@@ -249,6 +253,31 @@ def build_deepseek_v3_style(seed: int = 0, **overrides: Any) -> Path:
 
 def build_qwen2(seed: int = 0, **overrides: Any) -> Path:
     return _build("qwen2", qwen2_config(**overrides), seed)
+
+
+def olmo3_config(**overrides: Any) -> dict[str, Any]:
+    """A tiny OLMo-3 whose every layer is a sliding-window layer (window 32 tokens).
+
+    sglang serves it with ``Olmo2ForCausalLM`` (configs/olmo3.py:59-65), whose RadixAttention
+    modules get ``sliding_window_size`` = window - 1 on sliding layers (models/olmo2.py:125-152);
+    it is not a hybrid-SWA architecture, so sglang builds one plain MHA KV pool for it.
+    """
+    config = qwen2_config(
+        num_key_value_heads=4,  # MHA, as OLMo checkpoints are
+        sliding_window=32,
+        layer_types=["sliding_attention", "sliding_attention"],
+        pad_token_id=3,
+    )
+    # transformers gives sliding layers rope_theta 500000 unless told; sglang's Olmo3Config
+    # reads one rope_theta for all layers, so both get the same one.
+    theta = {"rope_theta": config["rope_theta"], "rope_type": "default"}
+    config["rope_parameters"] = {"full_attention": theta, "sliding_attention": dict(theta)}
+    config.update(overrides)
+    return config
+
+
+def build_olmo3(seed: int = 0, **overrides: Any) -> Path:
+    return _build("olmo3", olmo3_config(**overrides), seed)
 
 
 def build_deepseek_v2(seed: int = 0, **overrides: Any) -> Path:
