@@ -115,8 +115,8 @@ UPSTREAM_WINDOW_IGNORED_WITHOUT_HYBRID_SWA = WindowFinding(
         "forward_extend / forward_decode take their windowed FIA calls only for such layers or "
         "for layers with sinks (ascend_backend.py:1728); a model whose RadixAttention layers "
         "carry a window but whose architecture is not in is_hybrid_swa_model's list "
-        "(configs/model_config.py:2651-2697: OLMo-3 served as Olmo2ForCausalLM, Gemma-2, ...) is "
-        "attended with plain causal masks, so past the window every token equals HF's "
-        "full-attention answer, not the windowed one"
+        "(configs/model_config.py:2651-2697; OLMo-3 served as Olmo2ForCausalLM, and inferred "
+        "for Gemma-2 and others) is attended with plain causal masks, so past the window "
+        "every token equals HF's full-attention answer, not the windowed one"
     ),
 )
