@@ -1,4 +1,4 @@
-"""Tiny random-weight Qwen2 and DeepSeek-V2 checkpoints, built offline in a few seconds.
+"""Tiny random-weight Qwen2, DeepSeek-V2 and OLMo-3 checkpoints, built offline in a few seconds.
 
 Each builder writes a normal HF directory (``config.json``, safetensors, tokenizer) that both
 sglang and HF transformers load, so HF is an independent oracle for sglang's real model code.
