@@ -70,7 +70,9 @@ def test_sliding_window_model_is_served_by_sglangs_own_backend(tmp_path: Path) -
         log = server.log_text()
     lines = [line for line in log.splitlines() if HANDOFF_LINE in line]
     assert len(lines) == 1, log[-3000:]
-    assert lines[0].endswith("sliding-window attention is not implemented by the FIA backend")
+    assert "sliding-window attention is not implemented by the FIA backend" in lines[0]
+    # ...and the line says that sglang's own backend will not apply the window either.
+    assert "(sliding_window_size=31) is not applied there either" in lines[0], lines[0]
     forwards = read_log(probe)
     assert forwards, "the probe logged no forward"
     assert [f["error"] for f in forwards if f["error"]] == []
