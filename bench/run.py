@@ -17,7 +17,13 @@ from typing import Any
 
 import torch
 
-BENCHMARKS = ("bench.ops_bench", "bench.e2e_bench", "bench.upstream_bench", "bench.mla_bench")
+BENCHMARKS = (
+    "bench.ops_bench",
+    "bench.e2e_bench",
+    "bench.upstream_bench",
+    "bench.mla_bench",
+    "bench.serve_bench",
+)
 RESULTS = Path(__file__).resolve().parents[1] / "bench-results.json"
 
 

@@ -9,6 +9,7 @@ cannot hide).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,24 @@ class LoadReply:
     finish_reason: str | None
 
 
+# The load's server: page 128, prompts longer than one 256-token prefill chunk, and a KV pool of
+# 24 pages that the running requests share (32 of them would need ~50 if nothing were shared).
+# ``schedule_conservativeness`` scales the share of max_tokens sglang reserves when it admits a
+# request (managers/scheduler_components/new_token_ratio_tracker.py:20-31, 0.7 by default).
+# Near zero, it admits until the prompts fill the pool, so a request that needs a fresh page
+# mid-decode finds none and the scheduler retracts others and re-runs them later: memory
+# pressure by sglang's own rule, not its SGLANG_TEST_RETRACT debug mode.
+PAGE = 128
+CHUNK = 256
+LOAD_SERVER_ARGS: dict[str, Any] = {
+    "page_size": PAGE,
+    "chunked_prefill_size": CHUNK,
+    "max_total_tokens": 24 * PAGE,
+    "schedule_conservativeness": 0.01,
+}
+LONG_ANSWER = 96  # tokens; a ~300-token prompt crosses the 384-token page boundary on the way
+
+
 def _decode(model_dir: Path, ids: list[int]) -> str:
     from transformers import AutoTokenizer
 
@@ -41,12 +60,15 @@ def _decode(model_dir: Path, ids: list[int]) -> str:
 
 
 def build_requests(
-    model_dir: Path, count: int, long_tokens: int, seed: int = 0
+    model_dir: Path, count: int, long_tokens: int, seed: int = 0, long_answer: int = 0
 ) -> list[LoadRequest]:
     """``count`` requests: chat/completion x stream/not, four shared prefixes, mixed lengths.
 
     A quarter of the prompts are longer than ``long_tokens`` (pass chunked_prefill_size); the
-    rest share one of four prefixes (radix hits) and differ in a short tail.
+    rest share one of four prefixes (radix hits) and differ in a short tail. With
+    ``long_answer``, every eighth request (a long prompt, about 300 tokens) asks for that many
+    tokens instead of 2-12, so its decode crosses a page boundary and needs a fresh page: under
+    a small KV pool that is what makes the scheduler retract requests.
     """
     prefixes = [
         _decode(model_dir, token_stream(model_dir, 260, offset=7 + 31 * i)) for i in range(4)
@@ -64,7 +86,8 @@ def build_requests(
             tail = _decode(model_dir, token_stream(model_dir, 2 + (i * 7) % 23, offset=i * 5))
             prompt = prefixes[i % 4] + tail
         kind = "chat" if (i // 2) % 2 else "completion"
-        requests.append(LoadRequest(kind, bool(i % 2), prompt, 2 + (i * 5) % 11))
+        max_tokens = long_answer if long_answer and (i + seed) % 8 == 4 else 2 + (i * 5) % 11
+        requests.append(LoadRequest(kind, bool(i % 2), prompt, max_tokens))
     return requests
 
 
@@ -171,3 +194,17 @@ def problems(requests: list[LoadRequest], replies: list[LoadReply | BaseExceptio
                 f" tokens, finish_reason={rep.finish_reason}"
             )
     return found
+
+
+def generated_tokens(replies: list[LoadReply | BaseException]) -> int:
+    """Completion tokens of every reply that arrived."""
+    return sum(r.completion_tokens for r in replies if isinstance(r, LoadReply))
+
+
+_RETRACTION = re.compile(r"KV cache pool is full\. Retract requests\. #retracted_reqs: (\d+)")
+
+
+def retracted_requests(server_log: str) -> int:
+    """Requests the scheduler retracted for want of KV pages, from its warnings
+    (``managers/scheduler.py:4525-4537``: ``KV cache pool is full. Retract requests. ...``)."""
+    return sum(int(n) for n in _RETRACTION.findall(server_log))
