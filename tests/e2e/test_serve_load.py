@@ -11,6 +11,7 @@ and the plugin's throughput against stock (``bench/serve_bench.py``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.engine
 
 REQUESTS = 64
 CONCURRENCY = 16
+TP_REQUESTS = 16  # the first 16 of the load, 8 at a time, through --tp-size 2
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +124,52 @@ def test_plugin_served_concurrent_decodes_on_shared_pages(load_run: dict[str, An
     # Many requests decoding together in a pool smaller than their pages, so on the shared
     # prefix pages.
     assert max(decode_batches) >= 8, max(decode_batches)
+
+
+def test_tp2_patches_both_ranks_and_answers_equal_tp1(
+    load_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``--tp-size 2`` on CPU: sglang 0.5.23 runs it over gloo (without AMX its shared-memory
+    all-reduce is off, ``distributed/bootstrap.py:277-301``; ``SGLANG_CPU_OMP_THREADS_BIND``
+    gives each rank a core, as ``utils/numa_utils.py:455-506`` requires beyond one rank per NUMA
+    node). Both scheduler ranks load and patch the plugin and serve with the FIA backend over
+    half the heads each; the answers equal the TP=1 one-at-a-time run above."""
+    model = build_qwen2()
+    tmp = tmp_path_factory.mktemp("serve_tp2")
+    launch_log, process_log = tmp / "launches.jsonl", tmp / "processes.jsonl"
+    env = testbed_env(
+        ASCEND_USE_FIA="1",
+        FIA_LAUNCH_LOG=str(launch_log),
+        FIA_TESTBED_PROCESS_LOG=str(process_log),
+        SGLANG_CPU_OMP_THREADS_BIND="0|1",
+    )
+    requests = load_run["requests"][:TP_REQUESTS]
+    with ServerProcess(
+        model,
+        tmp / "server.log",
+        env=env,
+        attention_backend="ascend",
+        tp_size=2,
+        page_size=PAGE,
+        chunked_prefill_size=CHUNK,
+        max_running_requests=8,
+    ) as server:
+        replies, _ = run_load(server.base_url, str(model), requests, concurrency=8, total_s=240)
+        assert server.alive()
+    assert problems(requests, replies) == []
+    tp1 = [r.text for r in load_run["sequential"][:TP_REQUESTS]]
+    assert [r.text for r in replies] == tp1
+    processes = [json.loads(line) for line in process_log.read_text().splitlines()]
+    ranks = {r["pid"] for r in processes if r["caller"].endswith(":run_scheduler_process")}
+    assert len(ranks) == 2, processes
+    assert all(r["active"] for r in processes), processes
+    forwards = [json.loads(line) for line in launch_log.read_text().splitlines()]
+    assert {r["pid"] for r in forwards} == ranks  # both ranks ran the model
+    for pid in ranks:
+        mine = [r for r in forwards if r["pid"] == pid]
+        assert all(r["launches"].get("fused_infer_attention_score") for r in mine)
+        served = mine[-1]["served_by"]
+        assert served["attn_backend"] == "AscendFIABackend", served
+        # The tiny Qwen2's 4 query / 2 KV heads, split across the two ranks.
+        assert (served["attention"]["q_heads"], served["attention"]["kv_heads"]) == (2, 1)
+        assert mine[-1]["patches"]["ascend-fia-backend"] == "applied", mine[-1]["patches"]
