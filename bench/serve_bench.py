@@ -7,43 +7,55 @@ a 24-page KV pool under pressure (``testbed.load.LOAD_SERVER_ARGS``). Throughput
 tokens per wall second of the whole load, best of ``ROUNDS`` alternating rounds. Also written:
 the errors (must be 0), the requests sglang retracted, and how many plugin answers differ from
 the same request sent alone (must be 0) and from stock's.
+
+The tiny DeepSeek-V2-Lite-style model (real 512/64 MLA dims, a dense and a MoE layer: the FIA MLA
+backend and the NPU MoE chain on the reference ops) runs the same load under ``serve.dsv2_*``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from testbed.load_vs_stock import compare_with_stock
-from testbed.models import build_qwen2
+from testbed.load_vs_stock import LoadComparison, compare_with_stock
+from testbed.models import build_deepseek_v2_lite, build_qwen2
 
 REQUESTS = 256
 CONCURRENCY = 32
 ROUNDS = 2
 
 
+def _figures(name: str, result: LoadComparison) -> dict[str, Any]:
+    for line in (result.plugin.problems + result.stock.problems)[:10]:
+        print(f"[bench.serve_bench] {name}: {line}", flush=True)
+    return {
+        f"{name}_requests": result.requests,
+        f"{name}_concurrency": result.concurrency,
+        f"{name}_errors": result.errors,
+        f"{name}_tok_s_fia": result.plugin.tokens_per_s,
+        f"{name}_tok_s_torch_native": result.stock.tokens_per_s,
+        f"{name}_throughput_ratio": result.throughput_ratio,
+        f"{name}_retracted_requests_fia": result.plugin.retracted,
+        f"{name}_differ_from_one_at_a_time": result.differ_from_one_at_a_time,
+        f"{name}_differ_from_stock": result.differ_from_stock,
+    }
+
+
 def run() -> dict[str, Any]:
-    result = compare_with_stock(
+    qwen2 = compare_with_stock(
         build_qwen2(),
         requests=REQUESTS,
         concurrency=CONCURRENCY,
         rounds=ROUNDS,
         one_at_a_time=True,
     )
-    for line in (result.plugin.problems + result.stock.problems)[:10]:
-        print(f"[bench.serve_bench] {line}", flush=True)
-    return {
-        "serve": {
-            "qwen2_requests": result.requests,
-            "qwen2_concurrency": result.concurrency,
-            "qwen2_errors": result.errors,
-            "qwen2_tok_s_fia": result.plugin.tokens_per_s,
-            "qwen2_tok_s_torch_native": result.stock.tokens_per_s,
-            "qwen2_throughput_ratio": result.throughput_ratio,
-            "qwen2_retracted_requests_fia": result.plugin.retracted,
-            "qwen2_differ_from_one_at_a_time": result.differ_from_one_at_a_time,
-            "qwen2_differ_from_stock": result.differ_from_stock,
-        }
-    }
+    dsv2 = compare_with_stock(
+        build_deepseek_v2_lite(),
+        requests=REQUESTS,
+        concurrency=CONCURRENCY,
+        rounds=1,
+        one_at_a_time=False,
+    )
+    return {"serve": {**_figures("qwen2", qwen2), **_figures("dsv2", dsv2)}}
 
 
 if __name__ == "__main__":

@@ -37,20 +37,19 @@ class LoadReply:
 
 # The load's server: page 128, prompts longer than one 256-token prefill chunk, and a KV pool of
 # 24 pages that the running requests share (32 of them would need ~50 if nothing were shared).
-# ``schedule_conservativeness`` scales the share of max_tokens sglang reserves when it admits a
-# request (managers/scheduler_components/new_token_ratio_tracker.py:20-31, 0.7 by default).
-# Near zero, it admits until the prompts fill the pool, so a request that needs a fresh page
-# mid-decode finds none and the scheduler retracts others and re-runs them later: memory
-# pressure by sglang's own rule, not its SGLANG_TEST_RETRACT debug mode.
 PAGE = 128
 CHUNK = 256
 LOAD_SERVER_ARGS: dict[str, Any] = {
     "page_size": PAGE,
     "chunked_prefill_size": CHUNK,
     "max_total_tokens": 24 * PAGE,
-    "schedule_conservativeness": 0.01,
 }
-LONG_ANSWER = 96  # tokens; a ~300-token prompt crosses the 384-token page boundary on the way
+# sglang admits a request when its prompt plus its expected new tokens fit the pool; the
+# expectation is max_tokens clipped to this (managers/schedule_policy.py:89-91, 785-794;
+# 4096 by default). At 4 it admits requests on their prompt alone, so requests whose answers
+# need fresh pages run the pool dry mid-decode and the scheduler retracts some and re-runs them
+# later: memory pressure by sglang's own rule, not its SGLANG_TEST_RETRACT debug mode.
+LOAD_SERVER_ENV = {"SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION": "4"}
 
 
 def _decode(model_dir: Path, ids: list[int]) -> str:
@@ -60,15 +59,12 @@ def _decode(model_dir: Path, ids: list[int]) -> str:
 
 
 def build_requests(
-    model_dir: Path, count: int, long_tokens: int, seed: int = 0, long_answer: int = 0
+    model_dir: Path, count: int, long_tokens: int, seed: int = 0
 ) -> list[LoadRequest]:
     """``count`` requests: chat/completion x stream/not, four shared prefixes, mixed lengths.
 
     A quarter of the prompts are longer than ``long_tokens`` (pass chunked_prefill_size); the
-    rest share one of four prefixes (radix hits) and differ in a short tail. With
-    ``long_answer``, every eighth request (a long prompt, about 300 tokens) asks for that many
-    tokens instead of 2-12, so its decode crosses a page boundary and needs a fresh page: under
-    a small KV pool that is what makes the scheduler retract requests.
+    rest share one of four prefixes (radix hits) and differ in a short tail.
     """
     prefixes = [
         _decode(model_dir, token_stream(model_dir, 260, offset=7 + 31 * i)) for i in range(4)
@@ -86,8 +82,24 @@ def build_requests(
             tail = _decode(model_dir, token_stream(model_dir, 2 + (i * 7) % 23, offset=i * 5))
             prompt = prefixes[i % 4] + tail
         kind = "chat" if (i // 2) % 2 else "completion"
-        max_tokens = long_answer if long_answer and (i + seed) % 8 == 4 else 2 + (i * 5) % 11
-        requests.append(LoadRequest(kind, bool(i % 2), prompt, max_tokens))
+        requests.append(LoadRequest(kind, bool(i % 2), prompt, 2 + (i * 5) % 11))
+    return requests
+
+
+def build_page_crossers(model_dir: Path, count: int, page: int) -> list[LoadRequest]:
+    """``count`` requests whose prompt fits in one page and whose answer runs into the next.
+
+    Sent all at once, sglang admits each on its prompt page plus the few tokens
+    ``LOAD_SERVER_ENV`` lets it reserve, so a pool with fewer free pages than ``2 * count`` runs
+    out mid-decode, when they all need their second page: the scheduler retracts some running
+    requests and re-runs them once others finish.
+    """
+    requests = []
+    for i in range(count):
+        # Completions of 84-89 prompt tokens (measured) + 48 new: one page, then two. (A chat
+        # template adds enough tokens here to push the prompt itself past the page.)
+        prompt = _decode(model_dir, token_stream(model_dir, page - 40 + i % 8, offset=17 * i + 5))
+        requests.append(LoadRequest("completion", bool(i % 2), prompt, 48))
     return requests
 
 

@@ -17,7 +17,7 @@ from testbed.engine import testbed_env
 from testbed.load import (
     CHUNK,
     LOAD_SERVER_ARGS,
-    LONG_ANSWER,
+    LOAD_SERVER_ENV,
     LoadReply,
     build_requests,
     generated_tokens,
@@ -71,7 +71,7 @@ def compare_with_stock(
     one_at_a_time: bool,
 ) -> LoadComparison:
     """The load's figures through both servers; ``one_at_a_time`` adds the sequential check."""
-    workload = build_requests(model, requests, long_tokens=CHUNK, long_answer=LONG_ANSWER)
+    workload = build_requests(model, requests, long_tokens=CHUNK)
     flags = {**LOAD_SERVER_ARGS, "max_running_requests": concurrency}
     sides = {"plugin": ServedLoad(), "stock": ServedLoad()}
     with (
@@ -79,14 +79,14 @@ def compare_with_stock(
         ServerProcess(
             model,
             Path(tmp) / "plugin.log",
-            env=testbed_env(ASCEND_USE_FIA="1"),
+            env=testbed_env(ASCEND_USE_FIA="1", **LOAD_SERVER_ENV),
             attention_backend="ascend",
             **flags,
         ) as plugin,
         ServerProcess(
             model,
             Path(tmp) / "stock.log",
-            env=testbed_env(ASCEND_USE_FIA=None),
+            env=testbed_env(ASCEND_USE_FIA=None, **LOAD_SERVER_ENV),
             attention_backend="torch_native",
             **flags,
         ) as stock,
