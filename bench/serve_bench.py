@@ -2,11 +2,11 @@
 ``openai`` client: the plugin against stock ``torch_native``, side by side in one run.
 
 The ``make test`` load (``tests/e2e/test_serve_load.py``) at full size: 256 requests, 32 at a
-time, chat and completion, streaming and not, shared prefixes, chunked prompts, long answers,
-a 24-page KV pool under pressure (``testbed.load.LOAD_SERVER_ARGS``). Throughput is completion
-tokens per wall second of the whole load, best of ``ROUNDS`` alternating rounds. Also written:
-the errors (must be 0), the requests sglang retracted, and how many plugin answers differ from
-the same request sent alone (must be 0) and from stock's.
+time, chat and completion, streaming and not, shared prefixes, chunked prompts, a 24-page KV
+pool (``testbed.load.LOAD_SERVER_ARGS`` and ``LOAD_SERVER_ENV``, the same for both servers).
+Throughput is completion tokens per wall second of the whole load, best of ``ROUNDS``
+alternating rounds. Also written: the errors (must be 0), the requests sglang retracted, and how
+many plugin answers differ from the same request sent alone (must be 0) and from stock's.
 
 The tiny DeepSeek-V2-Lite-style model (real 512/64 MLA dims, a dense and a MoE layer: the FIA MLA
 backend and the NPU MoE chain on the reference ops) runs the same load under ``serve.dsv2_*``.
