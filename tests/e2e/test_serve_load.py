@@ -31,6 +31,7 @@ from testbed.load import (
     LOAD_SERVER_ENV,
     PAGE,
     LoadReply,
+    answer_texts,
     build_page_crossers,
     build_requests,
     problems,
@@ -48,10 +49,6 @@ REQUESTS = 64
 CONCURRENCY = 16
 CROSSERS = 16  # 32 pages by the end of their answers, in a 24-page pool
 TP_REQUESTS = 16  # the first 16 of the load, 8 at a time, through --tp-size 2
-
-
-def _texts(replies: list[LoadReply | BaseException]) -> list[str]:
-    return [r.text if isinstance(r, LoadReply) else repr(r) for r in replies]
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +102,7 @@ def test_no_errors_drops_or_truncated_streams(load_run: dict[str, Any]) -> None:
 
 
 def test_concurrent_answers_equal_one_at_a_time(load_run: dict[str, Any]) -> None:
-    together, alone = _texts(load_run["concurrent"]), _texts(load_run["sequential"])
+    together, alone = answer_texts(load_run["concurrent"]), answer_texts(load_run["sequential"])
     differ = [i for i, (a, b) in enumerate(zip(together, alone, strict=True)) if a != b]
     assert differ == [], f"{len(differ)} of {len(alone)} differ, first: {differ[:8]}"
     assert len(set(alone)) > REQUESTS // 4, "answers must not collapse to a few strings"
@@ -117,7 +114,10 @@ def test_memory_pressure_retracts_and_answers_equal_the_unpressured_run(
     during_pressure, during_references = load_run["retracted"]
     assert during_pressure > 0, "no request was retracted: the pool was not under pressure"
     assert during_references == 0  # the references ran unpressured
-    pressured, unpressured = _texts(load_run["pressured"]), _texts(load_run["unpressured"])
+    pressured, unpressured = (
+        answer_texts(load_run["pressured"]),
+        answer_texts(load_run["unpressured"]),
+    )
     assert pressured == unpressured
     # Every answer ran into a second page, which is what ran the pool dry.
     replies = [r for r in load_run["pressured"] if isinstance(r, LoadReply)]
@@ -175,7 +175,7 @@ def test_tp2_patches_both_ranks_and_answers_equal_tp1(
         replies, _ = run_load(server.base_url, str(model), requests, concurrency=8, total_s=240)
         assert server.alive()
     assert problems(requests, replies) == []
-    assert _texts(replies) == _texts(load_run["sequential"][:TP_REQUESTS])
+    assert answer_texts(replies) == answer_texts(load_run["sequential"][:TP_REQUESTS])
     processes = [json.loads(line) for line in process_log.read_text().splitlines()]
     ranks = {r["pid"] for r in processes if r["caller"].endswith(":run_scheduler_process")}
     assert len(ranks) == 2, processes

@@ -208,6 +208,11 @@ def problems(requests: list[LoadRequest], replies: list[LoadReply | BaseExceptio
     return found
 
 
+def answer_texts(replies: list[LoadReply | BaseException]) -> list[str]:
+    """Each reply's text; an exception stands for itself, so it never equals an answer."""
+    return [r.text if isinstance(r, LoadReply) else f"<{r!r}>" for r in replies]
+
+
 def generated_tokens(replies: list[LoadReply | BaseException]) -> int:
     """Completion tokens of every reply that arrived."""
     return sum(r.completion_tokens for r in replies if isinstance(r, LoadReply))

@@ -18,7 +18,7 @@ from testbed.load import (
     CHUNK,
     LOAD_SERVER_ARGS,
     LOAD_SERVER_ENV,
-    LoadReply,
+    answer_texts,
     build_requests,
     generated_tokens,
     problems,
@@ -56,10 +56,6 @@ class LoadComparison:
     @property
     def errors(self) -> int:
         return len(self.plugin.problems) + len(self.stock.problems)
-
-
-def _texts(replies: list[LoadReply | BaseException]) -> list[str]:
-    return [r.text if isinstance(r, LoadReply) else f"<{r!r}>" for r in replies]
 
 
 def compare_with_stock(
@@ -101,7 +97,7 @@ def compare_with_stock(
                 side = sides[name]
                 side.problems += problems(workload, replies)
                 side.tokens_per_s = max(side.tokens_per_s, generated_tokens(replies) / seconds)
-                side.texts = _texts(replies)
+                side.texts = answer_texts(replies)
         for name, server in servers.items():
             sides[name].retracted = retracted_requests(server.log_text())
         alone: list[str] | None = None
@@ -109,7 +105,7 @@ def compare_with_stock(
             assert plugin.post("/flush_cache") == 200
             replies, _ = run_load(plugin.base_url, str(model), workload, concurrency=1)
             sides["plugin"].problems += problems(workload, replies)
-            alone = _texts(replies)
+            alone = answer_texts(replies)
     together = sides["plugin"].texts
     return LoadComparison(
         requests=requests,
