@@ -3,8 +3,9 @@
 Two real ``sglang.launch_server`` processes with identical flags except the attention backend:
 ``ascend`` with ``ASCEND_USE_FIA=1`` (the plugin's FIA backend on the reference ops) and stock
 ``torch_native`` with the plugin off. Both stay up and the rounds alternate between them, so
-background load on a shared machine hits both alike. Each round starts from a cold radix cache.
-Used by ``make bench`` (256 requests, 32 at a time) and ``make demo`` (the test's 64 at 16).
+background load on a shared machine hits both alike. Each round starts from a cold radix
+cache, after a short unmeasured warm-up. Used by ``make bench`` (256 requests, 32 at a time)
+and ``make demo`` (the test's 64 at 16).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from testbed.load import (
     run_load,
 )
 from testbed.server import ServerProcess
+
+WARM_UP = 8  # requests each server answers before the measured rounds
 
 
 @dataclass
@@ -88,6 +91,10 @@ def compare_with_stock(
         ) as stock,
     ):
         servers = {"plugin": plugin, "stock": stock}
+        for server in servers.values():
+            # A server's first requests pay one-off start-up costs (lazy imports, the first
+            # forward of each shape); keep them out of the measured rounds.
+            run_load(server.base_url, str(model), workload[:WARM_UP], concurrency=WARM_UP)
         for _ in range(rounds):
             for name, server in servers.items():
                 assert server.post("/flush_cache") == 200
