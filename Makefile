@@ -33,8 +33,12 @@ lint: $(STAMP)
 	# The layer contract in pyproject.toml [tool.importlinter] (docs/architecture.md).
 	$(VENV)/bin/lint-imports --no-cache
 
+# Two workers by default: an engine test spends most of its time in single-threaded imports and
+# process start-up, so two run side by side on CI's 2 cores (TEST_WORKERS=0 runs in one process).
+# --dist loadfile keeps each module (and its module-scoped engine fixture) on one worker.
+TEST_WORKERS ?= 2
 test: $(STAMP) lint
-	$(RUN) -m pytest $(PYTEST_ARGS)
+	$(RUN) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=30 $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(RUN) -m demo.run

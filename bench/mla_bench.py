@@ -3,7 +3,7 @@ against stock sglang, and the bytes the split latent/rope pool saves per decode 
 
 ``e2e.dsv2_decode_ratio_b32``: generated tokens per second at batch 32, the plugin's FIA MLA
 path (``ascend``, ``ASCEND_USE_FIA=1``) over stock ``torch_native`` on the same model and engine
-arguments, best of ``ROUNDS`` alternating rounds (as ``bench.e2e_bench`` does for Qwen2).
+arguments, best of ``ROUNDS`` alternating rounds (``bench.decode_driver``, as for Qwen2).
 
 ``mla.*_bytes_per_decode_step``: the KV-cache bytes one decode step moves over all layers, from
 a real split pool's tensors and the batch's KV lengths. Split pool: the kernel reads each
@@ -20,8 +20,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from testbed.engine import EngineProcess, testbed_env
 from testbed.models import build_deepseek_v2_lite
+
+from bench.decode_driver import decode_throughput, ratio_figures
 
 NEW_TOKENS = 64
 BATCH = 32
@@ -36,38 +37,9 @@ ENGINE_ARGS: dict[str, Any] = {
 }
 
 
-def _prompts(batch: int) -> list[list[int]]:
-    # Distinct short prompts (ids below the tiny vocab), so no radix-cache sharing.
-    return [[(13 * b + 7 * i) % 500 + 4 for i in range(16)] for b in range(batch)]
-
-
 def decode_ratio(model: str) -> dict[str, float]:
-    rates: dict[str, float] = {}
-    with (
-        EngineProcess(
-            model, env=testbed_env(ASCEND_USE_FIA="1"), attention_backend="ascend", **ENGINE_ARGS
-        ) as fia,
-        EngineProcess(
-            model,
-            env=testbed_env(ASCEND_USE_FIA=None),
-            attention_backend="torch_native",
-            **ENGINE_ARGS,
-        ) as native,
-    ):
-        engines = {"fia": fia, "torch_native": native}
-        for engine in engines.values():
-            engine.generate(_prompts(2), 8)  # warm-up
-        for _ in range(ROUNDS):
-            for name, engine in engines.items():
-                out = engine.generate(_prompts(BATCH), NEW_TOKENS)
-                generated = sum(len(ids) for ids in out["output_ids"])
-                assert generated == BATCH * NEW_TOKENS, generated
-                rates[name] = max(rates.get(name, 0.0), generated / out["elapsed_s"])
-    return {
-        f"dsv2_decode_tok_s_fia_b{BATCH}": rates["fia"],
-        f"dsv2_decode_tok_s_torch_native_b{BATCH}": rates["torch_native"],
-        f"dsv2_decode_ratio_b{BATCH}": rates["fia"] / rates["torch_native"],
-    }
+    figures = decode_throughput(model, ENGINE_ARGS, (BATCH,), NEW_TOKENS, ROUNDS, stride=13)
+    return ratio_figures("dsv2", figures)
 
 
 def split_pool_bytes(batch: int = BATCH, context: int = CONTEXT) -> dict[str, float]:

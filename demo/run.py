@@ -3,8 +3,8 @@
 1. Builds the tiny random-weight Qwen2 and DeepSeek-V2-Lite-style models offline (cached under
    ``.cache/models``); steps 2-5 run for each, one table per model.
 2. Starts sglang with the plugin active (``ASCEND_USE_FIA=1``, ``--attention-backend ascend``),
-   so every attention layer runs one ``fused_infer_attention_score`` call on the reference ops
-   (MHA/GQA through the FIA backend, DeepSeek's MLA through the FIA MLA backend).
+   so every attention layer runs one FIA call on the reference ops (MHA/GQA through the FIA
+   backend; DeepSeek's MLA through the FIA MLA backend, its prefill on FIA v2).
 3. Generates greedily for a few prompts; the last one shares a two-page prefix with the one
    before it and is sent afterwards, so sglang serves that prefix from its radix cache.
 4. Runs the same prompts through stock sglang (``torch_native``) and HF transformers (fp32),
@@ -71,12 +71,16 @@ def _generate(engine: EngineProcess, prompts: list[list[int]]) -> tuple[list[Any
     return first["output_ids"] + last["output_ids"], first["meta"] + last["meta"]
 
 
+# FIA v1 and v2 (the MLA prefill runs on v2): one launch of either per layer.
+FIA_OPS = ("fused_infer_attention_score", "fused_infer_attention_score_v2")
+
+
 def launches_per_layer(log: Path) -> set[float]:
     """FIA launches per layer in every forward the launch probe logged."""
     import json
 
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return {r["launches"].get("fused_infer_attention_score", 0) / r["num_layers"] for r in records}
+    return {sum(r["launches"].get(op, 0) for op in FIA_OPS) / r["num_layers"] for r in records}
 
 
 def _cell(tokens: list[int]) -> str:

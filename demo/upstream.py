@@ -48,9 +48,18 @@ def _launch_summary(run: PathRun) -> str:
     )
 
 
+def _head_dim(model: Path) -> int:
+    """The model's attention head dim, which some upstream findings depend on."""
+    import json
+
+    config = json.loads((model / "config.json").read_text())
+    return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+
+
 def report(model: Path) -> tuple[str, bool]:
     """The side-by-side table; ``ok`` is False when the plugin differs from HF anywhere."""
     prompts = workloads(model)
+    head_dim = _head_dim(model)
     hf = {name: hf_greedy(model, batch, NEW_TOKENS) for name, batch in prompts.items()}
     lines = ["", "compared with sglang 0.5.23's in-tree Ascend backend (torch_npu stand-in):"]
     ok = True
@@ -68,8 +77,11 @@ def report(model: Path) -> tuple[str, bool]:
                     ok = ok and (same or path != "plugin")
                 else:
                     error = run.errors.get(name, run.start_error or "not run")
-                    finding = explains(run_name, error)
-                    cause = finding.cause.split(" reads ")[0] if finding else "unexplained"
+                    finding = explains(run_name, error, head_dim)
+                    # The finding's first clause: where upstream goes wrong.
+                    cause = "unexplained"
+                    if finding:
+                        cause = finding.cause.split(" reads ")[0].split(", while ")[0]
                     cells.append(f"{name} FAILED ({cause})")
                     ok = ok and path != "plugin"
             lines.append(f"  {label}: " + "; ".join(cells))

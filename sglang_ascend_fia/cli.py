@@ -1,4 +1,4 @@
-"""``sglang-ascend-fia doctor | verify-ops``."""
+"""``sglang-ascend-fia doctor | verify-ops | quantize-w8a8``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import importlib
 import importlib.metadata
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from sglang_ascend_fia import config, plugin
@@ -72,6 +73,7 @@ def _attention_rows() -> dict[str, Any]:
 
     return {
         "hands_off": list(handoff.HANDOFF_RULES),
+        "mla_hands_off": list(handoff.MLA_HANDOFF_RULES),
         "decisions": [{"backend": d.backend, "reason": d.reason} for d in handoff.decisions()],
     }
 
@@ -146,8 +148,13 @@ def _print_report(report: dict[str, Any]) -> None:
     print("\nattention: FIA serves causal MHA/GQA; sglang's own AscendAttnBackend serves")
     for rule in attention["hands_off"]:
         print(f"  - {rule}")
+    print("attention: FIA MLA serves DeepSeek-V2/V3 MLA; sglang's own AscendAttnBackend serves")
+    for rule in attention["mla_hands_off"]:
+        print(f"  - {rule}")
     for d in attention["decisions"]:
-        chosen = "FIA" if d["backend"] == "fia" else f"sglang's own: {d['reason']}"
+        chosen = {"fia": "FIA", "fia-mla": "FIA MLA"}.get(
+            d["backend"], f"sglang's own: {d['reason']}"
+        )
         print(f"  chosen in this process: {chosen}")
     print("  (a server logs its choice once per model runner at start-up)")
     print(f"\npatches ({len(report['patches'])}):")
@@ -173,17 +180,48 @@ def doctor(as_json: bool) -> int:
     return 1 if bad else 0
 
 
+def quantize_w8a8(src: Path, dst: Path, dequantized: Path | None) -> int:
+    # Imported on demand: doctor and verify-ops need neither torch nor safetensors here.
+    from sglang_ascend_fia.w8a8.convert import ConversionError, quantize_checkpoint
+
+    try:
+        report = quantize_checkpoint(src, dst, dequantized=dequantized)
+    except ConversionError as exc:
+        print(f"sglang-ascend-fia quantize-w8a8: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{dst}: {len(report.quantized)} weights int8 (per-channel, max rounding error "
+        f"{report.max_error_in_steps:.3f} scale steps), {len(report.kept)} tensors kept float"
+    )
+    if dequantized is not None:
+        print(f"{dequantized}: the dequantised float reference")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sglang-ascend-fia")
     sub = parser.add_subparsers(dest="command", required=True)
     doc = sub.add_parser("doctor", help="versions, device, toggle and every patch's live status")
     doc.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("verify-ops", help="compare every NPU op against its reference (needs an NPU)")
+    quant = sub.add_parser(
+        "quantize-w8a8",
+        help="write the w8a8_int8 checkpoint (int8 weights + per-channel scales) of a float one",
+    )
+    quant.add_argument("src", type=Path, help="float HF checkpoint directory (safetensors)")
+    quant.add_argument("dst", type=Path, help="new directory for the w8a8_int8 checkpoint")
+    quant.add_argument(
+        "--dequantized",
+        type=Path,
+        help="also write the float model the int8 one stands for (q * scale), for parity checks",
+    )
     args, rest = parser.parse_known_args(argv)
+    if args.command in ("doctor", "quantize-w8a8") and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "doctor":
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return doctor(args.json)
+    if args.command == "quantize-w8a8":
+        return quantize_w8a8(args.src, args.dst, args.dequantized)
     # Imported on demand: doctor needs none of the case modules.
     from sglang_ascend_fia import verify
 

@@ -23,14 +23,20 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import torch
-from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 
 from sglang_ascend_fia import ops
 from sglang_ascend_fia.attention import handoff
+from sglang_ascend_fia.attention.base import (
+    FIABackendBase,
+    UnsupportedConfiguration,
+    causal_mask_template,
+    device_type,
+    pad_rows,
+    refuse_kwargs,
+)
 from sglang_ascend_fia.attention.kv_write import paged_view, write_kv
 from sglang_ascend_fia.attention.metadata import FIAMetadata, padded_rows
 from sglang_ascend_fia.ops.fia.rules import (
-    MASK_TEMPLATE_SIZE,
     MAX_3D_CACHE_HIDDEN,
     MAX_GQA_RATIO,
     MAX_HEAD_DIM,
@@ -43,10 +49,11 @@ if TYPE_CHECKING:
     from sglang.srt.model_executor.forward_batch_info import ForwardBatch
     from sglang.srt.model_executor.model_runner import ModelRunner
 
+__all__ = ["AscendFIABackend", "UnsupportedConfiguration"]
+
 logger = logging.getLogger(__name__)
 
-# FIA's sparse modes 2-4 read a fixed 2048 x 2048 causal template (True = masked); the real
-# mask is derived from the lengths. sglang builds the same tensor (ascend_backend.py:146-153).
+# Causal, aligned bottom-right on each request's context (reads the base's mask template).
 _SPARSE_RIGHT_DOWN_CAUSAL = 3
 
 
@@ -56,20 +63,10 @@ _NPU_DTYPES = (torch.float16, torch.bfloat16)
 _REFERENCE_DTYPES = (*_NPU_DTYPES, torch.float32)
 
 
-def _device_type(device: object) -> str:
-    # A string compare: torch.device("npu") itself fails where torch_npu is not imported.
-    return str(device).split(":", 1)[0]
-
-
-class UnsupportedConfiguration(ValueError):
-    """Startup-time refusal: this backend cannot serve the requested configuration."""
-
-
-class AscendFIABackend(AttentionBackend):
+class AscendFIABackend(FIABackendBase[FIAMetadata]):
     """sglang ``AttentionBackend`` running MHA/GQA attention through FIA via ``ops``."""
 
     def __init__(self, model_runner: ModelRunner) -> None:
-        super().__init__()
         reason = handoff.handoff_reason(model_runner)
         if reason is not None:
             # The registry hook hands such models to sglang's own backend before getting here.
@@ -77,10 +74,7 @@ class AscendFIABackend(AttentionBackend):
                 f"sglang-ascend-fia: the FIA attention backend cannot serve this model: {reason} "
                 "(sglang's own AscendAttnBackend serves it)"
             )
-        self.device = model_runner.device
-        self.page_size: int = model_runner.page_size
-        self.req_to_token: torch.Tensor = model_runner.req_to_token_pool.req_to_token
-        self.token_to_kv_pool = model_runner.token_to_kv_pool
+        super().__init__(model_runner)
         pool = self.token_to_kv_pool
         self.kv_heads: int = pool.head_num
         self.head_dim: int = pool.head_dim
@@ -92,21 +86,11 @@ class AscendFIABackend(AttentionBackend):
         self._validate_configuration(
             model_runner.model_config.get_num_attention_heads(get_parallel().attn_tp_size)
         )
-        self.mask_template = torch.triu(
-            torch.ones(
-                MASK_TEMPLATE_SIZE, MASK_TEMPLATE_SIZE, dtype=torch.bool, device=self.device
-            ),
-            diagonal=1,
-        )
+        self.mask_template = causal_mask_template(self.device)
         # Prefill takes one TND call where upstream proves it, else one padded BSND call.
         self._tnd_extend = ops.tnd_paged_supported(self.head_dim, self.v_head_dim)
         # Layers already checked for what FIA does not implement (see _check_layer).
         self._checked_layers: set[int] = set()
-        self.forward_metadata: FIAMetadata | None = None
-        # Graph mode: static block-table buffer and the per-batch-size metadata bound at capture.
-        self._graph_block_table: torch.Tensor | None = None
-        self._graph_metadata: dict[int, FIAMetadata] = {}
-        self._max_context_len: int = model_runner.model_config.context_len
         logger.info(
             "sglang-ascend-fia: FIA attention backend (page_size=%d, kv_heads=%d, head_dim=%d)",
             self.page_size,
@@ -130,7 +114,7 @@ class AscendFIABackend(AttentionBackend):
                 f"takes (an integer <= {MAX_GQA_RATIO})"
             )
         dtype_name = str(self.data_type).removeprefix("torch.")
-        if _device_type(self.device) == "npu" and self.data_type not in _NPU_DTYPES:
+        if device_type(self.device) == "npu" and self.data_type not in _NPU_DTYPES:
             # The reference ops also take fp32 (the CPU test bed compares against HF in fp32);
             # FIA itself does not, so refuse here instead of in the first forward.
             problems.append(
@@ -168,23 +152,14 @@ class AscendFIABackend(AttentionBackend):
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         """Build the block table and FIA's host length lists, once per batch."""
         mode = forward_batch.forward_mode
-        if mode.is_target_verify() or mode.is_draft_extend_v2():
-            raise UnsupportedConfiguration(
-                f"sglang-ascend-fia: forward mode {mode.name} is not supported by the FIA backend"
-            )
+        self._check_forward_mode(mode)
         kv_lens = self._kv_lens(forward_batch)
         bs = len(kv_lens)
-        max_len = max(kv_lens, default=0)
-        # Device-side gather with a host-known bound: no sync (ascend_backend.py:567 syncs on
-        # seq_lens.max()). Column j holds the slot of token j*page, whose page id is slot//page.
-        block_table = (
-            self.req_to_token[
-                forward_batch.req_pool_indices[:bs], : max(max_len, 1) : self.page_size
-            ]
-            // self.page_size
-        ).to(torch.int32)
+        block_table = self._block_table(
+            forward_batch.req_pool_indices[:bs], max(kv_lens, default=0)
+        )
         if mode.is_decode_or_idle():
-            self.forward_metadata = FIAMetadata(block_table, kv_lens, None, bs)
+            self.forward_metadata = self._decode_metadata(block_table, kv_lens, graph_mode=False)
             return
         q_lens = list(forward_batch.extend_seq_lens_cpu)
         cum_q_lens = list(itertools.accumulate(q_lens))
@@ -197,70 +172,10 @@ class AscendFIABackend(AttentionBackend):
             )
         self.forward_metadata = metadata
 
-    @staticmethod
-    def _kv_lens(forward_batch: ForwardBatch) -> list[int]:
-        seq_lens_cpu = forward_batch.seq_lens_cpu
-        if seq_lens_cpu is None:
-            # Only a mirrorless batch gets here (needs_cpu_seq_lens keeps the mirror on): one
-            # copy per batch, never per layer.
-            seq_lens_cpu = forward_batch.seq_lens.cpu()
-        return seq_lens_cpu.tolist()
-
-    # ------------------------------------------------------------------------ graph mode
-    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:
-        """Allocate the static block table every captured graph reads."""
-        max_blocks = (self._max_context_len + self.page_size - 1) // self.page_size
-        self._graph_block_table = torch.zeros(
-            (max_bs, max_blocks), dtype=torch.int32, device=self.device
-        )
-        self._graph_metadata.clear()
-
-    def get_cuda_graph_seq_len_fill_value(self) -> int:
-        # Padded rows get KV length 0, as NPUGraphRunner pads its replay list with zeros
-        # (npu_graph_runner.py:395-403).
-        return 0
-
-    def init_forward_metadata_out_graph(
-        self, forward_batch: ForwardBatch, in_capture: bool = False
-    ) -> None:
-        """Capture/replay metadata for decode graphs.
-
-        The FIA call captured in a graph keeps the ``actual_seq_lengths_kv`` list bound at
-        capture; ``NPUGraphRunner`` replays with ``graph.update(cpu_update_input=
-        [{"actual_seq_lengths_kv": lens}])``. Tensors must keep their addresses, so the block
-        table is refreshed in place.
-        """
-        if self._graph_block_table is None:
-            raise RuntimeError("init_cuda_graph_state() must run before graph capture")
-        mode = forward_batch.forward_mode
-        if not mode.is_decode_or_idle():
-            raise UnsupportedConfiguration(
-                f"sglang-ascend-fia: graph capture of {mode.name} batches is not supported"
-            )
-        bs = forward_batch.batch_size
-        kv_lens = self._kv_lens(forward_batch)[:bs]
-        if in_capture or bs not in self._graph_metadata:
-            self._graph_metadata[bs] = FIAMetadata(
-                block_table=self._graph_block_table[:bs],
-                kv_lens=kv_lens,
-                cum_q_lens=None,
-                num_tokens=bs,
-                graph_mode=True,
-            )
-        metadata = self._graph_metadata[bs]
-        if not in_capture:
-            # Eager view of the same lengths; a real replay rebinds them via graph.update.
-            metadata.kv_lens[:] = kv_lens
-        table = metadata.block_table
-        max_len = max(kv_lens, default=0)
-        blocks = (max_len + self.page_size - 1) // self.page_size
-        table[:, blocks:].zero_()
-        if blocks:
-            table[:, :blocks].copy_(
-                self.req_to_token[forward_batch.req_pool_indices[:bs], : max_len : self.page_size]
-                // self.page_size
-            )
-        self.forward_metadata = metadata
+    def _decode_metadata(
+        self, block_table: torch.Tensor, kv_lens: list[int], graph_mode: bool
+    ) -> FIAMetadata:
+        return FIAMetadata(block_table, kv_lens, None, len(kv_lens), graph_mode=graph_mode)
 
     # --------------------------------------------------------------------------- forward
     def _kv_caches(self, layer: RadixAttention) -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,7 +208,7 @@ class AscendFIABackend(AttentionBackend):
         """Prefill, chunked prefill and prefix-cached extend: one TND paged FIA call."""
         _reject_kwargs(kwargs)
         self._check_layer(layer)
-        metadata = self._metadata()
+        metadata = self.current_metadata()
         k_cache, v_cache = self._kv_caches(layer)
         if save_kv_cache:
             self._save_kv(layer, forward_batch, k, v, k_cache, v_cache)
@@ -303,7 +218,7 @@ class AscendFIABackend(AttentionBackend):
         query = query.contiguous()
         if metadata.padded_rows is not None:
             out = self._extend_padded_bsnd(query, layer, metadata, k_cache, v_cache)
-            return _pad_rows(out, rows)
+            return pad_rows(out, rows)
         out, _ = ops.fused_infer_attention_score(
             query,
             paged_view(k_cache, self.page_size, layer.tp_k_head_num, layer.qk_head_dim),
@@ -320,7 +235,7 @@ class AscendFIABackend(AttentionBackend):
             block_size=self.page_size,
         )
         out = out.reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
-        return _pad_rows(out, rows)
+        return pad_rows(out, rows)
 
     def _extend_padded_bsnd(
         self,
@@ -356,19 +271,6 @@ class AscendFIABackend(AttentionBackend):
         flat = out.reshape(bs * max_q, heads * layer.v_head_dim)
         return flat.index_select(0, metadata.padded_rows)
 
-    def forward_mixed(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor | None,
-        v: torch.Tensor | None,
-        layer: RadixAttention,
-        forward_batch: ForwardBatch,
-        save_kv_cache: bool = True,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        """Mixed chunked-prefill + decode batches: decode rows are extends of length 1."""
-        return self.forward_extend(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
-
     def forward_decode(
         self,
         q: torch.Tensor,
@@ -382,7 +284,7 @@ class AscendFIABackend(AttentionBackend):
         """One BSND paged FIA call, no mask (a decode mask cost ~10% in vllm-ascend)."""
         _reject_kwargs(kwargs)
         self._check_layer(layer)
-        metadata = self._metadata()
+        metadata = self.current_metadata()
         k_cache, v_cache = self._kv_caches(layer)
         if save_kv_cache:
             self._save_kv(layer, forward_batch, k, v, k_cache, v_cache)
@@ -402,7 +304,7 @@ class AscendFIABackend(AttentionBackend):
             block_size=self.page_size,
         )
         out = out.reshape(bs, layer.tp_q_head_num * layer.v_head_dim)
-        return _pad_rows(out, rows)
+        return pad_rows(out, rows)
 
     def _check_layer(self, layer: RadixAttention) -> None:
         """Refuse, once per layer, a layer FIA would compute wrongly (logit_cap, non-causal,
@@ -418,25 +320,10 @@ class AscendFIABackend(AttentionBackend):
             )
         self._checked_layers.add(layer.layer_id)
 
-    def _metadata(self) -> FIAMetadata:
-        if self.forward_metadata is None:
-            raise RuntimeError("init_forward_metadata() was not called before the forward")
-        return self.forward_metadata
 
-    def support_triton(self) -> bool:
-        return False
+_NO_KWARGS: frozenset[str] = frozenset()
 
 
 def _reject_kwargs(kwargs: dict[str, Any]) -> None:
     # q_rope/k_rope (MLA), sinks, topk indices, LSE requests: none reach an MHA/GQA model.
-    if kwargs:
-        raise NotImplementedError(
-            f"sglang-ascend-fia: the FIA backend does not take {sorted(kwargs)}"
-        )
-
-
-def _pad_rows(out: torch.Tensor, rows: int) -> torch.Tensor:
-    """Zero rows for padded query tokens (graph / DP padding), as sglang's backend does."""
-    if out.shape[0] == rows:
-        return out
-    return torch.cat([out, out.new_zeros(rows - out.shape[0], out.shape[1])])
+    refuse_kwargs(kwargs, _NO_KWARGS, "the FIA backend")

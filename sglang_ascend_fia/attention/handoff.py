@@ -1,6 +1,7 @@
-"""When the FIA backend hands a model to sglang's own ``AscendAttnBackend``, and why.
+"""When the FIA backends hand a model to sglang's own ``AscendAttnBackend``, and why.
 
-The FIA backend implements causal MHA/GQA self-attention over float paged KV caches. Anything
+The FIA backend implements causal MHA/GQA self-attention over float paged KV caches, the FIA MLA
+backend DeepSeek-V2/V3-style MLA through the patched ``DeepseekV2AttentionMLA`` steps. Anything
 else a model or a server setting asks for is served by sglang's own backend (the wrapped
 ``create_ascend_backend``), so every model stock sglang serves on an NPU still starts with
 ``ASCEND_USE_FIA=1``. The choice is made once per ``ModelRunner``, when sglang builds its
@@ -21,6 +22,14 @@ from typing import Any
 
 import torch
 
+from sglang_ascend_fia.ops.fia.rules import (
+    MLA_DIM,
+    MLA_ROPE_DIM,
+    TND_HEADS,
+    TND_MAX_TOKENS,
+    TND_ROPE_HEAD_DIM,
+)
+
 logger = logging.getLogger(__name__)
 
 # What makes the FIA backend hand off; shown by ``doctor``.
@@ -31,6 +40,20 @@ HANDOFF_RULES = (
     "a layer with logit_cap (logit soft-capping, e.g. Grok's 30)",
     "context parallel attention",
     "KV caches that are quantized, FP8, in another dtype than the model, or in the HND layout",
+)
+
+# What makes the FIA MLA backend hand an MLA model off; shown by ``doctor``.
+MLA_HANDOFF_RULES = (
+    "speculative decoding (target verify / draft workers) and context parallel attention",
+    "DeepSeek sparse attention (DSA / NSA indexer models) and sliding-window MLA",
+    "attention dims other than kv_lora_rank 512 / qk_rope_head_dim 64 / qk_nope_head_dim 128 / "
+    "v_head_dim 128, more than 128 query heads per rank, or a context longer than one TND "
+    "prefill launch attends (1M tokens) (FIA's MLA calls take these only)",
+    "MLA caches that are quantized, in another dtype than the model, or in FIA's NZ layout "
+    "(SGLANG_USE_FIA_NZ)",
+    "sglang's fused MLA preprocess (SGLANG_NPU_USE_MLAPO) and the all-gather after q_lora "
+    "(SGLANG_USE_AG_AFTER_QLORA), and Mistral-Large-3's llama_4_scaling",
+    "MLA attention modules whose forward steps are not DeepseekV2AttentionMLA's own",
 )
 
 
@@ -70,6 +93,7 @@ def handoff_reason(runner: Any) -> str | None:
 
 def _model_reason(runner: Any) -> str | None:
     if runner.use_mla_backend:
+        # The registry sends MLA models to mla_handoff_reason and the FIA MLA backend.
         return "the model uses MLA; the FIA backend serves MHA/GQA models"
     config = runner.model_config
     if getattr(config, "is_encoder_decoder", False):
@@ -144,4 +168,137 @@ def layer_reason(layer: Any) -> str | None:
         return f"non-causal attention ({layer.attn_type.name}) is not implemented by FIA"
     if layer.sliding_window_size is not None and layer.sliding_window_size > -1:
         return f"sliding window {layer.sliding_window_size} is not implemented by FIA"
+    return None
+
+
+# ------------------------------------------------------------------------------------- MLA
+# The attention dims FIA's MLA calls take: decode reads the latent with a rope part, TND
+# prefill with rope takes nope = v = 128 and N up to TND_HEADS[-1] (smaller counts are padded).
+_MLA_LATENT_DIMS = (MLA_DIM, MLA_ROPE_DIM)
+_MLA_PREFILL_DIMS = (TND_ROPE_HEAD_DIM, TND_ROPE_HEAD_DIM)
+_MLA_MAX_HEADS = TND_HEADS[-1]
+# The MLA prefill runs on FIA v2 (T <= 1M); a request never spans two launches.
+_MLA_MAX_CONTEXT = TND_MAX_TOKENS[2]
+
+
+def mla_handoff_reason(runner: Any) -> str | None:
+    """Why ``runner``'s MLA model or settings need sglang's own backend, or None for FIA MLA."""
+    for check in (
+        _settings_reason,
+        _mla_model_reason,
+        _mla_dims_reason,
+        _mla_kv_cache_reason,
+        _mla_env_reason,
+        _mla_layers_reason,
+    ):
+        reason = check(runner)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _mla_model_reason(runner: Any) -> str | None:
+    from sglang.srt.configs.model_config import is_deepseek_dsa
+
+    hf_config = runner.model_config.hf_config
+    if is_deepseek_dsa(hf_config):
+        return "DeepSeek sparse attention (DSA) is not implemented by the FIA MLA backend"
+    if runner.is_hybrid_swa:
+        return "sliding-window MLA is not implemented by the FIA MLA backend"
+    if getattr(hf_config, "llama_4_scaling", None) is not None:
+        # deepseek_v2.py:3058-3059 (Mistral-Large-3): a per-position query scale the FIA MLA
+        # forward steps do not apply.
+        return "llama_4_scaling (Mistral-Large-3) is not implemented by the FIA MLA path"
+    return None
+
+
+def _mla_dims_reason(runner: Any) -> str | None:
+    from sglang.srt.runtime_context import get_parallel
+
+    config = runner.model_config
+    latent = (config.kv_lora_rank, config.qk_rope_head_dim)
+    if latent != _MLA_LATENT_DIMS:
+        return (
+            f"kv_lora_rank / qk_rope_head_dim {latent}: FIA's MLA decode takes {_MLA_LATENT_DIMS}"
+        )
+    prefill = (config.qk_nope_head_dim, config.v_head_dim)
+    if prefill != _MLA_PREFILL_DIMS:
+        return (
+            f"qk_nope_head_dim / v_head_dim {prefill}: FIA's TND prefill with rope takes "
+            f"{_MLA_PREFILL_DIMS}"
+        )
+    heads = config.get_num_attention_heads(get_parallel().attn_tp_size)
+    if heads > _MLA_MAX_HEADS:
+        return (
+            f"{heads} query heads per rank exceed what FIA's TND prefill takes "
+            f"(at most {_MLA_MAX_HEADS})"
+        )
+    if config.context_len > _MLA_MAX_CONTEXT:
+        return (
+            f"context length {config.context_len} exceeds the KV tokens one FIA TND prefill "
+            f"launch attends ({_MLA_MAX_CONTEXT})"
+        )
+    return None
+
+
+def _mla_kv_cache_reason(runner: Any) -> str | None:
+    pool = runner.token_to_kv_pool
+    if getattr(pool, "v_buffer", None) is None or not hasattr(pool, "kv_lora_rank"):
+        return f"the KV pool {type(pool).__name__} is not the split latent/rope MLA pool"
+    if getattr(pool, "use_fia_nz", False):
+        return "the NZ MLA cache (SGLANG_USE_FIA_NZ) is not implemented by the FIA MLA backend"
+    kv_dtype = runner.kv_cache_dtype
+    if kv_dtype != runner.dtype:
+        return (
+            f"--kv-cache-dtype {str(kv_dtype).removeprefix('torch.')} with a "
+            f"{str(runner.dtype).removeprefix('torch.')} model: the FIA MLA backend reads a "
+            "latent cache in the model's float dtype only"
+        )
+    return None
+
+
+def _mla_env_reason(runner: Any) -> str | None:
+    from sglang.srt.environ import envs
+
+    # Both change sglang's DeepSeek prepare step (deepseek_v2_attention_mla_npu.py:175-202,
+    # 206-217), which the plugin's own prepare step replaces: serving them would drop them.
+    if envs.SGLANG_NPU_USE_MLAPO.get():
+        return (
+            "the fused MLA preprocess (SGLANG_NPU_USE_MLAPO) is not implemented by the FIA MLA path"
+        )
+    if envs.SGLANG_USE_AG_AFTER_QLORA.get():
+        return (
+            "the all-gather after q_lora (SGLANG_USE_AG_AFTER_QLORA) is not implemented by the "
+            "FIA MLA path"
+        )
+    return None
+
+
+def _mla_layers_reason(runner: Any) -> str | None:
+    """The FIA MLA backend is fed by the patched ``DeepseekV2AttentionMLA`` steps only."""
+    model = getattr(runner, "model", None)
+    if model is None:
+        return None
+    from sglang.srt.models.deepseek_v2 import DeepseekV2AttentionMLA
+
+    owned: set[int] = set()
+    for module in model.modules():
+        if not isinstance(module, DeepseekV2AttentionMLA):
+            continue
+        for cls in type(module).__mro__:
+            if cls is DeepseekV2AttentionMLA:
+                break
+            overridden = {"forward_prepare", "forward_core"} & set(vars(cls))
+            if overridden:
+                return (
+                    f"{cls.__name__} overrides DeepseekV2AttentionMLA.{min(overridden)}, which "
+                    "the FIA MLA path patches"
+                )
+        owned.update(id(m) for m in module.modules())
+    for layer in attention_layers(model):
+        if id(layer) not in owned:
+            return (
+                f"layer {layer.layer_id}: MLA attention outside DeepseekV2AttentionMLA is not "
+                "implemented by the FIA MLA path"
+            )
     return None

@@ -15,11 +15,13 @@ def create_ascend_fia_backend(
     """wrapt wrapper around sglang's ``create_ascend_backend(runner)``.
 
     Causal MHA/GQA models get :class:`AscendFIABackend`, MLA models (DeepSeek-V2/V3)
-    :class:`~sglang_ascend_fia.mla.backend.AscendFIAMLABackend`. An MHA/GQA model or setting the
-    FIA backend does not implement (:func:`handoff.handoff_reason`: sliding window, sinks,
+    :class:`~sglang_ascend_fia.mla.backend.AscendFIAMLABackend`. A model or setting the backend
+    does not implement (:func:`handoff.handoff_reason` for MHA/GQA: sliding window, sinks,
     non-causal or cross attention, logit_cap, speculative decoding, context parallel, non-float
-    or HND KV caches) keeps sglang's own ``AscendAttnBackend`` (the call goes to ``wrapped``),
-    with one log line naming the reason.
+    or HND KV caches; :func:`handoff.mla_handoff_reason` for MLA: DSA, sliding-window MLA,
+    attention dims FIA's MLA calls do not take, quantized or NZ caches, MLAPO, ...) keeps
+    sglang's own ``AscendAttnBackend`` (the call goes to ``wrapped``), with one log line naming
+    the reason.
     """
     # Imported here: these modules import sglang's attention classes, which must not load
     # before sglang itself asks for a backend.
@@ -27,12 +29,15 @@ def create_ascend_fia_backend(
 
     runner = args[0] if args else kwargs["runner"]
     if runner.use_mla_backend:
-        from sglang_ascend_fia.mla.backend import AscendFIAMLABackend
+        reason = handoff.mla_handoff_reason(runner)
+        if reason is None:
+            from sglang_ascend_fia.mla.backend import AscendFIAMLABackend
 
-        mla_backend = AscendFIAMLABackend(runner)
-        handoff.record(handoff.Decision("fia-mla", ""))
-        return mla_backend
-    reason = handoff.handoff_reason(runner)
+            mla_backend = AscendFIAMLABackend(runner)
+            handoff.record(handoff.Decision("fia-mla", ""))
+            return mla_backend
+    else:
+        reason = handoff.handoff_reason(runner)
     if reason is not None:
         handoff.record(handoff.Decision("sglang", reason))
         return wrapped(*args, **kwargs)

@@ -7,8 +7,9 @@ and the roped key part into the split pool, then call this backend through the m
 - decode (``attn_mqa``): one BSND paged call. Query = absorbed ``q_nope`` ``[B, 1, N, 512]`` with
   ``query_rope`` ``[B, 1, N, 64]``; key = value = the latent ``k_buffer`` and ``key_rope`` the
   ``v_buffer``, both viewed ``(blocks, page, D)`` with one KV head: no split, no concatenation.
-- prefill (``attn_mha``): one TND call without paging, ``q_nope``/``k_nope``/``v`` of 128 with
-  ``query_rope``/``key_rope`` of 64, causal ``sparse_mode=3``. Without a cached prefix K/V are
+- prefill (``attn_mha``): one TND call without paging (FIA v2, which takes up to 1M tokens
+  where v1 takes 65536), ``q_nope``/``k_nope``/``v`` of 128 with ``query_rope``/``key_rope`` of
+  64, causal ``sparse_mode=3``. Without a cached prefix K/V are
   this step's tokens. With one (a radix hit, a later chunk of a chunked prefill, decode rows
   riding in a mixed batch) the layer gathers the latent and rope rows of every KV token of the
   batch from the pool (one index per buffer, slots built once per batch), re-expands them with
@@ -16,23 +17,36 @@ and the roped key part into the split pool, then call this backend through the m
   aligns each request's queries bottom-right on its full context. That is a fixed number of
   launches per layer whatever the batch, no per-request loop and no LSE merge (sglang 0.5.23
   runs two FIA calls, a Python zeroing loop and ``npu_attention_update``,
-  ``ascend_backend.py:2102-2281``; the seed ignored the prefix).
+  ``ascend_backend.py:2102-2281``; the seed ignored the prefix). A batch whose KV tokens exceed
+  one launch (or its request count) is cut into runs of whole requests, one launch each
+  (:func:`~sglang_ascend_fia.mla.metadata.plan_prefill_launches`); a single request never
+  exceeds it, because a model whose context is longer is handed off at start-up.
+
+Decode graphs (capture and replay through ``NPUGraphRunner``) are the shared FIA graph plumbing
+of :class:`~sglang_ascend_fia.attention.base.FIABackendBase`; the decode head-padding buffers
+are sized for the largest captured batch before capture, so a graph never reallocates them.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 from typing import TYPE_CHECKING, Any
 
 import torch
-from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 
 from sglang_ascend_fia import ops
-from sglang_ascend_fia.attention.backend import UnsupportedConfiguration
+from sglang_ascend_fia.attention import handoff
+from sglang_ascend_fia.attention.base import (
+    FIABackendBase,
+    UnsupportedConfiguration,
+    causal_mask_template,
+    device_type,
+    pad_rows,
+    refuse_kwargs,
+)
 from sglang_ascend_fia.mla.heads import HeadPadder, decode_head_count, prefill_head_count
-from sglang_ascend_fia.mla.metadata import MLAMetadata
-from sglang_ascend_fia.ops.fia.rules import MASK_TEMPLATE_SIZE, MLA_DIM, MLA_ROPE_DIM
+from sglang_ascend_fia.mla.metadata import MLAMetadata, PrefillLaunch, plan_prefill_launches
+from sglang_ascend_fia.ops.fia.rules import TND_MAX_BATCH_V2, TND_MAX_TOKENS, TND_ROPE_HEAD_DIM
 
 if TYPE_CHECKING:
     from sglang.srt.layers.radix_attention import RadixAttention
@@ -42,69 +56,47 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _SPARSE_RIGHT_DOWN_CAUSAL = 3
-# TND prefill with rope takes Q_D = K_D = V_D = 128 (the nope and value head dims).
-_PREFILL_HEAD_DIM = 128
 _NPU_DTYPES = (torch.float16, torch.bfloat16)
+_ROPE_KWARGS = frozenset({"q_rope", "k_rope"})
+# The prefill runs on FIA v2: TND without page attention up to 1M tokens and 4096 requests.
+PREFILL_MAX_TOKENS = TND_MAX_TOKENS[2]
+PREFILL_MAX_REQUESTS = TND_MAX_BATCH_V2
 
 
-def _refusal(runner: ModelRunner) -> str | None:
-    """Why this backend cannot serve ``runner``'s configuration, or None."""
-    from sglang.srt.configs.model_config import is_deepseek_dsa
-    from sglang.srt.runtime_context import get_parallel
-
-    if not runner.use_mla_backend:
-        return "the model does not use MLA"
-    if not runner.spec_algorithm.is_none() or runner.is_draft_worker:
-        return "speculative decoding is not implemented by the FIA MLA backend"
-    if is_deepseek_dsa(runner.model_config.hf_config):
-        return "DeepSeek sparse attention (DSA) is not implemented by the FIA MLA backend"
-    if runner.is_hybrid_swa:
-        return "sliding-window MLA is not implemented by the FIA MLA backend"
-    parallel = get_parallel()
-    if parallel.attn_cp_size > 1 or parallel.dcp_enabled:
-        return "context parallel attention is not implemented by the FIA MLA backend"
-    pool = runner.token_to_kv_pool
-    if getattr(pool, "v_buffer", None) is None or not hasattr(pool, "kv_lora_rank"):
-        return f"the KV pool {type(pool).__name__} is not the split latent/rope MLA pool"
-    if getattr(pool, "use_fia_nz", False):
-        return "the NZ MLA cache (SGLANG_USE_FIA_NZ) is not implemented by the FIA MLA backend"
-    if runner.kv_cache_dtype != runner.dtype:
-        return f"quantized KV caches ({runner.kv_cache_dtype}) are not implemented"
-    return None
-
-
-class AscendFIAMLABackend(AttentionBackend):
+class AscendFIAMLABackend(FIABackendBase[MLAMetadata]):
     """sglang ``AttentionBackend`` running DeepSeek MLA attention through FIA via ``ops``."""
 
+    backend_name = "the FIA MLA backend"
+
     def __init__(self, model_runner: ModelRunner) -> None:
-        super().__init__()
-        reason = _refusal(model_runner)
-        if reason is not None:
+        if not model_runner.use_mla_backend:
             raise UnsupportedConfiguration(
-                f"sglang-ascend-fia: the 'ascend' attention backend cannot start: {reason} "
-                "(set ASCEND_USE_FIA=0 to use sglang's own backend)"
+                "sglang-ascend-fia: the FIA MLA backend serves MLA models; this model does not "
+                "use MLA"
             )
+        reason = handoff.mla_handoff_reason(model_runner)
+        if reason is not None:
+            # The registry hook hands such models to sglang's own backend before getting here.
+            raise UnsupportedConfiguration(
+                f"sglang-ascend-fia: the FIA MLA backend cannot serve this model: {reason} "
+                "(sglang's own AscendAttnBackend serves it)"
+            )
+        super().__init__(model_runner)
         from sglang.srt.runtime_context import get_parallel
 
         config = model_runner.model_config
-        self.device = model_runner.device
-        self.page_size: int = model_runner.page_size
-        self.req_to_token: torch.Tensor = model_runner.req_to_token_pool.req_to_token
-        self.token_to_kv_pool = model_runner.token_to_kv_pool
         self.kv_lora_rank: int = config.kv_lora_rank
         self.rope_dim: int = config.qk_rope_head_dim
         self.q_heads: int = config.get_num_attention_heads(get_parallel().attn_tp_size)
-        self._validate(config, model_runner.dtype)
+        self.dtype: torch.dtype = model_runner.dtype
+        self._validate()
+        self.mask_template = causal_mask_template(self.device)
         self.prefill_heads = prefill_head_count(self.q_heads)
         self.decode_heads = decode_head_count(self.q_heads)
-        self.mask_template = torch.triu(
-            torch.ones(
-                MASK_TEMPLATE_SIZE, MASK_TEMPLATE_SIZE, dtype=torch.bool, device=self.device
-            ),
-            diagonal=1,
-        )
+        # What one prefill launch takes; tests lower these to exercise the cut.
+        self.prefill_max_tokens = PREFILL_MAX_TOKENS
+        self.prefill_max_requests = PREFILL_MAX_REQUESTS
         self.heads = HeadPadder()
-        self.forward_metadata: MLAMetadata | None = None
         logger.info(
             "sglang-ascend-fia: FIA MLA attention backend (page_size=%d, %d query heads per "
             "rank, padded to %d for prefill and %d for decode)",
@@ -114,33 +106,19 @@ class AscendFIAMLABackend(AttentionBackend):
             self.decode_heads,
         )
 
-    def _validate(self, config: Any, dtype: torch.dtype) -> None:
-        """Refuse at start-up what FIA's MLA calls would reject in kernel tiling."""
+    def _validate(self) -> None:
+        """Refuse at start-up what no backend runs: page sizes outside FIA's MLA rules and a
+        dtype FIA does not take on an NPU. What FIA does not implement was handed off."""
         problems: list[str] = []
         try:
             # The decode call carries query_rope (block size 16 or 128) on the same pages.
             ops.check_page_size(self.page_size, mla=True)
         except ValueError as exc:
             problems.append(str(exc))
-        if (self.kv_lora_rank, self.rope_dim) != (MLA_DIM, MLA_ROPE_DIM):
+        if device_type(self.device) == "npu" and self.dtype not in _NPU_DTYPES:
             problems.append(
-                f"kv_lora_rank {self.kv_lora_rank} / qk_rope_head_dim {self.rope_dim}: FIA's "
-                f"MLA decode takes {MLA_DIM} / {MLA_ROPE_DIM}"
-            )
-        dims = (config.qk_nope_head_dim, config.v_head_dim)
-        if dims != (_PREFILL_HEAD_DIM, _PREFILL_HEAD_DIM):
-            problems.append(
-                f"qk_nope_head_dim / v_head_dim {dims}: FIA's TND prefill with rope takes "
-                f"{_PREFILL_HEAD_DIM} / {_PREFILL_HEAD_DIM}"
-            )
-        try:
-            prefill_head_count(self.q_heads)
-        except ValueError as exc:
-            problems.append(str(exc))
-        if str(self.device).split(":", 1)[0] == "npu" and dtype not in _NPU_DTYPES:
-            problems.append(
-                f"--dtype {str(dtype).removeprefix('torch.')} is not a dtype FIA takes on an NPU "
-                "(use bfloat16 or float16)"
+                f"--dtype {str(self.dtype).removeprefix('torch.')} is not a dtype FIA takes on "
+                "an NPU (use bfloat16 or float16)"
             )
         if problems:
             raise UnsupportedConfiguration(
@@ -152,44 +130,41 @@ class AscendFIAMLABackend(AttentionBackend):
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         """Block table, FIA's host length lists and (prefix batches) the KV slots, once."""
         mode = forward_batch.forward_mode
-        if mode.is_target_verify() or mode.is_draft_extend_v2():
-            raise UnsupportedConfiguration(
-                f"sglang-ascend-fia: forward mode {mode.name} is not supported by the FIA "
-                "MLA backend"
-            )
-        seq_lens_cpu = forward_batch.seq_lens_cpu
-        if seq_lens_cpu is None:
-            seq_lens_cpu = forward_batch.seq_lens.cpu()  # once per batch, never per layer
-        kv_lens: list[int] = seq_lens_cpu.tolist()
+        self._check_forward_mode(mode)
+        kv_lens = self._kv_lens(forward_batch)
         bs = len(kv_lens)
-        max_len = max(kv_lens, default=0)
         req_rows = forward_batch.req_pool_indices[:bs]
-        # Device gather with a host-known bound: column j holds token j*page's slot.
-        block_table = (
-            self.req_to_token[req_rows, : max(max_len, 1) : self.page_size] // self.page_size
-        ).to(torch.int32)
+        block_table = self._block_table(req_rows, max(kv_lens, default=0))
         if mode.is_decode_or_idle():
-            self.forward_metadata = MLAMetadata(block_table, kv_lens, num_tokens=bs)
+            self.forward_metadata = self._decode_metadata(block_table, kv_lens, graph_mode=False)
             return
         q_lens: list[int] = list(forward_batch.extend_seq_lens_cpu)
-        cum_q_lens = list(itertools.accumulate(q_lens))
-        metadata = MLAMetadata(
+        prefix = kv_lens != q_lens
+        launches = plan_prefill_launches(
+            q_lens,
+            kv_lens if prefix else q_lens,
+            self.prefill_max_tokens,
+            self.prefill_max_requests,
+        )
+        self.forward_metadata = MLAMetadata(
             block_table,
             kv_lens,
-            num_tokens=cum_q_lens[-1] if cum_q_lens else 0,
-            cum_q_lens=cum_q_lens,
+            num_tokens=sum(q_lens),
+            launches=launches,
+            kv_slots=self._kv_slots(req_rows, kv_lens) if prefix else None,
         )
-        if kv_lens != q_lens:
-            metadata.kv_slots = self._kv_slots(req_rows, kv_lens)
-            metadata.cum_kv_lens = list(itertools.accumulate(kv_lens))
-        self.forward_metadata = metadata
+
+    def _decode_metadata(
+        self, block_table: torch.Tensor, kv_lens: list[int], graph_mode: bool
+    ) -> MLAMetadata:
+        return MLAMetadata(block_table, kv_lens, num_tokens=len(kv_lens), graph_mode=graph_mode)
 
     def _kv_slots(self, req_rows: torch.Tensor, kv_lens: list[int]) -> torch.Tensor:
         """int64 slots of every KV token, request by request, built on the device."""
         total = sum(kv_lens)
         device = req_rows.device
         lens = torch.tensor(kv_lens, device=device)
-        starts = torch.tensor([0, *itertools.accumulate(kv_lens)][:-1], device=device)
+        starts = torch.cumsum(lens, 0) - lens
         owner = torch.repeat_interleave(
             torch.arange(len(kv_lens), device=device), lens, output_size=total
         )
@@ -197,6 +172,14 @@ class AscendFIAMLABackend(AttentionBackend):
             starts, lens, output_size=total
         )
         return self.req_to_token[req_rows[owner], column].to(torch.int64)
+
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:
+        """The shared static block table, plus the decode head padding at the largest batch:
+        capture must never (re)allocate a buffer a replay reads."""
+        super().init_cuda_graph_state(max_bs, max_num_tokens)
+        if self.decode_heads != self.q_heads:
+            for name, dim in (("decode_q", self.kv_lora_rank), ("decode_q_rope", self.rope_dim)):
+                self.heads.reserve(name, max_bs, self.decode_heads, dim, self.dtype, self.device)
 
     # --------------------------------------------------------------------------- forward
     def forward_extend(
@@ -209,7 +192,8 @@ class AscendFIAMLABackend(AttentionBackend):
         save_kv_cache: bool = True,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """Prefill of new tokens against their whole context: one TND FIA call."""
+        """Prefill of new tokens against their whole context: one TND FIA launch per run of
+        requests that fits one (one run in the normal case)."""
         q_rope, k_rope = _rope_kwargs(kwargs, "extend")
         _refuse_save(save_kv_cache)
         metadata = self.current_metadata()
@@ -220,38 +204,54 @@ class AscendFIAMLABackend(AttentionBackend):
         query_rope = q_rope.reshape(rows, heads, self.rope_dim)[:n]
         if metadata.attends_cached_prefix:
             key, value, key_rope = self._context_from_pool(layer, metadata, heads)
-            kv_lens = metadata.cum_kv_lens
         else:
             if k is None or v is None:
                 raise ValueError("sglang-ascend-fia: an MLA prefill without a prefix needs k/v")
             key = k.reshape(rows, heads, -1)[:n]
             value = v.reshape(rows, heads, -1)[:n]
             key_rope = k_rope.reshape(rows, -1, self.rope_dim)[:n].expand(n, heads, -1)
-            kv_lens = metadata.cum_q_lens
+        outs = [
+            self._prefill_launch(launch, layer, query, query_rope, key, value, key_rope)
+            for launch in metadata.launches
+        ]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        out = out[:, :heads].reshape(n, heads * out.shape[-1])
+        return pad_rows(out, rows)
+
+    def _prefill_launch(
+        self,
+        launch: PrefillLaunch,
+        layer: RadixAttention,
+        query: torch.Tensor,
+        query_rope: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_rope: torch.Tensor,
+    ) -> torch.Tensor:
         padded = self.prefill_heads
 
-        def operand(name: str, x: torch.Tensor) -> torch.Tensor:
+        def operand(name: str, x: torch.Tensor, rows: slice) -> torch.Tensor:
             # FIA takes contiguous tensors only: the q/k split views and the one-head key_rope
             # broadcast to every head (TND needs Q_N = K_N) are materialised here, once each.
-            return self.heads.pad(name, x, padded).contiguous()
+            return self.heads.pad(name, x[rows], padded).contiguous()
 
-        out, _ = ops.fused_infer_attention_score(
-            operand("prefill_q", query),
-            operand("prefill_k", key),
-            operand("prefill_v", value),
-            query_rope=operand("prefill_q_rope", query_rope),
-            key_rope=operand("prefill_k_rope", key_rope),
+        q_rows, kv_rows = launch.q_rows, launch.kv_rows
+        out, _ = ops.fused_infer_attention_score_v2(
+            operand("prefill_q", query, q_rows),
+            operand("prefill_k", key, kv_rows),
+            operand("prefill_v", value, kv_rows),
+            query_rope=operand("prefill_q_rope", query_rope, q_rows),
+            key_rope=operand("prefill_k_rope", key_rope, kv_rows),
             atten_mask=self.mask_template,
-            actual_seq_lengths=metadata.cum_q_lens,
-            actual_seq_lengths_kv=kv_lens,
-            num_heads=padded,
+            actual_seq_qlen=launch.cum_q_lens,
+            actual_seq_kvlen=launch.cum_kv_lens,
+            num_query_heads=padded,
             num_key_value_heads=padded,
-            scale=layer.scaling,
+            softmax_scale=layer.scaling,
             input_layout="TND",
             sparse_mode=_SPARSE_RIGHT_DOWN_CAUSAL,
         )
-        out = out[:, :heads].reshape(n, heads * out.shape[-1])
-        return _pad_rows(out, rows)
+        return out
 
     def _context_from_pool(
         self, layer: RadixAttention, metadata: MLAMetadata, heads: int
@@ -270,22 +270,9 @@ class AscendFIAMLABackend(AttentionBackend):
                 "cached latent with (the DeepSeek forward patch sets it)"
             )
         kv = kv_b_proj(latent)[0].view(latent.shape[0], heads, -1)
-        key, value = kv.split([_PREFILL_HEAD_DIM, kv.shape[-1] - _PREFILL_HEAD_DIM], dim=-1)
+        key, value = kv.split([TND_ROPE_HEAD_DIM, kv.shape[-1] - TND_ROPE_HEAD_DIM], dim=-1)
         key_rope = rope.unsqueeze(1).expand(-1, heads, -1)
         return key, value, key_rope
-
-    def forward_mixed(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor | None,
-        v: torch.Tensor | None,
-        layer: RadixAttention,
-        forward_batch: ForwardBatch,
-        save_kv_cache: bool = True,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        """Mixed chunked-prefill + decode batches: decode rows are extends with a prefix."""
-        return self.forward_extend(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
 
     def forward_decode(
         self,
@@ -328,29 +315,11 @@ class AscendFIAMLABackend(AttentionBackend):
             block_size=self.page_size,
         )
         out = out[:, 0, :heads].reshape(bs, heads * self.kv_lora_rank)
-        return _pad_rows(out, rows)
-
-    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:
-        # Graph capture needs the NPUGraphRunner length-rebinding contract for the MLA calls,
-        # which this backend does not implement yet: refuse at start-up, not at replay.
-        raise UnsupportedConfiguration(
-            "sglang-ascend-fia: graph mode is not implemented by the FIA MLA backend; run with "
-            "--disable-cuda-graph (or ASCEND_USE_FIA=0)"
-        )
-
-    def current_metadata(self) -> MLAMetadata:
-        if self.forward_metadata is None:
-            raise RuntimeError("init_forward_metadata() was not called before the forward")
-        return self.forward_metadata
-
-    def support_triton(self) -> bool:
-        return False
+        return pad_rows(out, rows)
 
 
 def _rope_kwargs(kwargs: dict[str, Any], where: str) -> tuple[torch.Tensor, torch.Tensor]:
-    extra = sorted(set(kwargs) - {"q_rope", "k_rope"})
-    if extra:
-        raise NotImplementedError(f"sglang-ascend-fia: the FIA MLA backend does not take {extra}")
+    refuse_kwargs(kwargs, _ROPE_KWARGS, "the FIA MLA backend")
     q_rope, k_rope = kwargs.get("q_rope"), kwargs.get("k_rope")
     if q_rope is None or k_rope is None:
         raise ValueError(f"sglang-ascend-fia: MLA {where} needs q_rope and k_rope")
@@ -365,10 +334,3 @@ def _refuse_save(save_kv_cache: bool) -> None:
             "sglang-ascend-fia: the FIA MLA backend expects the latent already written "
             "(save_kv_cache=False); the DeepSeek forward patch writes it"
         )
-
-
-def _pad_rows(out: torch.Tensor, rows: int) -> torch.Tensor:
-    """Zero rows for padded query tokens (graph / DP padding), as sglang's backend does."""
-    if out.shape[0] == rows:
-        return out
-    return torch.cat([out, out.new_zeros(rows - out.shape[0], out.shape[1])])

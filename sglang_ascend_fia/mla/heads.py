@@ -42,6 +42,18 @@ class HeadPadder:
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
 
+    def reserve(
+        self,
+        name: str,
+        rows: int,
+        heads: int,
+        dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        """Allocate ``name``'s buffer for up to ``rows`` rows now (graph mode: before capture)."""
+        self._buffers[name] = torch.zeros((max(rows, 1), heads, dim), dtype=dtype, device=device)
+
     def pad(self, name: str, x: torch.Tensor, heads: int) -> torch.Tensor:
         """``x`` ``[rows, h, D]`` as ``[rows, heads, D]``: itself when ``h == heads``."""
         rows, real, dim = x.shape

@@ -43,8 +43,8 @@ class FIAMLATokenToKVPool(NPUMLATokenToKVPool):
     """``NPUMLATokenToKVPool`` whose latent/rope writes go through ``ops``.
 
     FIA's NZ tile order (``SGLANG_USE_FIA_NZ``) and the packed FP8 DSA record are NPU-only
-    features of the parent; their writes stay the parent's (``torch_npu``), and the FIA MLA
-    backend refuses both at start-up.
+    features of the parent; their writes stay the parent's (``torch_npu``), and the plugin hands
+    both to sglang's own attention backend at start-up (``attention/handoff.py``).
     """
 
     def set_kv_buffer(

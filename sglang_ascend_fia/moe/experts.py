@@ -1,4 +1,4 @@
-"""``UnquantizedFusedMoEMethod.forward_native`` through ``ops``: the NPU routed-expert chain.
+"""sglang's unquantized routed experts through ``ops``: the NPU routed-expert chain.
 
 sglang 0.5.23 on an NPU: ``AscendTPDispatcher.dispatch`` (``token_dispatcher/ascend_tp.py:96-126``)
 -> ``npu_moe_init_routing_v2(quant_mode=-1, expert_tokens_num_type=1, active_num=T*K,
@@ -7,7 +7,13 @@ active_expert_range=[0, E])`` (``hardware_backend/npu/moe/init_routing.py:83-118
 group_list_type=1, weight=[w.transpose(1, 2)])`` (``hardware_backend/npu/moe/matmul.py:23-50``)
 for w13, ``npu_swiglu``, the same for w2; ``combine`` -> ``npu_moe_finalize_routing(
 drop_pad_mode=2, scales=topk_weights, export_for_source_row=topk_ids)``
-(``finalize_routing.py:123-143``). Here the same chain runs through ``ops`` on the native path.
+(``finalize_routing.py:123-143``). The three steps are :func:`init_routing`, :func:`expert_mlp`
+and :func:`finalize_routing`; two hooks run them:
+
+- ``UnquantizedFusedMoEMethod.forward_native`` (no platform kernel, e.g. CPU): the whole chain;
+- ``UnquantizedFusedMoEMethod.forward_npu`` (what sglang dispatches to on an NPU): the expert
+  MLP of the ``ascend_tp`` dispatcher's output; the dispatcher's own routing steps go through
+  ``ops`` by :mod:`sglang_ascend_fia.moe.npu_routing`.
 """
 
 from __future__ import annotations
@@ -19,15 +25,18 @@ import torch
 from sglang_ascend_fia import ops
 from sglang_ascend_fia.moe._fallback import fall_back_once
 
-__sglang_patches__ = ("moe-routed-experts",)
+__sglang_patches__ = ("moe-routed-experts", "moe-routed-experts-npu")
 
 _HOOK = "moe experts (UnquantizedFusedMoEMethod.forward_native)"
+_NPU_HOOK = "moe experts (UnquantizedFusedMoEMethod.forward_npu)"
 
 
 def unsupported_reason(layer: Any, config: Any) -> str | None:
     """Why this layer's experts cannot run the NPU chain, or None when they can."""
     if config.activation != "silu":
         return f"activation={config.activation!r} (the NPU chain runs swiglu: 'silu' only)"
+    if not getattr(config, "is_gated", True):
+        return "the experts are not gated (swiglu needs the gate and up halves of w13)"
     if config.apply_router_weight_on_input:
         return "apply_router_weight_on_input is set"
     if config.gemm1_alpha is not None or config.gemm1_clamp_limit is not None:
@@ -38,20 +47,12 @@ def unsupported_reason(layer: Any, config: Any) -> str | None:
     return None
 
 
-def routed_experts(
-    x: torch.Tensor,
-    topk_weights: torch.Tensor,
-    topk_ids: torch.Tensor,
-    w13: torch.Tensor,
-    w2: torch.Tensor,
-) -> torch.Tensor:
-    """``sum_k w[t, k] * W2_e(swiglu(W13_e x_t))`` for ``e = ids[t, k]``, via the NPU op chain.
-
-    ``w13`` is ``[E, 2I, H]`` (gate rows first), ``w2`` is ``[E, H, I]``: sglang's stored
-    ``[E, out, in]`` layout, passed transposed exactly as ``NPUUnquantMoEMethod`` does.
-    """
+def init_routing(
+    x: torch.Tensor, topk_ids: torch.Tensor, num_experts: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x permuted by expert, expanded_row_idx, tokens per expert int64)``, as
+    ``NPUMoEInitRouting_v2(quant_mode=-1)`` computes them."""
     num_tokens, top_k = topk_ids.shape
-    num_experts = w13.shape[0]
     permuted, expanded_row_idx, expert_tokens, _ = ops.moe_init_routing_v2(
         x,
         topk_ids.to(torch.int32),
@@ -62,36 +63,75 @@ def routed_experts(
         active_expert_range=[0, num_experts],
         quant_mode=-1,
     )
-    expert_tokens = expert_tokens.to(torch.int64)
+    return permuted, expanded_row_idx, expert_tokens.to(torch.int64)
+
+
+def expert_mlp(
+    permuted: torch.Tensor,
+    expert_tokens: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    group_list_type: int = 1,
+) -> torch.Tensor:
+    """``W2_e(swiglu(W13_e x))`` for each row of ``permuted``, ``e`` its expert group.
+
+    ``w13`` is ``[E, 2I, H]`` (gate rows first), ``w2`` is ``[E, H, I]``: sglang's stored
+    ``[E, out, in]`` layout, passed transposed exactly as ``NPUUnquantMoEMethod`` does. The
+    outputs keep the input's dtype (sglang's runner asks for bf16 unless the input is fp16,
+    ``moe_runner/ascend.py:218``: the same on a bf16 or fp16 model).
+    """
     gate_up = ops.grouped_matmul(
         [permuted],
         [w13.transpose(1, 2)],
         split_item=2,
         group_type=0,
-        group_list_type=1,
+        group_list_type=group_list_type,
         group_list=expert_tokens,
-        output_dtype=x.dtype,
+        output_dtype=permuted.dtype,
     )[0]
     hidden = ops.swiglu(gate_up)
-    down = ops.grouped_matmul(
+    return ops.grouped_matmul(
         [hidden],
         [w2.transpose(1, 2)],
         split_item=2,
         group_type=0,
-        group_list_type=1,
+        group_list_type=group_list_type,
         group_list=expert_tokens,
-        output_dtype=x.dtype,
+        output_dtype=permuted.dtype,
     )[0]
+
+
+def finalize_routing(
+    down: torch.Tensor,
+    topk_weights: torch.Tensor,
+    expanded_row_idx: torch.Tensor,
+    topk_ids: torch.Tensor,
+    drop_pad_mode: int = 2,
+) -> torch.Tensor:
+    """``out[t] = sum_k w[t, k] * down[row of (t, k)]``, as ``NPUFinalizeRouting`` combines."""
     return ops.moe_finalize_routing(
         down,
         None,
         None,
         None,
-        topk_weights.to(x.dtype),
+        topk_weights.to(down.dtype),
         expanded_row_idx,
         topk_ids.to(torch.int32),
-        drop_pad_mode=2,
+        drop_pad_mode=drop_pad_mode,
     )
+
+
+def routed_experts(
+    x: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+) -> torch.Tensor:
+    """``sum_k w[t, k] * W2_e(swiglu(W13_e x_t))`` for ``e = ids[t, k]``, via the NPU op chain."""
+    permuted, expanded_row_idx, expert_tokens = init_routing(x, topk_ids, w13.shape[0])
+    down = expert_mlp(permuted, expert_tokens, w13, w2)
+    return finalize_routing(down, topk_weights, expanded_row_idx, topk_ids)
 
 
 def experts_forward_native(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -112,3 +152,54 @@ def experts_forward_native(wrapped: Any, instance: Any, args: Any, kwargs: Any) 
         return StandardCombineInput(hidden_states=torch.zeros_like(x))
     out = routed_experts(x, topk_weights, topk_ids, layer.w13_weight, layer.w2_weight)
     return StandardCombineInput(hidden_states=out)
+
+
+def npu_unsupported_reason(layer: Any, dispatch_output: Any, config: Any) -> str | None:
+    """Why sglang's NPU runner must serve this call, or None when the plugin's chain can."""
+    from sglang.srt.hardware_backend.npu.quantization.moe_methods import NPUUnquantMoEMethod
+
+    reason = unsupported_reason(layer, config)
+    if reason is not None:
+        return reason
+    if not dispatch_output.format.is_ascend_tp():
+        return (
+            f"the token dispatcher's output is {dispatch_output.format.value!r} (the plugin "
+            "serves the ascend_tp dispatcher; DeepEP and other all-to-all dispatchers keep "
+            "sglang's runner)"
+        )
+    kernels = [getattr(layer, name, None) for name in ("w13_kernel", "w2_kernel")]
+    if any(type(kernel) is not NPUUnquantMoEMethod for kernel in kernels):
+        names = [type(kernel).__name__ for kernel in kernels]
+        return f"the expert kernels are {names} (the plugin runs NPUUnquantMoEMethod's only)"
+    if dispatch_output.hidden_states_scale is not None:
+        return "the dispatcher quantised the tokens (hidden_states_scale is set)"
+    if getattr(config, "use_tp_all_gather_activation", False):
+        return "the activation is all-gathered across TP ranks (GGUF)"
+    if dispatch_output.hidden_states.shape[0] == 0:
+        return "an empty batch"
+    return None
+
+
+def experts_forward_npu(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """wrapt hook for ``UnquantizedFusedMoEMethod.forward_npu(layer, dispatch_output)``.
+
+    The ``ascend_tp`` dispatcher has already permuted the tokens (``init_routing``) and combines
+    the result (``finalize_routing``); this runs the expert MLP between them, as
+    ``AscendRunnerCore.run`` does with ``NPUUnquantMoEMethod``'s grouped matmuls and ``NPUSwiglu``.
+    """
+    from sglang.srt.layers.moe.token_dispatcher.ascend_tp import AscendTPCombineInput
+
+    layer = args[0] if args else kwargs["layer"]
+    dispatch_output = args[1] if len(args) > 1 else kwargs["dispatch_output"]
+    reason = npu_unsupported_reason(layer, dispatch_output, instance.moe_runner_config)
+    if reason is not None:
+        fall_back_once(_NPU_HOOK, reason)
+        return wrapped(*args, **kwargs)
+    down = expert_mlp(
+        dispatch_output.hidden_states,
+        dispatch_output.expert_tokens,
+        layer.w13_weight,
+        layer.w2_weight,
+        group_list_type=dispatch_output.group_list_type,
+    )
+    return AscendTPCombineInput(hidden_states=down)

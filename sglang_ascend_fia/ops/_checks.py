@@ -114,3 +114,12 @@ def check_tensor(
 def check_shape(op: str, arg: str, t: torch.Tensor, shape: Sequence[int], what: str) -> None:
     if tuple(t.shape) != tuple(shape):
         fail(op, arg, t, f"must have shape {tuple(shape)} ({what})")
+
+
+def require_indices_below(op: str, arg: str, indices: torch.Tensor, high: int, bound: str) -> None:
+    """Refuse index values of ``indices`` outside ``[0, high)``; ``bound`` names ``high``.
+
+    Reads tensor values, so only the references call it (see the module docstring).
+    """
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= high):
+        fail(op, arg, indices, f"values must lie in [0, {bound})")

@@ -7,12 +7,17 @@ against the exact buffer layouts an engine hands it.
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import torch
+
+from sglang_ascend_fia import ops
 
 
 @dataclass
@@ -59,14 +64,24 @@ def make_pool(kind: str, shape: Shape, page: int, pages: int, monkeypatch: Any) 
 POOL_KINDS = ("stock", "npu-fia", "npu")
 
 
-def make_runner(pool: Any, shape: Shape, page: int, max_reqs: int = 64, **overrides: Any) -> Any:
+def fake_runner(
+    pool: Any,
+    page: int,
+    q_heads: int,
+    max_reqs: int,
+    model_fields: dict[str, Any],
+    **overrides: Any,
+) -> Any:
+    """A ``ModelRunner`` stand-in carrying what the FIA backends and the hand-off rules read,
+    over sglang's own ``ReqToTokenPool``; ``overrides`` set runner attributes."""
     from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
     from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 
     model_config = SimpleNamespace(
         context_len=2048,
         is_encoder_decoder=False,
-        get_num_attention_heads=lambda tp: shape.q_heads // tp,
+        get_num_attention_heads=lambda tp: q_heads // tp,
+        **model_fields,
     )
     runner = SimpleNamespace(
         device="cpu",
@@ -89,6 +104,10 @@ def make_runner(pool: Any, shape: Shape, page: int, max_reqs: int = 64, **overri
     if "dtype" in overrides and "kv_cache_dtype" not in overrides:
         runner.kv_cache_dtype = runner.dtype  # sglang's "auto": the model's dtype
     return runner
+
+
+def make_runner(pool: Any, shape: Shape, page: int, max_reqs: int = 64, **overrides: Any) -> Any:
+    return fake_runner(pool, page, shape.q_heads, max_reqs, {}, **overrides)
 
 
 def make_layer(shape: Shape, layer_id: int, **kwargs: Any) -> Any:
@@ -174,3 +193,77 @@ def forward_batch(
         extend_prefix_lens_cpu=[n - q for n, q in zip(lens, new_lens, strict=True)],
         out_cache_loc=out_cache_loc,
     )
+
+
+def graph_decode_batch(reqs: Requests, lens: list[int], rows: list[int]) -> Any:
+    """A decode batch as ``NPUGraphRunner`` hands it over: at capture every length 0 and every
+    ``req_pool_indices`` 0 (npu_graph_runner.py:335-347 pads with those), at replay the real
+    lengths and rows copied into the static buffers."""
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    n = len(lens)
+    fb = forward_batch(ForwardMode.DECODE, reqs, [1] * n, torch.zeros(n, dtype=torch.long))
+    fb.seq_lens_cpu = torch.tensor(lens)
+    fb.seq_lens = fb.seq_lens_cpu.clone()
+    fb.req_pool_indices = torch.tensor(rows)
+    return fb
+
+
+@contextlib.contextmanager
+def active_ascend_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Any], Any]]:
+    """``ATTENTION_BACKENDS["ascend"]`` as sglang looks it up, with the plugin active."""
+    monkeypatch.setenv("ASCEND_USE_FIA", "1")
+    from sglang.srt.layers.attention import attention_registry
+
+    # The MLA pool module first, as sglang's own import order has it: the fia-mla-kv-pool hook
+    # fires when memory_pool_npu is imported, and it imports this module.
+    import sglang_ascend_fia.mla.pool  # noqa: F401
+    from sglang_ascend_fia import plugin
+
+    plugin.activate()
+    try:
+        yield lambda runner: attention_registry.ATTENTION_BACKENDS["ascend"](runner)
+    finally:
+        plugin.deactivate()
+
+
+class FakeNPUGraph:
+    """What NPUGraphRunner relies on, modelled on CPU.
+
+    Capture records every FIA call with its tensors (by reference: a graph keeps addresses) and a
+    *copy* of its host lists (a captured kernel keeps the values it was given). ``update``
+    replaces one keyword for every captured FIA call, as ``graph.update(cpu_update_input=...)``
+    does; ``replay`` re-runs the calls and writes into the captured outputs.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[Any, ...], dict[str, Any], torch.Tensor]] = []
+
+    def capture(self, monkeypatch: pytest.MonkeyPatch, run: Callable[[], Any]) -> Any:
+        real = ops.fused_infer_attention_score
+
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            out, lse = real(*args, **kwargs)
+            frozen = {k: list(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+            self.calls.append((args, frozen, out))
+            self.bound_lists = [v for v in kwargs.values() if isinstance(v, list)]
+            return out, lse
+
+        monkeypatch.setattr(ops, "fused_infer_attention_score", recording)
+        try:
+            return run()
+        finally:
+            monkeypatch.setattr(ops, "fused_infer_attention_score", real)
+
+    def update(self, cpu_update_input: list[dict[str, list[int]]]) -> None:
+        # NPUGraphRunner sends one dict; it applies to every captured FIA call.
+        (update,) = cpu_update_input
+        for _, kwargs, _ in self.calls:
+            for key, value in update.items():
+                assert key in kwargs, f"captured FIA call has no {key!r} to update"
+                assert isinstance(kwargs[key], list), f"{key} was not bound as a Python list"
+                kwargs[key] = list(value)
+
+    def replay(self) -> None:
+        for args, kwargs, out in self.calls:
+            out.copy_(ops.fused_infer_attention_score(*args, **kwargs)[0])

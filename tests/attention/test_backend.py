@@ -22,9 +22,11 @@ from attention.helpers import (
     GQA7_FULL,
     POOL_KINDS,
     TINY,
+    FakeNPUGraph,
     Requests,
     Shape,
     forward_batch,
+    graph_decode_batch,
     make_layer,
     make_pool,
     make_runner,
@@ -336,48 +338,6 @@ def test_layer_forwards_make_no_host_sync(layers: int, monkeypatch: pytest.Monke
         assert counter.calls == per_batch, counter.calls[len(per_batch) :]
 
 
-class FakeNPUGraph:
-    """What NPUGraphRunner relies on, modelled on CPU.
-
-    Capture records every FIA call with its tensors (by reference: a graph keeps addresses) and a
-    *copy* of its host lists (a captured kernel keeps the values it was given). ``update``
-    replaces one keyword for every captured FIA call, as ``graph.update(cpu_update_input=...)``
-    does; ``replay`` re-runs the calls and writes into the captured outputs.
-    """
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[tuple[Any, ...], dict[str, Any], torch.Tensor]] = []
-
-    def capture(self, monkeypatch: pytest.MonkeyPatch, run: Callable[[], Any]) -> Any:
-        real = ops.fused_infer_attention_score
-
-        def recording(*args: Any, **kwargs: Any) -> Any:
-            out, lse = real(*args, **kwargs)
-            frozen = {k: list(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-            self.calls.append((args, frozen, out))
-            self.bound_lists = [v for v in kwargs.values() if isinstance(v, list)]
-            return out, lse
-
-        monkeypatch.setattr(ops, "fused_infer_attention_score", recording)
-        try:
-            return run()
-        finally:
-            monkeypatch.setattr(ops, "fused_infer_attention_score", real)
-
-    def update(self, cpu_update_input: list[dict[str, list[int]]]) -> None:
-        # NPUGraphRunner sends one dict; it applies to every captured FIA call.
-        (update,) = cpu_update_input
-        for _, kwargs, _ in self.calls:
-            for key, value in update.items():
-                assert key in kwargs, f"captured FIA call has no {key!r} to update"
-                assert isinstance(kwargs[key], list), f"{key} was not bound as a Python list"
-                kwargs[key] = list(value)
-
-    def replay(self) -> None:
-        for args, kwargs, out in self.calls:
-            out.copy_(ops.fused_infer_attention_score(*args, **kwargs)[0])
-
-
 def test_graph_replay_rebinds_kv_lengths(monkeypatch: pytest.MonkeyPatch) -> None:
     """Capture a decode the way NPUGraphRunner does (every length 0, every ``req_pool_indices``
     0: npu_graph_runner.py:335-347 pads with those), then replay twice at real lengths via the
@@ -390,11 +350,7 @@ def test_graph_replay_rebinds_kv_lengths(monkeypatch: pytest.MonkeyPatch) -> Non
     q_static = torch.randn(3, shape.q_heads * shape.head_dim)
 
     def decode_batch(lens: list[int], rows: list[int]) -> Any:
-        fb = forward_batch(ForwardMode.DECODE, h.reqs, [1] * 3, torch.zeros(3, dtype=torch.long))
-        fb.seq_lens_cpu = torch.tensor(lens)
-        fb.seq_lens = fb.seq_lens_cpu.clone()
-        fb.req_pool_indices = torch.tensor(rows)
-        return fb
+        return graph_decode_batch(h.reqs, lens, rows)
 
     graph = FakeNPUGraph()
     capture_fb = decode_batch([0, 0, 0], [0, 0, 0])

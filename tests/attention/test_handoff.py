@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from attention.helpers import TINY, make_layer, make_pool, make_runner
-from sglang_ascend_fia import plugin
+from attention.helpers import TINY, active_ascend_factory, make_layer, make_pool, make_runner
 from sglang_ascend_fia.attention import handoff
 from sglang_ascend_fia.attention.backend import AscendFIABackend, UnsupportedConfiguration
 
@@ -25,14 +24,8 @@ from sglang_ascend_fia.attention.backend import AscendFIABackend, UnsupportedCon
 @pytest.fixture
 def ascend_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """``ATTENTION_BACKENDS["ascend"]`` as sglang looks it up, with the plugin active."""
-    monkeypatch.setenv("ASCEND_USE_FIA", "1")
-    from sglang.srt.layers.attention import attention_registry
-
-    plugin.activate()
-    try:
-        yield lambda runner: attention_registry.ATTENTION_BACKENDS["ascend"](runner)
-    finally:
-        plugin.deactivate()
+    with active_ascend_factory(monkeypatch) as factory:
+        yield factory
 
 
 class TinyModel(torch.nn.Module):

@@ -36,3 +36,19 @@ def served_by(records: list[dict[str, Any]]) -> set[str]:
 
 def launches_per_layer(records: list[dict[str, Any]], op: str) -> set[float]:
     return {r["launches"].get(op, 0) / r["num_layers"] for r in records}
+
+
+# Prefill runs on FIA v2 (TND up to 1M tokens), decode on v1 (BSND paged).
+PREFILL_FIA, DECODE_FIA = "fused_infer_attention_score_v2", "fused_infer_attention_score"
+
+
+def fia_launches_per_layer(records: list[dict[str, Any]]) -> dict[str, set[float]]:
+    """FIA launches per layer, by mode: each mode's own op, and both ops together."""
+    by_mode: dict[str, set[float]] = {}
+    for r in records:
+        op = DECODE_FIA if r["mode"] == "DECODE" else PREFILL_FIA
+        total = sum(r["launches"].get(o, 0) for o in (PREFILL_FIA, DECODE_FIA))
+        per_layer = by_mode.setdefault(r["mode"], set())
+        per_layer.add(r["launches"].get(op, 0) / r["num_layers"])
+        per_layer.add(total / r["num_layers"])
+    return by_mode

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+from attention.helpers import fake_runner
 
 R, ROPE, NOPE, V = 512, 64, 128, 128
 PAGE = 128
@@ -27,36 +28,15 @@ def make_pool(pages: int, layers: int = 2, dtype: torch.dtype = torch.float32) -
 
 
 def make_runner(pool: Any, q_heads: int, max_reqs: int = 32, **overrides: Any) -> Any:
-    from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
-    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
-
-    model_config = SimpleNamespace(
-        context_len=2048,
-        kv_lora_rank=R,
-        qk_rope_head_dim=ROPE,
-        qk_nope_head_dim=NOPE,
-        v_head_dim=V,
-        hf_config=SimpleNamespace(architectures=["DeepseekV2ForCausalLM"]),
-        get_num_attention_heads=lambda tp: q_heads // tp,
-    )
-    runner = SimpleNamespace(
-        device="cpu",
-        page_size=PAGE,
-        req_to_token_pool=ReqToTokenPool(
-            size=max_reqs, max_context_len=2048, device="cpu", enable_memory_saver=False
-        ),
-        token_to_kv_pool=pool,
-        model_config=model_config,
-        dtype=torch.float32,
-        kv_cache_dtype=torch.float32,
-        use_mla_backend=True,
-        spec_algorithm=SpeculativeAlgorithm.NONE,
-        is_draft_worker=False,
-        is_hybrid_swa=False,
-    )
-    for key, value in overrides.items():
-        setattr(runner, key, value)
-    return runner
+    model_fields = {
+        "kv_lora_rank": R,
+        "qk_rope_head_dim": ROPE,
+        "qk_nope_head_dim": NOPE,
+        "v_head_dim": V,
+        "hf_config": SimpleNamespace(architectures=["DeepseekV2ForCausalLM"]),
+    }
+    overrides = {"page_size": PAGE, "use_mla_backend": True, **overrides}
+    return fake_runner(pool, PAGE, q_heads, max_reqs, model_fields, **overrides)
 
 
 class KvBProj(torch.nn.Module):

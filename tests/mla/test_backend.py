@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 import torch
-from attention.helpers import Requests, forward_batch
+from attention.helpers import FakeNPUGraph, Requests, forward_batch, graph_decode_batch
 from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
 from mla.helpers import NOPE, PAGE, ROPE, R, V, make_layer, make_pool, make_runner
 from sglang_ascend_fia import ops
-from sglang_ascend_fia.attention.backend import UnsupportedConfiguration
+from sglang_ascend_fia.attention.base import UnsupportedConfiguration
 from sglang_ascend_fia.mla.backend import AscendFIAMLABackend
+from sglang_ascend_fia.mla.metadata import plan_prefill_launches
 
 PAGES = 16
 
@@ -121,18 +122,60 @@ def test_prefill_prefix_mixed_and_decode_match_the_oracle(heads: int) -> None:
         assert_close(bed.step(ForwardMode.DECODE, [1, 1, 1]))
 
 
+PREFILL_OP, DECODE_OP = "fused_infer_attention_score_v2", "fused_infer_attention_score"
+
+
 def test_one_fia_launch_per_layer_whatever_the_batch() -> None:
+    """Prefill: one FIA v2 TND launch per layer; decode: one v1 BSND paged launch."""
     bed = Bed(16, n_reqs=6, layers=3)
-    for mode, lens in (
-        (ForwardMode.EXTEND, [5, 9, 130, 1, 2, 3]),
-        (ForwardMode.EXTEND, [1, 40, 1, 1, 200, 1]),
-        (ForwardMode.DECODE, [1] * 6),
+    for mode, lens, op in (
+        (ForwardMode.EXTEND, [5, 9, 130, 1, 2, 3], PREFILL_OP),
+        (ForwardMode.EXTEND, [1, 40, 1, 1, 200, 1], PREFILL_OP),
+        (ForwardMode.DECODE, [1] * 6, DECODE_OP),
     ):
         ops.reset_launch_counts()
         bed.step(mode, lens)
         counts = ops.launch_counts()
-        assert counts["fused_infer_attention_score"] == 3, (mode, counts)
+        fia = {k: n for k, n in counts.items() if k.startswith(DECODE_OP)}
+        assert fia == {op: 3}, (mode, counts)
         assert counts["scatter_nd_update_"] == 6, (mode, counts)
+
+
+@pytest.mark.parametrize(
+    ("max_tokens", "max_requests"), [(160, 4096), (10_000, 2)], ids=["kv-tokens", "requests"]
+)
+def test_a_batch_beyond_one_launch_is_cut_into_runs_of_requests(
+    max_tokens: int, max_requests: int
+) -> None:
+    """With the per-launch limits lowered (FIA v2 takes 1M KV tokens and 4096 requests), a
+    fresh batch and a prefix batch are cut into runs of whole requests, one launch each per
+    layer, and the outputs still match the oracle."""
+    bed = Bed(16, n_reqs=5)
+    bed.backend.prefill_max_tokens = max_tokens
+    bed.backend.prefill_max_requests = max_requests
+    # fresh: 300 tokens -> [130, 7] [100, 60] [3]; prefix: KV [150, 8] [101] [69, 5]
+    for lens in ([130, 7, 100, 60, 3], [20, 1, 1, 9, 2]):
+        ops.reset_launch_counts()
+        assert_close(bed.step(ForwardMode.EXTEND, lens))
+        assert len(bed.backend.current_metadata().launches) == 3
+        assert ops.launch_counts()[PREFILL_OP] == 3 * 2  # three launches in each of two layers
+    ops.reset_launch_counts()
+    assert_close(bed.step(ForwardMode.DECODE, [1] * 5))
+    assert ops.launch_counts()[DECODE_OP] == 2  # decode stays one launch per layer
+
+
+def test_launch_plan_cuts_at_the_limits_and_keeps_requests_whole() -> None:
+    plan = plan_prefill_launches([3, 4, 5, 1], [10, 4, 20, 8], max_tokens=28, max_requests=8)
+    assert [(p.q_rows, p.kv_rows) for p in plan] == [
+        (slice(0, 7), slice(0, 14)),
+        (slice(7, 13), slice(14, 42)),
+    ]
+    assert [(p.cum_q_lens, p.cum_kv_lens) for p in plan] == [([3, 7], [10, 14]), ([5, 6], [20, 28])]
+    assert len(plan_prefill_launches([1] * 9, [1] * 9, 100, max_requests=4)) == 3
+    (whole,) = plan_prefill_launches([2, 2], [5, 6], 11, 2)
+    assert whole.cum_kv_lens == [5, 11]
+    with pytest.raises(ValueError, match="request 1 attends 30 KV tokens, more than one FIA"):
+        plan_prefill_launches([1, 1], [3, 30], 24, 8)
 
 
 class CacheSplitOrCat(torch.overrides.TorchFunctionMode):
@@ -203,12 +246,11 @@ def test_decode_padding_buffers_are_reused_across_layers_and_steps() -> None:
     ("overrides", "message"),
     [
         ({"page_size": 64}, "--page-size=64 is not allowed"),
-        ({"use_mla_backend": False}, "does not use MLA"),
-        ({"kv_cache_dtype": torch.float8_e4m3fn}, "quantized KV caches"),
-        ({"is_hybrid_swa": True}, "sliding-window"),
+        ({"device": "npu:0", "dtype": torch.float32}, "--dtype float32 is not a dtype FIA takes"),
     ],
+    ids=["page-64", "fp32-npu"],
 )
-def test_unsupported_configurations_refused_at_construction(
+def test_what_no_backend_runs_is_refused_at_construction(
     overrides: dict[str, Any], message: str
 ) -> None:
     runner = make_runner(make_pool(2), 16, **overrides)
@@ -217,21 +259,72 @@ def test_unsupported_configurations_refused_at_construction(
     assert message in str(info.value)
 
 
-def test_attention_dims_fia_cannot_take_are_refused() -> None:
-    runner = make_runner(make_pool(2), 16)
-    runner.model_config.qk_nope_head_dim = 64
-    runner.model_config.kv_lora_rank = 256
-    with pytest.raises(UnsupportedConfiguration) as info:
+def test_what_is_handed_off_is_refused_if_built_directly() -> None:
+    """The registry hands these to sglang's own backend; built directly, the backend names
+    the reason instead of computing them wrongly."""
+    runner = make_runner(make_pool(2), 16, is_hybrid_swa=True)
+    with pytest.raises(UnsupportedConfiguration, match="sliding-window MLA"):
         AscendFIAMLABackend(runner)
-    assert "kv_lora_rank 256" in str(info.value) and "(64, 128)" in str(info.value)
+    with pytest.raises(UnsupportedConfiguration, match="does not use MLA"):
+        AscendFIAMLABackend(make_runner(make_pool(2), 16, use_mla_backend=False))
 
 
-def test_more_heads_than_fia_prefill_takes_are_refused() -> None:
-    with pytest.raises(UnsupportedConfiguration, match="at most 128"):
-        AscendFIAMLABackend(make_runner(make_pool(2), 256))
+def test_decode_graph_replay_rebinds_kv_lengths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Capture an MLA decode the way NPUGraphRunner does (every length 0, every
+    ``req_pool_indices`` 0), then replay at real lengths through the ``actual_seq_lengths_kv``
+    update: the output equals an eager decode each time. (16 heads: the fake graph replays the
+    FIA calls only, so the query must reach FIA without a padding copy.)"""
+    heads = 16
+    bed = Bed(heads, n_reqs=3)
+    bed.step(ForwardMode.EXTEND, [20, 140, 7])
+    backend, layer = bed.backend, bed.layers[0]
+    backend.init_cuda_graph_state(max_bs=4, max_num_tokens=4)
+    q_static, q_rope_static = bed.rand(3, heads, R), bed.rand(3, heads, ROPE)
+    k_rope = bed.rand(3, 1, ROPE)
+
+    def decode_batch(lens: list[int], rows: list[int]) -> Any:
+        return graph_decode_batch(bed.reqs, lens, rows)
+
+    def decode(fb: Any) -> torch.Tensor:
+        return backend.forward_decode(
+            q_static,
+            None,
+            None,
+            layer,
+            fb,
+            save_kv_cache=False,
+            q_rope=q_rope_static,
+            k_rope=k_rope,
+        )
+
+    graph = FakeNPUGraph()
+    capture_fb = decode_batch([0, 0, 0], [0, 0, 0])
+    backend.init_forward_metadata_out_graph(capture_fb, in_capture=True)
+    out_static = graph.capture(monkeypatch, lambda: decode(capture_fb))
+    assert graph.bound_lists == [backend.forward_metadata.kv_lens]
+
+    for growth in ((1, 1, 60), (130, 2, 1)):
+        for i, n in enumerate(growth):
+            bed.reqs.extend(i, n)
+        replay_lens = list(bed.reqs.lens)
+        q_static.copy_(bed.rand(3, heads, R))
+        backend.init_forward_metadata_out_graph(decode_batch(replay_lens, bed.reqs.rows))
+        graph.update(cpu_update_input=[{"actual_seq_lengths_kv": replay_lens}])
+        graph.replay()
+        fb = decode_batch(replay_lens, bed.reqs.rows)
+        backend.init_forward_metadata(fb)
+        torch.testing.assert_close(out_static, decode(fb), rtol=1e-5, atol=1e-5)
 
 
-def test_graph_mode_is_refused_with_the_way_out() -> None:
-    backend = AscendFIAMLABackend(make_runner(make_pool(2), 16))
-    with pytest.raises(UnsupportedConfiguration, match="--disable-cuda-graph"):
-        backend.init_cuda_graph_state(8, 8)
+def test_decode_head_padding_is_allocated_before_graph_capture() -> None:
+    """12 heads pad to 16 for decode: init_cuda_graph_state sizes the padding buffers for the
+    largest captured batch, so capturing or replaying any batch up to it never reallocates a
+    buffer a graph reads."""
+    bed = Bed(12, n_reqs=3)
+    bed.step(ForwardMode.EXTEND, [5, 9, 3])
+    bed.backend.init_cuda_graph_state(max_bs=8, max_num_tokens=8)
+    reserved = {name: t.data_ptr() for name, t in bed.backend.heads._buffers.items()}
+    assert {"decode_q", "decode_q_rope"} <= set(reserved)
+    assert bed.backend.heads._buffers["decode_q"].shape == (8, 16, R)
+    assert_close(bed.step(ForwardMode.DECODE, [1, 1, 1]))
+    assert {name: t.data_ptr() for name, t in bed.backend.heads._buffers.items()} == reserved

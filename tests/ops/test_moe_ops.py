@@ -307,6 +307,26 @@ def test_moe_gating_top_k_softmax_without_renorm_keeps_raw_probabilities() -> No
     torch.testing.assert_close(norm, probs)
 
 
+def test_moe_gating_top_k_sigmoid_renormalises_whatever_renorm_says() -> None:
+    # The kernel (moe_gating_top_k_generalized.h: needRenorm = normType == 1 || renorm == 1)
+    # and the CANN formula both divide sigmoid weights by their sum, so renorm=0 cannot give
+    # DeepSeek-V3's norm_topk_prob=False weights; the raw ones are norm_out at the chosen ids
+    # (what sglang_ascend_fia.moe.gating uses). Brute force in float64, by hand.
+    x = torch.tensor([[-1.0, 2.0, 0.5, 1.5, -0.5, 0.0], [0.3, -2.0, 1.0, 0.2, 0.8, -0.1]])
+    raw = [[1 / (1 + math.exp(-v)) for v in row] for row in x.double().tolist()]
+    top = [sorted(range(6), key=lambda e, r=r: -r[e])[:3] for r in raw]
+    for renorm in (0, 1):
+        y, idx, norm = ops.moe_gating_top_k(
+            x, 3, renorm=renorm, norm_type=1, out_flag=True, routed_scaling_factor=2.0
+        )
+        assert idx.tolist() == top
+        for t, experts in enumerate(top):
+            picked = [raw[t][e] for e in experts]
+            expected = [2.0 * w / sum(picked) for w in picked]
+            assert y[t].tolist() == pytest.approx(expected, rel=1e-6)
+            assert norm[t, idx[t].long()].tolist() == pytest.approx(picked, rel=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # moe_gating_top_k_softmax
 # ---------------------------------------------------------------------------------------------

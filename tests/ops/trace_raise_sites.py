@@ -7,10 +7,11 @@ fast-test environment::
         tests/ops/trace_raise_sites.py tests/ops [more pytest args]
 
 A *raise site* is a ``raise`` statement or a call to one of the raising helpers of
-``ops._checks`` (``fail``, ``not_implemented``, ``require``). A site counts as reached only if
-an exception actually propagates through its lines while the tests run (a ``require`` whose
-condition held does not count), so this is stricter than line coverage. Exits 1 when a site is
-left unreached. ``fia/reference.py`` is excluded (its owner tests it separately).
+``ops._checks`` (``fail``, ``not_implemented``, ``require``, ``require_indices_below``). A site
+counts as reached only if an exception actually propagates through its lines while the tests run
+(a ``require`` whose condition held does not count), so this is stricter than line coverage.
+Exits 1 when a site is left unreached. ``fia/reference.py`` is excluded (its owner tests it
+separately).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 OPS = Path(__file__).resolve().parents[2] / "sglang_ascend_fia" / "ops"
 EXCLUDED = {"fia/reference.py"}
-RAISERS = {"fail", "not_implemented", "require"}
+RAISERS = {"fail", "not_implemented", "require", "require_indices_below"}
 
 _hits: dict[str, set[int]] = {}
 

@@ -53,6 +53,31 @@ STOCK: dict[str, dict[str, Any]] = {
         "module": "sglang.srt.layers.quantization.unquant",
         "qualname": "UnquantizedFusedMoEMethod.forward_cpu",
     },
+    "w8a8-int8-methods": {
+        "type": "function",
+        "module": "sglang.srt.layers.quantization.w8a8_int8",
+        "qualname": "W8A8Int8Config.get_quant_method",
+    },
+    "moe-gating-top-k-npu": {
+        "type": "function",
+        "module": "sglang.srt.layers.moe.topk",
+        "qualname": "TopK.forward_npu",
+    },
+    "moe-routed-experts-npu": {
+        "type": "function",
+        "module": "sglang.srt.layers.quantization.unquant",
+        "qualname": "UnquantizedFusedMoEMethod.forward_npu",
+    },
+    "moe-npu-init-routing": {
+        "type": "function",
+        "module": "sglang.srt.hardware_backend.npu.moe.init_routing",
+        "qualname": "NPUMoEInitRouting_v2._init_routing",
+    },
+    "moe-npu-finalize-routing": {
+        "type": "function",
+        "module": "sglang.srt.hardware_backend.npu.moe.finalize_routing",
+        "qualname": "NPUFinalizeRouting._finalize_routing",
+    },
 }
 # Modules that must import on the CPU test bed: if one stops importing, the test bed is broken
 # and the matrix must fail rather than skip itself away.
@@ -60,30 +85,59 @@ MUST_IMPORT = {
     "sglang.srt.layers.attention.attention_registry",
     "sglang.srt.layers.moe.topk",
     "sglang.srt.layers.quantization.unquant",
+    "sglang.srt.layers.quantization.w8a8_int8",
+    "sglang.srt.hardware_backend.npu.moe.init_routing",
+    "sglang.srt.hardware_backend.npu.moe.finalize_routing",
 }
 
 
 @functools.cache
-def _import_error(module: str) -> str | None:
-    """Modules such as the in-tree ascend_backend import torch_npu and cannot load on CPU."""
-    probe = subprocess.run(
-        [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, env=os.environ
+def _import_errors() -> dict[str, str]:
+    """Which entry modules cannot import here (e.g. the in-tree ascend_backend imports torch_npu
+    and cannot load on CPU), probed in one fresh interpreter, one module at a time."""
+    modules = sorted({e.module for e in ENTRIES})
+    probe = (
+        "import importlib, json, sys, traceback\n"
+        "errors = {}\n"
+        "for name in sys.argv[1:]:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except BaseException:\n"
+        "        errors[name] = traceback.format_exc()[-2000:]\n"
+        "print(json.dumps(errors))\n"
     )
-    return None if probe.returncode == 0 else probe.stderr.strip()[-2000:]
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, *modules], capture_output=True, text=True, env=os.environ
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def run(entry: PatchEntry, *steps: str, toggle: str = "1") -> dict[str, Any]:
+def _importable() -> list[PatchEntry]:
+    return [e for e in ENTRIES if e.module not in _import_errors()]
+
+
+@functools.cache
+def _run_all(steps: tuple[str, ...], toggle: str) -> dict[str, Any]:
+    """One fresh interpreter runs ``steps`` for every importable entry at once."""
+    names = ",".join(e.name for e in _importable())
     env = {**os.environ, "ASCEND_USE_FIA": toggle}
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
-        [sys.executable, "-m", "patching.scenario", entry.name, *steps],
+        [sys.executable, "-m", "patching.scenario", names, *steps],
         capture_output=True,
         text=True,
         env=env,
         timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def run(entry: PatchEntry, *steps: str, toggle: str = "1") -> dict[str, Any]:
+    """``entry``'s part of the ordering's report, with what activation imported."""
+    report = _run_all(steps, toggle)
+    return {**report["entries"][entry.name], "imported_by_activate": report["imported_by_activate"]}
 
 
 def _is_stock(entry: PatchEntry, target: dict[str, Any] | None, module_file: str) -> bool:
@@ -112,7 +166,7 @@ def assert_original(entry: PatchEntry, report: dict[str, Any], check: dict[str, 
 
 @pytest.fixture(params=ENTRIES, ids=lambda e: e.name)
 def entry(request: pytest.FixtureRequest) -> PatchEntry:
-    error = _import_error(request.param.module)
+    error = _import_errors().get(request.param.module)
     if error is not None:
         if request.param.module in MUST_IMPORT:
             pytest.fail(f"{request.param.module} must import on the CPU test bed:\n{error}")

@@ -43,6 +43,7 @@ def test_doctor_json_when_active() -> None:
     statuses = {p["name"]: p for p in report["patches"]}
     assert set(statuses) == {e.name for e in load_manifest()}
     assert statuses["ascend-fia-backend"]["status"] == "applied"
+    assert statuses["w8a8-int8-methods"]["status"] == "applied", statuses["w8a8-int8-methods"]
     for patch in report["patches"]:
         assert patch["status"] in {"applied", "skipped"}, patch
         assert patch["status"] == "applied" or patch["reason"]

@@ -59,3 +59,41 @@ def explains(run: str, error: str, head_dim: int) -> Finding | None:
         (f for f in FINDINGS if f.run == run and head_dim in f.head_dims and f.error in error),
         None,
     )
+
+
+@dataclass(frozen=True)
+class RoutingFinding:
+    """A MoE routing that sglang 0.5.23's NPU path (``TopK.forward_npu``) gets wrong vs HF."""
+
+    case: str  # the testbed.moe_layers.DEEPSEEK case (tests/moe/test_moe_npu_dispatch.py)
+    cause: str  # upstream file:line and why
+
+
+UPSTREAM_NPU_SIGMOID_RENORMALISED = RoutingFinding(
+    case="v3-sigmoid-unnormalised",
+    cause=(
+        "hardware_backend/npu/moe/topk.py:72-101 (fused_topk_npu) calls npu_moe_gating_top_k "
+        "with renorm=renormalize and norm_type=1 for sigmoid; the kernel renormalises sigmoid "
+        "whatever renorm says (needRenorm = normType == 1 || renorm == 1 in the CANN kernel "
+        "moe_gating_top_k_generalized.h, as ops.moe_gating_top_k models it; inferred for the "
+        "shipped kernel, which verify-ops checks on an NPU), so a DeepSeek-V3 model with "
+        "norm_topk_prob=False gets top-k weights that sum to routed_scaling_factor instead of "
+        "HF's raw sigmoid scores: every token departs"
+    ),
+)
+
+UPSTREAM_NPU_GROUP_SELECT_MODE = RoutingFinding(
+    case="v2-grouped-softmax",
+    cause=(
+        "hardware_backend/npu/moe/topk.py:88 passes group_select_mode=1 (a group scores by the "
+        "sum of its best two experts) for every grouped call; DeepSeek-V2's "
+        "group_limited_greedy (HF, and sglang's own grouped_topk) scores a group by its best "
+        "expert, so tokens whose two rules pick different groups depart. Softmax without a "
+        "correction bias reaches that call only with a num_token_non_padded bound in the "
+        "forward context (EP > 1, DP-attention gather, custom all-to-all: "
+        "model_executor/forward_batch_info.py:2271-2285); without one fused_topk_npu falls back "
+        "to select_experts (topk.py:103-113), which is right"
+    ),
+)
+
+ROUTING_FINDINGS = (UPSTREAM_NPU_SIGMOID_RENORMALISED, UPSTREAM_NPU_GROUP_SELECT_MODE)

@@ -70,6 +70,8 @@ PROMPT_HEAD_DIM_ALIGN = 16  # Q_S>1, float: "全为float16、bfloat16时, D轴�
 TND_HEADS = (8, 16, 32, 64, 128)  # v1: "N等于8/16/32/64/128, 且Q_N、K_N、V_N相等"
 TND_MAX_TOKENS = {1: 65536, 2: 1 << 20}  # v1 "T小于等于65536"; v2 "T小于等于1M"
 TND_MAX_BATCH_V2 = 4096  # v2: "actual_seq_qlen和actual_seq_kvlen的元素个数不大于4096"
+# TND with query_rope/key_rope (v2 doc, applied to v1 too, see check below): Q_D = K_D = V_D.
+TND_ROPE_HEAD_DIM = 128
 
 # TND with page attention: the (D, V_D) pairs sglang 0.5.23 sends through one multi-request TND
 # paged call (``_can_use_tnd``, hardware_backend/npu/attention/ascend_backend.py:459-464). Its
@@ -354,7 +356,7 @@ def check_tnd_dense(c: CallShape) -> None:
         # The v2 doc: with rope "要求Q_D、K_D、V_D等于128" and rope D 64. The v1 doc gives no TND
         # rope rule; v2's is applied to v1 too (inferred: same kernel; rejected: v1's no-rope
         # Q_D=192 read as nope+rope, which no doc states).
-        if dims != (128, 128, 128) or c.rope_dim != MLA_ROPE_DIM:
+        if dims != (TND_ROPE_HEAD_DIM,) * 3 or c.rope_dim != MLA_ROPE_DIM:
             fail(
                 OP,
                 "query/key/value D, rope D",

@@ -20,6 +20,7 @@ from sglang_ascend_fia.ops._checks import (
     fail,
     not_implemented,
     require,
+    require_indices_below,
 )
 from sglang_ascend_fia.ops._dispatch import npu_op
 from sglang_ascend_fia.ops.quant import dynamic_int8_rows
@@ -206,8 +207,7 @@ def moe_init_routing_v2(
     hidden = x.shape[1]
     start, end = _expert_range(active_expert_range, expert_num)
     flat = expert_idx.reshape(-1).long()
-    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= expert_num):
-        fail(_INIT, "expert_idx", expert_idx, f"values must lie in [0, expert_num={expert_num})")
+    require_indices_below(_INIT, "expert_idx", expert_idx, expert_num, f"expert_num={expert_num}")
     routed = (flat >= start) & (flat < end)
     avail = int(routed.sum())
     # Unrouted pairs sort after every routed one; stable, so ties keep source order.
@@ -368,8 +368,7 @@ def moe_finalize_routing(
     else:
         num_rows, top_k = total // k, k
     idx = expanded_src_to_dst_row.long()
-    if total and (int(idx.min()) < 0 or int(idx.max()) >= total):
-        fail(_FINAL, "expanded_src_to_dst_row", idx, f"values must lie in [0, NUM_ROWS*K={total})")
+    require_indices_below(_FINAL, "expanded_src_to_dst_row", idx, total, f"NUM_ROWS*K={total}")
     token = torch.arange(num_rows, device=idx.device).unsqueeze(1)
     slot = torch.arange(top_k, device=idx.device).unsqueeze(0)
     pos = token * top_k + slot if drop_pad_mode == 2 else token + slot * num_rows
@@ -377,13 +376,10 @@ def moe_finalize_routing(
     if bias is not None:
         assert export_for_source_row is not None
         experts = export_for_source_row.long()
-        if int(experts.min()) < 0 or int(experts.max()) >= bias.shape[0]:
-            fail(
-                _FINAL,
-                "export_for_source_row",
-                experts,
-                f"values must lie in [0, E={bias.shape[0]})",
-            )
+        num_experts = bias.shape[0]
+        require_indices_below(
+            _FINAL, "export_for_source_row", experts, num_experts, f"E={num_experts}"
+        )
         picked = picked + bias.float()[experts]
     weights = (
         scales.float() if scales is not None else torch.ones(num_rows, top_k, device=idx.device)

@@ -124,15 +124,23 @@ class EngineProcess:
         max_new_tokens: int,
         *,
         timeout: float = 300.0,
+        return_logprob: bool = False,
         **sampling: Any,
     ) -> dict[str, Any]:
-        """Greedy generation; returns ``{"output_ids": [...], "meta": [...], "elapsed_s": s}``."""
+        """Greedy generation; returns ``{"output_ids": [...], "meta": [...], "elapsed_s": s}``.
+
+        ``return_logprob`` adds sglang's ``output_token_logprobs`` (``[(logprob, token_id,
+        None), ...]`` per request) to each ``meta``."""
         params = {"temperature": 0.0, "max_new_tokens": max_new_tokens, "ignore_eos": True}
         params.update(sampling)
+        request = {
+            "op": "generate",
+            "input_ids": input_ids,
+            "sampling_params": params,
+            "return_logprob": return_logprob,
+        }
         assert self._proc.stdin is not None
-        self._proc.stdin.write(
-            json.dumps({"op": "generate", "input_ids": input_ids, "sampling_params": params}) + "\n"
-        )
+        self._proc.stdin.write(json.dumps(request) + "\n")
         self._proc.stdin.flush()
         reply = self._read_reply(timeout)
         if not reply["ok"]:

@@ -41,6 +41,7 @@ def main() -> None:
             outs = engine.generate(
                 input_ids=request["input_ids"],
                 sampling_params=request["sampling_params"],
+                return_logprob=request.get("return_logprob", False),
             )
             elapsed = time.perf_counter() - t0
             if isinstance(outs, dict):

@@ -12,6 +12,9 @@ What it provides, and how:
   runs on upstream's calls exactly as on the plugin's. The one conversion is torch's own binding
   behaviour for ``int[]`` arguments: a tensor or numpy array of ints arrives as a list of ints
   (see :func:`torch_npu.standin.int_array`).
+- The MoE kernels sglang's NPU MoE path calls (``npu_moe_gating_top_k(_softmax)``,
+  ``npu_moe_init_routing_v2``, ``npu_grouped_matmul``, ``npu_swiglu``,
+  ``npu_moe_finalize_routing``; :mod:`torch_npu.moe`) are handed to ``ops`` the same way.
 - ``_npu_reshape_and_cache``, ``_npu_flash_attention_qlens`` and ``_npu_paged_attention`` have
   brute-force references in :mod:`torch_npu.references`, each citing the public source it follows.
 - Any other public name resolves to a function that raises ``NotImplementedError`` when called,
@@ -30,7 +33,7 @@ from typing import Any
 
 import torch
 
-from torch_npu import references, standin
+from torch_npu import moe, references, standin
 from torch_npu.standin import (
     reset_standin_call_counts,
     standin_call_counts,
@@ -53,9 +56,13 @@ _npu_flash_attention_qlens = standin.counted(
 _npu_paged_attention = standin.counted("_npu_paged_attention", references.paged_attention)
 
 # sglang calls some kernels through the dispatcher namespace (``ascend_backend.py:3245`` decode,
-# ``:3523`` mixed). ``torch.ops.npu`` is a lazily created namespace object; an attribute set on
-# it is found before its ``__getattr__`` looks the op up in the dispatcher.
+# ``:3523`` mixed; the whole MoE path, ``hardware_backend/npu/moe/``). ``torch.ops.npu`` is a
+# lazily created namespace object; an attribute set on it is found before its ``__getattr__``
+# looks the op up in the dispatcher.
 torch.ops.npu.npu_fused_infer_attention_score = npu_fused_infer_attention_score
+globals().update(moe.FUNCTIONS)
+for _name, _function in moe.FUNCTIONS.items():
+    setattr(torch.ops.npu, _name, _function)
 
 __all__ = [
     "npu_fused_infer_attention_score",

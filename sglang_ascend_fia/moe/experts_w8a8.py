@@ -1,0 +1,134 @@
+"""``W8A8Int8MoEMethod.apply`` through ``ops``: the NPU W8A8 routed-expert chain.
+
+sglang 0.5.23 on an NPU, W8A8 experts (``NPUW8A8Int8MoEMethod``,
+``hardware_backend/npu/quantization/moe_methods.py:616-714``): the dispatcher quantises while it
+routes (``npu_moe_init_routing_v2(quant_mode=1)``, ``token_dispatcher/ascend_tp.py:76-87``), the
+runner (``moe_runner/ascend.py:207-279``) runs ``npu_grouped_matmul`` on int8 with ``scale=[w13
+scale]`` and ``per_token_scale=[routing scale]``, then ``npu_dequant_swiglu_quant(quant_mode=1,
+activate_left=True)`` (``moe/activation.py:31-38``) re-quantises the SwiGLU output per token for
+the w2 grouped matmul, and ``npu_moe_finalize_routing(drop_pad_mode=2)`` combines.
+``lay_out_weights`` is that method's load-time layout. ``sglang_ascend_fia.w8a8.methods`` puts
+both on sglang's ``W8A8Int8MoEMethod``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sglang_ascend_fia import ops
+from sglang_ascend_fia.moe._fallback import fall_back_once
+from sglang_ascend_fia.moe.experts import unsupported_reason
+
+_HOOK = "moe experts (w8a8_int8)"
+
+
+def scale_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """The per-channel scale dtype the int8 grouped matmul needs for a ``dtype`` output.
+
+    The A2/A3 dtype table pairs a bfloat16 scale with bfloat16 output and a float32 scale with
+    float16 output. ``NPUW8A8Int8MoEMethod`` always casts to bfloat16, a pair outside that table
+    for a float16 model (inferred: not run on an NPU); this picks the table's pair for either.
+    """
+    if dtype == torch.bfloat16:
+        return torch.bfloat16
+    if dtype == torch.float16:
+        return torch.float32
+    raise ValueError(
+        f"W8A8 MoE hidden_states dtype={dtype}; accepted: torch.bfloat16 or torch.float16 "
+        "(the int8 grouped matmul's output dtypes; w8a8_int8 also runs only in these)"
+    )
+
+
+def stock_reason(layer: Any, config: Any) -> str | None:
+    """Why this W8A8 layer keeps sglang's own method (the same limits as the BF16 chain)."""
+    return unsupported_reason(layer, config)
+
+
+def log_stock_fallback(reason: str) -> None:
+    """One log line per reason and process: sglang's own W8A8 MoE method serves the layer."""
+    fall_back_once(_HOOK, reason)
+
+
+def lay_out_weights(layer: Any) -> None:
+    """``NPUW8A8Int8MoEMethod.process_weights_after_loading`` (``moe_methods.py:647-686``):
+    int8 ``w13`` ``[E, 2I, H]`` and ``w2`` ``[E, H, I]`` -> ``[E, in, out]`` contiguous, the
+    grouped matmul's ``[E, K, N]``; scales ``[E, out, 1]`` -> ``[E, out]`` (kept float32 here;
+    ``routed_experts_w8a8`` casts them to the dtype the output needs)."""
+    for prefix in ("w13", "w2"):
+        weight = getattr(layer, f"{prefix}_weight").data
+        if weight.dtype != torch.int8 or weight.dim() != 3:
+            raise ValueError(
+                f"w8a8_int8 MoE {prefix}_weight has dtype {weight.dtype} and shape "
+                f"{tuple(weight.shape)}; accepted: int8 [experts, out, in] as written by "
+                "`sglang-ascend-fia quantize-w8a8`"
+            )
+        transposed = weight.transpose(1, 2).contiguous()
+        setattr(layer, f"{prefix}_weight", torch.nn.Parameter(transposed, requires_grad=False))
+        scale = getattr(layer, f"{prefix}_weight_scale").data.squeeze(-1)
+        setattr(layer, f"{prefix}_weight_scale", torch.nn.Parameter(scale, requires_grad=False))
+
+
+def routed_experts_w8a8(
+    x: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    w13: torch.Tensor,
+    w13_scale: torch.Tensor,
+    w2: torch.Tensor,
+    w2_scale: torch.Tensor,
+) -> torch.Tensor:
+    """``sum_k w[t, k] * W2_e(swiglu(W13_e x_t))`` with int8 activations and weights.
+
+    ``w13`` int8 ``[E, H, 2I]`` (gate columns first) and ``w2`` int8 ``[E, I, H]`` with
+    per-channel scales ``[E, 2I]`` and ``[E, H]``: the layout ``lay_out_weights`` leaves.
+    """
+    num_tokens, top_k = topk_ids.shape
+    num_experts = w13.shape[0]
+    scale_dtype = scale_dtype_for(x.dtype)
+    ids = topk_ids.to(torch.int32)
+    permuted, expanded_row_idx, expert_tokens, token_scale = ops.moe_init_routing_v2(
+        x,
+        ids,
+        active_num=num_tokens * top_k,
+        expert_num=num_experts,
+        expert_tokens_num_type=1,
+        expert_tokens_num_flag=True,
+        active_expert_range=[0, num_experts],
+        quant_mode=1,
+    )
+    expert_tokens = expert_tokens.to(torch.int64)
+    gate_up = ops.grouped_matmul(
+        [permuted],
+        [w13],
+        scale=[w13_scale.to(scale_dtype)],
+        per_token_scale=[token_scale],
+        split_item=2,
+        group_type=0,
+        group_list_type=1,
+        group_list=expert_tokens,
+        output_dtype=x.dtype,
+    )[0]
+    hidden, hidden_scale = ops.dequant_swiglu_quant(gate_up, quant_mode=1, activate_left=True)
+    down = ops.grouped_matmul(
+        [hidden],
+        [w2],
+        scale=[w2_scale.to(scale_dtype)],
+        per_token_scale=[hidden_scale],
+        split_item=2,
+        group_type=0,
+        group_list_type=1,
+        group_list=expert_tokens,
+        output_dtype=x.dtype,
+    )[0]
+    return ops.moe_finalize_routing(
+        down,
+        None,
+        None,
+        None,
+        topk_weights.to(x.dtype),
+        expanded_row_idx,
+        ids,
+        drop_pad_mode=2,
+    )
