@@ -23,6 +23,7 @@ BENCHMARKS = (
     "bench.upstream_bench",
     "bench.mla_bench",
     "bench.moe_bench",
+    "bench.serve_bench",
 )
 RESULTS = Path(__file__).resolve().parents[1] / "bench-results.json"
 

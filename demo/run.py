@@ -12,8 +12,11 @@
 5. Runs the engine tests' workloads through the plugin and sglang's in-tree Ascend backend in
    both of its modes (on the test-only torch_npu stand-in, ``demo/upstream.py``) and prints
    which paths match HF, their attention launches per layer, and the cause of each failure.
-6. Exits 1 on any mismatch of the plugin, or if a forward made other than one FIA launch per
-   layer.
+6. Runs the ``make test`` serving load (64 requests, 16 at a time, through the real
+   ``sglang.launch_server`` and the ``openai`` client) through the plugin and stock sglang, and
+   prints the request count, the errors and the throughput of each.
+7. Exits 1 on any mismatch of the plugin, if a forward made other than one FIA launch per
+   layer, or on any error, drop or answer differing from stock's under load.
 
 The test bed (``tests/support``: the ``sgl_kernel`` stand-in, the torchvision fix, the launch
 probe) is put on ``PYTHONPATH`` by the Makefile; none of it is part of the wheel.
@@ -36,6 +39,9 @@ from testbed.oracle import hf_greedy
 NEW_TOKENS = 16
 PAGE_SIZE = 128
 SHOWN_TOKENS = 8  # token ids printed per cell; the comparison uses all of them
+# The serving load at the size ``make test`` runs it (tests/e2e/test_serve_load.py).
+LOAD_REQUESTS = 64
+LOAD_CONCURRENCY = 16
 ENGINE_ARGS: dict[str, Any] = {"page_size": PAGE_SIZE, "chunked_prefill_size": 256}
 
 
@@ -111,6 +117,25 @@ def render(rows: list[Row], launches: set[float], timings: dict[str, float]) -> 
     return "\n".join(lines), ok
 
 
+def render_load(load: Any) -> tuple[str, bool]:
+    """The serving load's request count, errors and throughput against stock, and its verdict
+    (``load`` is a ``testbed.load_vs_stock.LoadComparison``)."""
+    mark = {True: "✓", False: "✗"}
+    problems = load.plugin.problems + load.stock.problems
+    lines = [
+        f"requests: {load.requests} per server ({load.concurrency} at a time), "
+        f"errors/drops/truncations: {len(problems)} {mark[not problems]}",
+        f"throughput: plugin {load.plugin.tokens_per_s:.1f} tok/s, stock torch_native "
+        f"{load.stock.tokens_per_s:.1f} tok/s, ratio {load.throughput_ratio:.2f}",
+        f"requests sglang retracted for want of KV pages (24-page pool): plugin "
+        f"{load.plugin.retracted}, stock {load.stock.retracted}",
+        f"plugin answers that differ from stock's: {load.differ_from_stock} "
+        f"{mark[load.differ_from_stock == 0]}",
+        *problems[:5],
+    ]
+    return "\n".join(lines), not problems and load.differ_from_stock == 0
+
+
 # The models shown, each in its own table: the tiny Qwen2 (MHA/GQA) and the tiny
 # DeepSeek-V2-Lite-style model (MLA attention with the real 512/64 latent dims, MoE stock).
 MODELS: dict[str, Callable[[], Path]] = {
@@ -161,7 +186,23 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== Qwen2 (GQA): the plugin beside sglang's own Ascend backend ==", flush=True)
     side_by_side, plugin_ok = upstream.report(build_qwen2())
     print(side_by_side, flush=True)
-    return 0 if all_ok and plugin_ok else 1
+    from testbed.load_vs_stock import compare_with_stock
+
+    print(
+        f"\n== Qwen2 (GQA) under load: sglang.launch_server + openai client, "
+        f"{LOAD_REQUESTS} requests, {LOAD_CONCURRENCY} at a time ==",
+        flush=True,
+    )
+    load = compare_with_stock(
+        build_qwen2(),
+        requests=LOAD_REQUESTS,
+        concurrency=LOAD_CONCURRENCY,
+        rounds=1,
+        one_at_a_time=False,
+    )
+    load_text, load_ok = render_load(load)
+    print(load_text, flush=True)
+    return 0 if all_ok and plugin_ok and load_ok else 1
 
 
 if __name__ == "__main__":

@@ -42,8 +42,9 @@ class PatchStatus:
 
 
 class ActivationError(config.StartupError):
-    """The plugin cannot load: the manifest is missing or malformed, or a hook raised while
-    ``activate()`` applied it to an already-imported module. Fatal, like an invalid toggle:
+    """The plugin cannot load: the manifest is missing or malformed, no entry covers the
+    installed sglang, or a hook raised while ``activate()`` applied it to an already-imported
+    module. Fatal, like an invalid toggle:
     sglang must not run stock when the user asked for FIA."""
 
 
@@ -91,6 +92,26 @@ def _skip_reason(entry: PatchEntry, version: Version | None) -> str | None:
     if not module_file_exists(entry.module):
         return f"module {entry.module} is missing from the installed sglang {version}"
     return None
+
+
+def _unsupported_version(entries: list[PatchEntry], version: Version | None) -> str | None:
+    """The refusal when no entry of the manifest covers the installed sglang, else ``None``.
+
+    One entry out of range is skipped (sglang runs that part stock), but with every entry out
+    of range the user asked for FIA on an sglang this release knows nothing about: starting
+    stock would silently ignore ``ASCEND_USE_FIA=1`` (and on an NPU run code the patches were
+    written to replace), so sglang stops instead, like on an invalid toggle.
+    """
+    if version is None or not entries:
+        return None
+    if any(entry.sglang.contains(version, prereleases=True) for entry in entries):
+        return None
+    ranges = " or ".join(sorted({str(entry.sglang) for entry in entries}))
+    return (
+        f"sglang-ascend-fia: sglang {version} is not supported: this release patches sglang "
+        f"{ranges}; install a supported sglang (pip install 'sglang-ascend-fia[sglang]'), "
+        f"or unset {config.TOGGLE_ENV} to run sglang without the plugin"
+    )
 
 
 def _skip(entry: PatchEntry, reason: str) -> None:
@@ -145,8 +166,9 @@ def activate() -> None:
     """Entry point for sglang's plugin loader. Idempotent.
 
     Raises :class:`config.ToggleError` on an invalid ``ASCEND_USE_FIA`` and
-    :class:`ActivationError` when the manifest cannot be loaded or a hook fails on an
-    already-imported module; both are ``SystemExit``, so sglang stops instead of running stock.
+    :class:`ActivationError` when the manifest cannot be loaded, no entry covers the installed
+    sglang, or a hook fails on an already-imported module; both are ``SystemExit``, so sglang
+    stops instead of running stock.
     """
     global _active, _activating, _entries
     settings = config.resolve()
@@ -158,6 +180,13 @@ def activate() -> None:
         _entries = _load_entries()
         version = sglang_version()
         _status.clear()
+        refusal = _unsupported_version(_entries, version)
+        if refusal is not None:
+            for entry in _entries:  # doctor lists each one with its reason
+                _status[entry.name] = PatchStatus(
+                    entry, "skipped", _skip_reason(entry, version) or ""
+                )
+            raise ActivationError(refusal)
         for entry in _entries:
             if entry.name in _applied:  # left installed by an activation that failed later
                 _status[entry.name] = PatchStatus(entry, "applied")

@@ -58,3 +58,43 @@ def test_no_arguments_accepted(capsys) -> None:  # type: ignore[no-untyped-def]
         main(["--fast"])
     assert exit_info.value.code == 2
     assert "unrecognized arguments: --fast" in capsys.readouterr().err
+
+
+def _load(**changes: object):  # type: ignore[no-untyped-def]
+    from testbed.load_vs_stock import LoadComparison, ServedLoad
+
+    load = LoadComparison(
+        requests=64,
+        concurrency=16,
+        plugin=ServedLoad(tokens_per_s=150.0, retracted=7),
+        stock=ServedLoad(tokens_per_s=100.0, retracted=6),
+        differ_from_one_at_a_time=None,
+        differ_from_stock=0,
+    )
+    for name, value in changes.items():
+        setattr(load, name, value)
+    return load
+
+
+def test_load_report_shows_requests_errors_and_throughput_against_stock() -> None:
+    from demo.run import render_load
+
+    text, ok = render_load(_load())
+    assert ok
+    assert "requests: 64 per server (16 at a time), errors/drops/truncations: 0 ✓" in text
+    assert "plugin 150.0 tok/s, stock torch_native 100.0 tok/s, ratio 1.50" in text
+    assert "plugin 7, stock 6" in text
+
+
+def test_load_errors_or_differences_from_stock_fail() -> None:
+    from testbed.load_vs_stock import ServedLoad
+
+    from demo.run import render_load
+
+    broken = ServedLoad(tokens_per_s=1.0, problems=["#3 chat stream=True: ReadTimeout: x"])
+    text, ok = render_load(_load(plugin=broken))
+    assert not ok
+    assert "errors/drops/truncations: 1 ✗" in text and "#3 chat stream=True" in text
+    text, ok = render_load(_load(differ_from_stock=2))
+    assert not ok
+    assert "differ from stock's: 2 ✗" in text

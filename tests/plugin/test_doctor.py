@@ -152,3 +152,16 @@ def test_doctor_reports_a_malformed_manifest(tmp_path: Path) -> None:
         "(fixture-entry): 'sglang' 'newest' is not a PEP 440 range"
     )
     assert report["patches"] == []
+
+
+def test_doctor_reports_an_sglang_no_patch_covers(tmp_path: Path) -> None:
+    path = write_manifest(tmp_path, LAZY_MODULE, ("fixture-entry", "GIB_BYTES", GOOD_HOOK))
+    path.write_text(path.read_text().replace('sglang = ">=0.5.23"', 'sglang = ">=0.6"'))
+    code, report = fixture_doctor("--manifest", str(tmp_path))
+    assert code == 1
+    assert str(report["error"]).startswith(
+        "sglang-ascend-fia: sglang 0.5.23 is not supported: this release patches sglang >=0.6;"
+    )
+    assert _statuses(report) == {
+        "fixture-entry": ("skipped", "sglang 0.5.23 is outside this patch's range >=0.6")
+    }

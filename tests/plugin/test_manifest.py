@@ -236,11 +236,6 @@ def test_fixture_entry_applies_and_restores(fixture_plugin: Path) -> None:
     ("old", "new", "reason"),
     [
         (
-            'sglang = ">=0.5.23"',
-            'sglang = "<0.5"',
-            "sglang 0.5.23 is outside this patch's range <0.5",
-        ),
-        (
             'module = "sglang.version"',
             'module = "sglang.srt.no_such_module"',
             "module sglang.srt.no_such_module is missing from the installed sglang 0.5.23",
@@ -267,3 +262,63 @@ def test_unusable_entries_are_skipped_with_one_warning(
     assert len(warnings) == 1
     assert "skipping patch fixture-entry" in warnings[0] and reason in warnings[0]
     assert sglang.version.__version__ is original  # sglang keeps running stock
+
+
+# A second module's entry that does cover the installed sglang 0.5.23.
+IN_RANGE = (
+    GOOD.replace('"sglang.version"', '"sglang.srt.constants"')
+    .replace('"fixture-entry"', '"in-range-entry"')
+    .replace('"__version__"', '"GIB_BYTES"')
+)
+
+
+def test_an_entry_outside_its_range_is_skipped_with_one_warning(
+    fixture_plugin: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sglang.version
+
+    original = sglang.version.__version__
+    _write(fixture_plugin, GOOD.replace('sglang = ">=0.5.23"', 'sglang = "<0.5"'))
+    _write(fixture_plugin, IN_RANGE, "in_range.toml")
+    with caplog.at_level(logging.WARNING, logger="sglang_ascend_fia"):
+        plugin.activate()
+    reason = "sglang 0.5.23 is outside this patch's range <0.5"
+    assert (_statuses()["fixture-entry"].state, _statuses()["fixture-entry"].reason) == (
+        "skipped",
+        reason,
+    )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "skipping patch fixture-entry" in warnings[0], warnings
+    assert reason in warnings[0]
+    assert sglang.version.__version__ is original
+
+
+def test_an_sglang_no_entry_covers_is_refused_in_one_line(
+    fixture_plugin: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sglang.version
+
+    original = sglang.version.__version__
+    _write(fixture_plugin, GOOD.replace('sglang = ">=0.5.23"', 'sglang = "<0.5"'))
+    _write(
+        fixture_plugin,
+        IN_RANGE.replace('sglang = ">=0.5.23"', 'sglang = ">=0.6,<0.7"'),
+        "in_range.toml",
+    )
+    with (
+        caplog.at_level(logging.WARNING, logger="sglang_ascend_fia"),
+        pytest.raises(plugin.ActivationError) as info,
+    ):
+        plugin.activate()
+    assert str(info.value) == (
+        "sglang-ascend-fia: sglang 0.5.23 is not supported: this release patches sglang <0.5 or "
+        "<0.7,>=0.6; install a supported sglang (pip install 'sglang-ascend-fia[sglang]'), "
+        "or unset ASCEND_USE_FIA to run sglang without the plugin"
+    )
+    assert not caplog.records  # the refusal is the one line, no per-patch warnings before it
+    assert not plugin.is_active()
+    assert {s.entry.name: s.state for s in plugin.status()} == {
+        "fixture-entry": "skipped",
+        "in-range-entry": "skipped",
+    }
+    assert sglang.version.__version__ is original

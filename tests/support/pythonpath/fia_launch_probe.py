@@ -4,8 +4,9 @@ The engine runs in a child process and the model in a scheduler spawned from it,
 not read the scheduler's launch counters directly. When ``FIA_LAUNCH_LOG`` names a file, this
 plugin (discovered through the ``fia_launch_probe-0.0.0.dist-info`` entry point beside it on the
 test ``PYTHONPATH``) wraps ``ModelRunner.forward`` and appends one JSON line per forward: the
-forward mode, batch size, token count, the ops launched during that forward, and what served it
-(model class, attention backend, KV pool, each decoder layer's attention and MLP classes).
+forward mode, batch size, token count, the ops launched during that forward, what served it
+(model class, attention backend, KV pool, each decoder layer's attention and MLP classes) and
+the plugin's per-patch status in that process.
 Without the variable it does nothing. Never shipped.
 
 Remove when: no test, demo or benchmark sets ``FIA_LAUNCH_LOG`` (it is a measuring instrument,
@@ -58,7 +59,7 @@ def _served_by(runner: Any) -> dict[str, Any]:
 
 
 def _forward_probe(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    from sglang_ascend_fia import ops
+    from sglang_ascend_fia import ops, plugin
 
     forward_batch = args[0] if args else kwargs["forward_batch"]
     # Read before the forward: on CPU sglang runs a MIXED batch as EXTEND (eager_runner.py:215)
@@ -74,6 +75,9 @@ def _forward_probe(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         "num_layers": int(instance.model_config.num_hidden_layers),
         "launches": ops.launch_counts(),
         "served_by": _served_by(instance),
+        # doctor's per-patch status, as this process (e.g. one TP rank) sees it; empty when the
+        # plugin is off (status() would re-read the manifest on every forward).
+        "patches": {s.entry.name: s.state for s in plugin.status()} if plugin.is_active() else {},
     }
     with open(os.environ[ENV], "a") as fh:
         fh.write(json.dumps(record) + "\n")

@@ -9,6 +9,7 @@ cannot hide).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,23 @@ class LoadReply:
     prompt_tokens: int
     cached_tokens: int
     finish_reason: str | None
+
+
+# The load's server: page 128, prompts longer than one 256-token prefill chunk, and a KV pool of
+# 24 pages that the running requests share (32 of them would need ~50 if nothing were shared).
+PAGE = 128
+CHUNK = 256
+LOAD_SERVER_ARGS: dict[str, Any] = {
+    "page_size": PAGE,
+    "chunked_prefill_size": CHUNK,
+    "max_total_tokens": 24 * PAGE,
+}
+# sglang admits a request when its prompt plus its expected new tokens fit the pool; the
+# expectation is max_tokens clipped to this (managers/schedule_policy.py:89-91, 785-794;
+# 4096 by default). At 4 it admits requests on their prompt alone, so requests whose answers
+# need fresh pages run the pool dry mid-decode and the scheduler retracts some and re-runs them
+# later: memory pressure by sglang's own rule, not its SGLANG_TEST_RETRACT debug mode.
+LOAD_SERVER_ENV = {"SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION": "4"}
 
 
 def _decode(model_dir: Path, ids: list[int]) -> str:
@@ -65,6 +83,23 @@ def build_requests(
             prompt = prefixes[i % 4] + tail
         kind = "chat" if (i // 2) % 2 else "completion"
         requests.append(LoadRequest(kind, bool(i % 2), prompt, 2 + (i * 5) % 11))
+    return requests
+
+
+def build_page_crossers(model_dir: Path, count: int, page: int) -> list[LoadRequest]:
+    """``count`` requests whose prompt fits in one page and whose answer runs into the next.
+
+    Sent all at once, sglang admits each on its prompt page plus the few tokens
+    ``LOAD_SERVER_ENV`` lets it reserve, so a pool with fewer free pages than ``2 * count`` runs
+    out mid-decode, when they all need their second page: the scheduler retracts some running
+    requests and re-runs them once others finish.
+    """
+    requests = []
+    for i in range(count):
+        # Completions of 84-89 prompt tokens (measured) + 48 new: one page, then two. (A chat
+        # template adds enough tokens here to push the prompt itself past the page.)
+        prompt = _decode(model_dir, token_stream(model_dir, page - 40 + i % 8, offset=17 * i + 5))
+        requests.append(LoadRequest("completion", bool(i % 2), prompt, 48))
     return requests
 
 
@@ -171,3 +206,22 @@ def problems(requests: list[LoadRequest], replies: list[LoadReply | BaseExceptio
                 f" tokens, finish_reason={rep.finish_reason}"
             )
     return found
+
+
+def answer_texts(replies: list[LoadReply | BaseException]) -> list[str]:
+    """Each reply's text; an exception stands for itself, so it never equals an answer."""
+    return [r.text if isinstance(r, LoadReply) else f"<{r!r}>" for r in replies]
+
+
+def generated_tokens(replies: list[LoadReply | BaseException]) -> int:
+    """Completion tokens of every reply that arrived."""
+    return sum(r.completion_tokens for r in replies if isinstance(r, LoadReply))
+
+
+_RETRACTION = re.compile(r"KV cache pool is full\. Retract requests\. #retracted_reqs: (\d+)")
+
+
+def retracted_requests(server_log: str) -> int:
+    """Requests the scheduler retracted for want of KV pages, from its warnings
+    (``managers/scheduler.py:4525-4537``: ``KV cache pool is full. Retract requests. ...``)."""
+    return sum(int(n) for n in _RETRACTION.findall(server_log))
