@@ -99,29 +99,26 @@ def routed_experts_w8a8(
         quant_mode=1,
     )
     expert_tokens = expert_tokens.to(torch.int64)
-    gate_up = ops.grouped_matmul(
-        [permuted],
-        [w13],
-        scale=[w13_scale.to(scale_dtype)],
-        per_token_scale=[token_scale],
-        split_item=2,
-        group_type=0,
-        group_list_type=1,
-        group_list=expert_tokens,
-        output_dtype=x.dtype,
-    )[0]
+
+    def int8_grouped_matmul(
+        rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, row_scale: torch.Tensor
+    ) -> torch.Tensor:
+        """One launch over every expert's rows: int8 x int8, dequantised by both scales."""
+        return ops.grouped_matmul(
+            [rows],
+            [weight],
+            scale=[scale.to(scale_dtype)],
+            per_token_scale=[row_scale],
+            split_item=2,
+            group_type=0,
+            group_list_type=1,
+            group_list=expert_tokens,
+            output_dtype=x.dtype,
+        )[0]
+
+    gate_up = int8_grouped_matmul(permuted, w13, w13_scale, token_scale)
     hidden, hidden_scale = ops.dequant_swiglu_quant(gate_up, quant_mode=1, activate_left=True)
-    down = ops.grouped_matmul(
-        [hidden],
-        [w2],
-        scale=[w2_scale.to(scale_dtype)],
-        per_token_scale=[hidden_scale],
-        split_item=2,
-        group_type=0,
-        group_list_type=1,
-        group_list=expert_tokens,
-        output_dtype=x.dtype,
-    )[0]
+    down = int8_grouped_matmul(hidden, w2, w2_scale, hidden_scale)
     return ops.moe_finalize_routing(
         down,
         None,
