@@ -67,13 +67,7 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
     """sglang ``AttentionBackend`` running MHA/GQA attention through FIA via ``ops``."""
 
     def __init__(self, model_runner: ModelRunner) -> None:
-        reason = handoff.handoff_reason(model_runner)
-        if reason is not None:
-            # The registry hook hands such models to sglang's own backend before getting here.
-            raise UnsupportedConfiguration(
-                f"sglang-ascend-fia: the FIA attention backend cannot serve this model: {reason} "
-                "(sglang's own AscendAttnBackend serves it)"
-            )
+        self.refuse_handed_off(handoff.handoff_reason(model_runner), "the FIA attention backend")
         super().__init__(model_runner)
         pool = self.token_to_kv_pool
         self.kv_heads: int = pool.head_num

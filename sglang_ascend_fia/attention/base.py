@@ -66,6 +66,16 @@ class FIABackendBase(AttentionBackend, Generic[M]):
     # Names the backend in refusals ("the FIA backend", "the FIA MLA backend").
     backend_name = "the FIA backend"
 
+    @staticmethod
+    def refuse_handed_off(reason: str | None, serving: str) -> None:
+        """The registry hook hands such models to sglang's own backend before a FIA backend is
+        built; one built directly anyway refuses with the reason."""
+        if reason is not None:
+            raise UnsupportedConfiguration(
+                f"sglang-ascend-fia: {serving} cannot serve this model: {reason} "
+                "(sglang's own AscendAttnBackend serves it)"
+            )
+
     def __init__(self, model_runner: ModelRunner) -> None:
         super().__init__()
         self.device = model_runner.device

@@ -74,13 +74,7 @@ class AscendFIAMLABackend(FIABackendBase[MLAMetadata]):
                 "sglang-ascend-fia: the FIA MLA backend serves MLA models; this model does not "
                 "use MLA"
             )
-        reason = handoff.mla_handoff_reason(model_runner)
-        if reason is not None:
-            # The registry hook hands such models to sglang's own backend before getting here.
-            raise UnsupportedConfiguration(
-                f"sglang-ascend-fia: the FIA MLA backend cannot serve this model: {reason} "
-                "(sglang's own AscendAttnBackend serves it)"
-            )
+        self.refuse_handed_off(handoff.mla_handoff_reason(model_runner), self.backend_name)
         super().__init__(model_runner)
         from sglang.srt.runtime_context import get_parallel
 
