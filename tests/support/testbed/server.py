@@ -19,20 +19,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from testbed.engine import testbed_env
+from testbed.engine import CPU_ENGINE_DEFAULTS, testbed_env
 
-# The CPU engine defaults of testbed.engine, as launch_server flags.
+# The CPU engine defaults of testbed.engine, as launch_server flags (the server logs at its
+# default level: the tests read its log).
 CPU_SERVER_ARGS: dict[str, Any] = {
-    "device": "cpu",
-    "dtype": "float32",
-    "disable_cuda_graph": True,
-    "mem_fraction_static": 0.05,
-    "max_total_tokens": 4096,
-    "max_running_requests": 16,
-    "chunked_prefill_size": 256,
-    "skip_server_warmup": True,
-    "random_seed": 0,
-    "sleep_on_idle": True,
+    **{k: v for k, v in CPU_ENGINE_DEFAULTS.items() if k != "log_level"},
     # The tiny tokenizer has no chat template; chatml is one of sglang's built-in ones.
     "chat_template": "chatml",
     "enable_cache_report": True,  # usage.prompt_tokens_details.cached_tokens: radix hits
