@@ -34,7 +34,7 @@ from sglang_ascend_fia.attention.base import (
     pad_rows,
     refuse_kwargs,
 )
-from sglang_ascend_fia.attention.kv_write import paged_view, write_kv
+from sglang_ascend_fia.attention.kv_write import LayerKV, kv_rows
 from sglang_ascend_fia.attention.metadata import FIAMetadata, padded_rows
 from sglang_ascend_fia.ops.fia.rules import (
     MAX_3D_CACHE_HIDDEN,
@@ -49,9 +49,14 @@ if TYPE_CHECKING:
     from sglang.srt.model_executor.forward_batch_info import ForwardBatch
     from sglang.srt.model_executor.model_runner import ModelRunner
 
+    from sglang_ascend_fia.ops import PreparedCall
+
 __all__ = ["AscendFIABackend", "UnsupportedConfiguration"]
 
 logger = logging.getLogger(__name__)
+
+# A layer's FIA arguments: query heads, KV heads, scale.
+LayerKey = tuple[int, int, float]
 
 # Causal, aligned bottom-right on each request's context (reads the base's mask template).
 _SPARSE_RIGHT_DOWN_CAUSAL = 3
@@ -83,8 +88,9 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
         self.mask_template = causal_mask_template(self.device)
         # Prefill takes one TND call where upstream proves it, else one padded BSND call.
         self._tnd_extend = ops.tnd_paged_supported(self.head_dim, self.v_head_dim)
-        # Layers already checked for what FIA does not implement (see _check_layer).
-        self._checked_layers: set[int] = set()
+        # Per layer: its FIA arguments once checked (_layer_key) and its cache views.
+        self._layer_keys: dict[int, LayerKey] = {}
+        self._layer_views: dict[int, LayerKV] = {}
         logger.info(
             "sglang-ascend-fia: FIA attention backend (page_size=%d, kv_heads=%d, head_dim=%d)",
             self.page_size,
@@ -172,22 +178,67 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
         return FIAMetadata(block_table, kv_lens, None, len(kv_lens), graph_mode=graph_mode)
 
     # --------------------------------------------------------------------------- forward
-    def _kv_caches(self, layer: RadixAttention) -> tuple[torch.Tensor, torch.Tensor]:
+    # A layer's host work is a dict lookup per prepared call, the views of its own q/k/v and
+    # the launches: the per-batch arguments are bound once in ``metadata.prepared`` and
+    # validated by the batch's first layer (``PreparedCall``); the cache views are built once
+    # per layer (``LayerKV``).
+    def _layer_kv(self, layer: RadixAttention) -> LayerKV:
         pool = self.token_to_kv_pool
-        return pool.get_key_buffer(layer.layer_id), pool.get_value_buffer(layer.layer_id)
+        # Read every layer: a pool may wait there for that layer's load (HiCache layer-wise).
+        k_buffer = pool.get_key_buffer(layer.layer_id)
+        v_buffer = pool.get_value_buffer(layer.layer_id)
+        views = self._layer_views.get(layer.layer_id)
+        if views is None or views.k_buffer is not k_buffer or views.v_buffer is not v_buffer:
+            views = self._layer_views[layer.layer_id] = LayerKV.of(
+                k_buffer, v_buffer, self.page_size
+            )
+        return views
 
     def _save_kv(
         self,
-        layer: RadixAttention,
+        metadata: FIAMetadata,
         forward_batch: ForwardBatch,
         k: torch.Tensor | None,
         v: torch.Tensor | None,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
+        views: LayerKV,
     ) -> None:
+        """K and V of this step into their slots: one ``scatter_pa_kv_cache`` launch."""
         if k is None or v is None:
             return
-        write_kv(k_cache, v_cache, forward_batch.out_cache_loc, k, v)
+        loc = forward_batch.out_cache_loc
+        # The prepared call holds ``loc``, so its id names it while the metadata lives.
+        key = ("kv", id(loc))
+        write = metadata.prepared.get(key)
+        if write is None:
+            write = metadata.prepared[key] = ops.scatter_pa_kv_cache.prepare(
+                slot_mapping=loc, cache_mode="Norm"
+            )
+        rows = loc.shape[0]
+        write(
+            kv_rows(k, rows, views.k_blocks),
+            kv_rows(v, rows, views.v_blocks),
+            views.k_blocks,
+            views.v_blocks,
+        )
+
+    def _fia_call(
+        self, metadata: FIAMetadata, form: str, layer_key: LayerKey, **per_batch: Any
+    ) -> PreparedCall:
+        """The batch's FIA call of ``form`` for layers of ``layer_key``, prepared by the first."""
+        key = (form, layer_key)
+        call = metadata.prepared.get(key)
+        if call is None:
+            heads, kv_heads, scale = layer_key
+            call = metadata.prepared[key] = ops.fused_infer_attention_score.prepare(
+                actual_seq_lengths_kv=metadata.kv_lens,
+                block_table=metadata.block_table,
+                num_heads=heads,
+                scale=scale,
+                num_key_value_heads=kv_heads,
+                block_size=self.page_size,
+                **per_batch,
+            )
+        return call
 
     def forward_extend(
         self,
@@ -200,34 +251,30 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
         **kwargs: Any,
     ) -> torch.Tensor:
         """Prefill, chunked prefill and prefix-cached extend: one TND paged FIA call."""
-        _reject_kwargs(kwargs)
-        self._check_layer(layer)
+        if kwargs:
+            _reject_kwargs(kwargs)
+        layer_key = self._layer_key(layer)
         metadata = self.current_metadata()
-        k_cache, v_cache = self._kv_caches(layer)
+        views = self._layer_kv(layer)
         if save_kv_cache:
-            self._save_kv(layer, forward_batch, k, v, k_cache, v_cache)
+            self._save_kv(metadata, forward_batch, k, v, views)
         rows = q.shape[0]
         # FIA takes only contiguous tensors; some models pass q as a view of a fused qkv.
         query = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)[: metadata.num_tokens]
         query = query.contiguous()
         if metadata.padded_rows is not None:
-            out = self._extend_padded_bsnd(query, layer, metadata, k_cache, v_cache)
+            out = self._extend_padded_bsnd(query, layer, layer_key, metadata, views)
             return pad_rows(out, rows)
-        out, _ = ops.fused_infer_attention_score(
-            query,
-            paged_view(k_cache, self.page_size, layer.tp_k_head_num, layer.qk_head_dim),
-            paged_view(v_cache, self.page_size, layer.tp_v_head_num, layer.v_head_dim),
+        call = self._fia_call(
+            metadata,
+            "TND",
+            layer_key,
             atten_mask=self.mask_template,
             actual_seq_lengths=metadata.cum_q_lens,
-            actual_seq_lengths_kv=metadata.kv_lens,
-            block_table=metadata.block_table,
-            num_heads=layer.tp_q_head_num,
-            scale=layer.scaling,
             input_layout="TND",
-            num_key_value_heads=layer.tp_k_head_num,
             sparse_mode=_SPARSE_RIGHT_DOWN_CAUSAL,
-            block_size=self.page_size,
         )
+        out, _ = call(query, views.k_paged, views.v_paged)
         out = out.reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
         return pad_rows(out, rows)
 
@@ -235,9 +282,9 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
         self,
         query: torch.Tensor,
         layer: RadixAttention,
+        layer_key: LayerKey,
         metadata: FIAMetadata,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
+        views: LayerKV,
     ) -> torch.Tensor:
         """One BSND paged call padded to the longest request (the documented multi-request
         prompt form), for head dims TND + paged is not proven at; sglang loops per request."""
@@ -247,21 +294,16 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
         padded = query.new_zeros(bs * max_q, heads, dim)
         padded.index_copy_(0, metadata.padded_rows, query)
         prompt = max_q > 1  # Q_S=1 is the decode branch: no mask, lengths ignored (doc)
-        out, _ = ops.fused_infer_attention_score(
-            padded.view(bs, max_q, heads, dim),
-            paged_view(k_cache, self.page_size, layer.tp_k_head_num, layer.qk_head_dim),
-            paged_view(v_cache, self.page_size, layer.tp_v_head_num, layer.v_head_dim),
+        call = self._fia_call(
+            metadata,
+            "BSND padded",
+            layer_key,
             atten_mask=self.mask_template if prompt else None,
             actual_seq_lengths=metadata.q_lens if prompt else None,
-            actual_seq_lengths_kv=metadata.kv_lens,
-            block_table=metadata.block_table,
-            num_heads=heads,
-            scale=layer.scaling,
             input_layout="BSND",
-            num_key_value_heads=layer.tp_k_head_num,
             sparse_mode=_SPARSE_RIGHT_DOWN_CAUSAL if prompt else 0,
-            block_size=self.page_size,
         )
+        out, _ = call(padded.view(bs, max_q, heads, dim), views.k_paged, views.v_paged)
         flat = out.reshape(bs * max_q, heads * layer.v_head_dim)
         return flat.index_select(0, metadata.padded_rows)
 
@@ -276,43 +318,44 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
         **kwargs: Any,
     ) -> torch.Tensor:
         """One BSND paged FIA call, no mask (a decode mask cost ~10% in vllm-ascend)."""
-        _reject_kwargs(kwargs)
-        self._check_layer(layer)
+        if kwargs:
+            _reject_kwargs(kwargs)
+        layer_key = self._layer_key(layer)
         metadata = self.current_metadata()
-        k_cache, v_cache = self._kv_caches(layer)
+        views = self._layer_kv(layer)
         if save_kv_cache:
-            self._save_kv(layer, forward_batch, k, v, k_cache, v_cache)
+            self._save_kv(metadata, forward_batch, k, v, views)
         rows = q.shape[0]
         bs = metadata.num_tokens
-        query = q.reshape(rows, layer.tp_q_head_num, layer.qk_head_dim)[:bs].contiguous()
-        out, _ = ops.fused_infer_attention_score(
-            query.unsqueeze(1),
-            paged_view(k_cache, self.page_size, layer.tp_k_head_num, layer.qk_head_dim),
-            paged_view(v_cache, self.page_size, layer.tp_v_head_num, layer.v_head_dim),
-            actual_seq_lengths_kv=metadata.kv_lens,
-            block_table=metadata.block_table,
-            num_heads=layer.tp_q_head_num,
-            scale=layer.scaling,
-            input_layout="BSND",
-            num_key_value_heads=layer.tp_k_head_num,
-            block_size=self.page_size,
-        )
+        # BSND [B, 1, N, D] straight from q; rows past bs are graph/DP padding.
+        query = q.reshape(rows, 1, layer.tp_q_head_num, layer.qk_head_dim)
+        if rows != bs:
+            query = query[:bs]
+        call = self._fia_call(metadata, "BSND decode", layer_key, input_layout="BSND")
+        out, _ = call(query.contiguous(), views.k_paged, views.v_paged)
         out = out.reshape(bs, layer.tp_q_head_num * layer.v_head_dim)
         return pad_rows(out, rows)
 
-    def _check_layer(self, layer: RadixAttention) -> None:
-        """Refuse, once per layer, a layer FIA would compute wrongly (logit_cap, non-causal,
+    def _layer_key(self, layer: RadixAttention) -> LayerKey:
+        """The layer's FIA arguments (query heads, KV heads, scale), read once per layer, when
+        the layer is first refused if FIA would compute it wrongly (logit_cap, non-causal,
         cross, sliding window). The registry hook hands such models to sglang's own backend
-        at start-up, so this fires only for a layer it could not see."""
-        if layer.layer_id in self._checked_layers:
-            return
+        at start-up, so the refusal fires only for a layer it could not see."""
+        key = self._layer_keys.get(layer.layer_id)
+        if key is not None:
+            return key
         reason = handoff.layer_reason(layer)
         if reason is not None:
             raise UnsupportedConfiguration(
                 f"sglang-ascend-fia: layer {layer.layer_id}: {reason}; the FIA backend would "
                 "compute it wrongly"
             )
-        self._checked_layers.add(layer.layer_id)
+        key = self._layer_keys[layer.layer_id] = (
+            layer.tp_q_head_num,
+            layer.tp_k_head_num,
+            layer.scaling,
+        )
+        return key
 
 
 _NO_KWARGS: frozenset[str] = frozenset()

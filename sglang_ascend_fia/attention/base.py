@@ -33,6 +33,8 @@ class DecodeMetadata(Protocol):
 
     block_table: torch.Tensor
     kv_lens: list[int]
+    # ops calls prepared with the fields above (``ops.PreparedCall``); dropped on a refresh.
+    prepared: dict[object, Any]
 
 
 M = TypeVar("M", bound=DecodeMetadata)
@@ -181,6 +183,8 @@ class FIABackendBase(AttentionBackend, Generic[M]):
         if not in_capture:
             # Eager view of the same lengths; a real replay rebinds them via graph.update.
             metadata.kv_lens[:] = kv_lens
+        # The calls prepared with the old lengths validated those: the next layer prepares anew.
+        metadata.prepared.clear()
         table = metadata.block_table
         max_len = max(kv_lens, default=0)
         blocks = (max_len + self.page_size - 1) // self.page_size

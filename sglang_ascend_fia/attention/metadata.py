@@ -6,7 +6,8 @@ Every field is either a device tensor a kernel reads or a Python list FIA takes 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -34,6 +35,9 @@ class FIAMetadata:
     # tokens, and each query token's row in the ``[batch * max_q_len]`` padded layout.
     max_q_len: int = 0
     padded_rows: torch.Tensor | None = None
+    # The batch's ops calls with these per-batch arguments bound (``ops.PreparedCall``), made by
+    # the first layer that needs each one; dropped when graph mode refreshes the fields above.
+    prepared: dict[object, Any] = field(default_factory=dict)
 
 
 def padded_rows(q_lens: list[int], max_q: int) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -84,6 +85,9 @@ class MLAMetadata:
     kv_slots: torch.Tensor | None = None
     # True when the tensors above are views of the capture-time buffers.
     graph_mode: bool = False
+    # The batch's ops calls with these per-batch arguments bound (``ops.PreparedCall``), made by
+    # the first layer that needs each one; dropped when graph mode refreshes the fields above.
+    prepared: dict[object, Any] = field(default_factory=dict)
 
     @property
     def attends_cached_prefix(self) -> bool:

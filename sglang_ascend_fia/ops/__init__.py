@@ -11,6 +11,7 @@ shared error wording and dtype policy) underneath. Semantics of every op, rule b
 """
 
 from sglang_ascend_fia.ops._dispatch import (
+    PreparedCall,
     launch_counts,
     npu_op,
     reset_launch_counts,
@@ -40,6 +41,7 @@ from sglang_ascend_fia.ops.moe import (
 from sglang_ascend_fia.ops.quant import dequant_swiglu_quant, dynamic_quant, quant_matmul
 
 __all__ = [
+    "PreparedCall",
     "add_rms_norm",
     "attention_update",
     "check_block_size",

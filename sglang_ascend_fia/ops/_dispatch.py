@@ -14,6 +14,12 @@ whose signature is the op's (torch_npu 2.14's names and defaults); nothing resta
 3. runs ``torch_npu.<npu_name>`` when the first tensor argument lives on an NPU, and the reference
    implementation otherwise.
 
+A caller that makes the same call many times per batch with only some tensors changing (every
+layer of a forward) can bind the rest once with ``op.prepare(**fixed)`` (:class:`PreparedCall`):
+a launch then passes only the changing tensors, and the validator runs again only when their
+geometry (shape, strides, dtype, device) differs from the last accepted launch. That makes a
+layer's host work a few attribute reads instead of keying ~15 arguments.
+
 ``torch_npu`` is imported only when an NPU tensor is actually seen.
 """
 
@@ -52,6 +58,9 @@ class NpuOp(Protocol[P, R]):
     validate: Callable[P, None]
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    # Binds the arguments that stay fixed for a batch (by keyword); see :class:`PreparedCall`.
+    prepare: Callable[..., PreparedCall]
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,78 @@ def _log_reference_once(device: str) -> None:
         )
 
 
+Geometry = tuple[torch.Size, tuple[int, ...], torch.dtype, torch.device]
+
+
+class PreparedCall:
+    """One op's call with the arguments that are fixed for a batch bound once (``fixed``, by
+    keyword); each launch passes the tensors that change (by position: the op's leading
+    parameters, e.g. FIA's query, key and value; any later one, e.g. ``query_rope``, by keyword).
+
+    The first launch validates the whole call with the op's validator. A later launch whose
+    changing tensors have the geometry (shape, strides, dtype, device) of the last accepted one
+    skips it: validators read only the geometry of data tensors, never their values
+    (``ops._checks``), and the fixed arguments are the very objects validated. So index and length
+    tensors, whose values validators do read, belong in ``fixed``: an int32/int64 changing tensor
+    is refused. Whoever owns a fixed argument that changes in place (graph mode's
+    ``kv_lens[:] = ...``) drops the prepared call and prepares a new one.
+    """
+
+    __slots__ = (
+        "_device",
+        "_fixed",
+        "_geometry",
+        "_name",
+        "_npu_name",
+        "_on_npu",
+        "_reference",
+        "_validate",
+    )
+
+    def __init__(
+        self,
+        op_name: str,
+        npu_name: str,
+        reference: Callable[..., Any],
+        validate: Validator | None,
+        fixed: dict[str, Any],
+    ) -> None:
+        self._name, self._npu_name = op_name, npu_name
+        self._reference, self._validate = reference, validate
+        self._fixed = fixed
+        self._geometry: list[Geometry] | None = None
+        self._on_npu, self._device = False, ""
+
+    def __call__(self, *tensors: torch.Tensor, **more: torch.Tensor) -> Any:
+        kwargs = {**self._fixed, **more} if more else self._fixed
+        geometry = [(t.shape, t.stride(), t.dtype, t.device) for t in tensors]
+        if more:
+            geometry += [(t.shape, t.stride(), t.dtype, t.device) for t in more.values()]
+        if geometry != self._geometry:
+            self._geometry = None  # a refused launch is never remembered
+            self._check_changing(tensors, more)
+            if self._validate is not None:
+                _validations[self._name] += 1
+                self._validate(bind_arguments(self._reference, tensors, kwargs))
+            # The device is part of the geometry, so it is read once per geometry too.
+            self._on_npu, self._device = is_npu(tensors[0]), tensors[0].device.type
+            self._geometry = geometry
+        _launches[self._name] += 1
+        if self._on_npu:
+            return _npu_kernel(self._npu_name)(*tensors, **kwargs)
+        _log_reference_once(self._device)
+        return self._reference(*tensors, **kwargs)
+
+    def _check_changing(self, tensors: tuple[torch.Tensor, ...], more: dict[str, Any]) -> None:
+        for position, t in enumerate((*tensors, *more.values())):
+            if t.dtype in (torch.int32, torch.int64):
+                raise TypeError(
+                    f"sglang-ascend-fia: a prepared {self._name} launch got an {t.dtype} tensor "
+                    f"(changing tensor #{position}); index and length tensors are bound once "
+                    "with prepare(), only data tensors change per launch"
+                )
+
+
 def npu_op(
     npu_name: str,
     *,
@@ -211,6 +292,7 @@ def npu_op(
         facade.reference = reference
         facade.validator = validate
         facade.validate = check
+        facade.prepare = lambda **fixed: PreparedCall(op_name, npu_name, reference, validate, fixed)
         return facade
 
     return decorate

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import torch
 
+from op_spy import spying
+
 from sglang_ascend_fia import ops
 
 
@@ -249,7 +251,7 @@ class FakeNPUGraph:
             self.bound_lists = [v for v in kwargs.values() if isinstance(v, list)]
             return out, lse
 
-        monkeypatch.setattr(ops, "fused_infer_attention_score", recording)
+        monkeypatch.setattr(ops, "fused_infer_attention_score", spying(recording))
         try:
             return run()
         finally:

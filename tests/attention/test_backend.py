@@ -31,6 +31,8 @@ from attention.helpers import (
     make_pool,
     make_runner,
 )
+from op_spy import spying
+
 from sglang_ascend_fia import ops
 from sglang_ascend_fia.attention.backend import AscendFIABackend, UnsupportedConfiguration
 
@@ -167,7 +169,7 @@ def record_layouts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         layouts.append(kwargs["input_layout"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ops, "fused_infer_attention_score", recording)
+    monkeypatch.setattr(ops, "fused_infer_attention_score", spying(recording))
     return layouts
 
 
@@ -197,13 +199,13 @@ def test_views_of_a_fused_qkv_are_served(monkeypatch: pytest.MonkeyPatch) -> Non
     """q, k and v as views of one fused qkv projection (gpt2.py's ``chunk``): FIA gets a
     contiguous query and the KV write contiguous rows, at both prefill forms and decode."""
     written: list[bool] = []
-    real_scatter = ops.scatter_nd_update_
+    real_write = ops.scatter_pa_kv_cache
 
-    def scatter(target: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor) -> Any:
-        written.append(updates.is_contiguous())
-        return real_scatter(target, indices, updates)
+    def write(key: torch.Tensor, value: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        written.append(key.is_contiguous() and value.is_contiguous())
+        return real_write(key, value, *args, **kwargs)
 
-    monkeypatch.setattr(ops, "scatter_nd_update_", scatter)
+    monkeypatch.setattr(ops, "scatter_pa_kv_cache", spying(write))
     for shape in (TINY, Shape(2, 1, 128)):
         h = Harness(shape, 128, "npu-fia", n_reqs=2, monkeypatch=monkeypatch, views=True)
         assert_close(h.step(ForwardMode.EXTEND, [7, 130]))
@@ -264,13 +266,15 @@ def test_one_fia_launch_per_layer_for_any_batch(
         h.step(mode, lens)
         counts = ops.launch_counts()
         assert counts["fused_infer_attention_score"] == shape.layers, (mode, counts)
-        # K and V writes: one scatter each per layer, never per request.
-        assert counts["scatter_nd_update_"] == 2 * shape.layers, (mode, counts)
+        # K and V writes: one scatter_pa_kv_cache per layer for both, never per request.
+        assert counts["scatter_pa_kv_cache"] == shape.layers, (mode, counts)
+        assert set(counts) == {"fused_infer_attention_score", "scatter_pa_kv_cache"}, counts
 
 
 def test_one_validation_per_batch_over_every_layer(monkeypatch: pytest.MonkeyPatch) -> None:
-    """All layers of a batch share one FIA geometry: the first layer's call validates fully, the
-    others only launch; each new batch (new metadata lists and table) validates again."""
+    """All layers of a batch share one FIA geometry and one KV-write geometry: the first layer's
+    calls validate fully, the others only launch (``ops.PreparedCall``); each new batch (new
+    metadata lists, table and slots) validates again."""
     shape = Shape(4, 2, 16, layers=6)
     h = Harness(shape, 128, "npu-fia", n_reqs=5, monkeypatch=monkeypatch)
     ops.reset_validation_counts()
@@ -285,6 +289,7 @@ def test_one_validation_per_batch_over_every_layer(monkeypatch: pytest.MonkeyPat
         assert_close(h.step(mode, lens))
         assert ops.launch_counts()["fused_infer_attention_score"] == shape.layers
         assert ops.validation_counts()["fused_infer_attention_score"] == step, mode
+        assert ops.validation_counts()["scatter_pa_kv_cache"] == step, mode
     ops.reset_validation_counts()
 
 

@@ -110,7 +110,7 @@ def _zero_cost_plugin_ops() -> None:
 
     from sglang_ascend_fia import ops
 
-    for name in ("fused_infer_attention_score", "scatter_nd_update_"):
+    for name in ("fused_infer_attention_score", "scatter_pa_kv_cache"):
         op = getattr(ops, name)
         setattr(ops, name, _zero_cost_op(op, getattr(torch_npu, op.npu_name)))
 
@@ -149,9 +149,11 @@ def scenario_host_us(runner: Any, args: dict[str, Any]) -> dict[str, Any]:
         batch.prepare_for_decode()
         fb = ForwardBatch.init_new(batch, torch_runner, return_hidden_states_before_norm=False)
         first = layers[0]
+        # As RadixAttention.forward hands them to a backend (radix_attention.py:124-132): q
+        # [tokens, H*D], k and v viewed as [tokens, H, D].
         q = torch.zeros(batch_size, first.tp_q_head_num * first.qk_head_dim)
-        k = torch.zeros(batch_size, first.tp_k_head_num * first.qk_head_dim)
-        v = torch.zeros(batch_size, first.tp_v_head_num * first.v_head_dim)
+        k = torch.zeros(batch_size, first.tp_k_head_num, first.qk_head_dim)
+        v = torch.zeros(batch_size, first.tp_v_head_num, first.v_head_dim)
 
         def step(fb: Any = fb, q: Any = q, k: Any = k, v: Any = v) -> None:
             backend.init_forward_metadata(fb)

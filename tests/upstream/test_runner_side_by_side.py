@@ -26,7 +26,7 @@ ATTENTION = {
     "upstream": ("_npu_flash_attention_qlens", "_npu_paged_attention"),
 }
 KV_WRITE = {
-    "plugin": ("scatter_nd_update_",),
+    "plugin": ("scatter_pa_kv_cache", "scatter_nd_update_"),
     "upstream-fia": ("npu_scatter_nd_update_",),
     "upstream": ("_npu_reshape_and_cache",),
 }
@@ -109,8 +109,10 @@ def test_upstream_launches_per_layer(launches, head_dim: int, path: str) -> None
 
 @pytest.mark.parametrize("head_dim", [16, 128])
 def test_kv_write_launches_per_layer(launches, head_dim: int) -> None:  # type: ignore[no-untyped-def]
-    # K and V: two scatters per layer on both FIA paths; one ATB reshape-and-cache upstream.
-    for path, expected in (("plugin", 2.0), ("upstream-fia", 2.0), ("upstream", 1.0)):
+    # K and V: one scatter_pa_kv_cache per layer for the plugin; two scatters on upstream's FIA
+    # path (memory_pool_npu.py:331-346, its scatter-PA form is opt-in); one ATB
+    # reshape-and-cache on upstream's other path.
+    for path, expected in (("plugin", 1.0), ("upstream-fia", 2.0), ("upstream", 1.0)):
         rows = per_layer(launches[head_dim, path], KV_WRITE[path])
         assert {n for _, _, n in rows} == {expected}, (path, rows)
 

@@ -7,7 +7,8 @@ compare the plugin with sglang 0.5.23's in-tree Ascend path (``tests/upstream``,
 What it provides, and how:
 
 - ``npu_fused_infer_attention_score`` (also as ``torch.ops.npu.npu_fused_infer_attention_score``),
-  ``npu_fused_infer_attention_score_v2`` and ``npu_scatter_nd_update_`` are handed to the plugin's
+  ``npu_fused_infer_attention_score_v2``, ``npu_scatter_nd_update_`` and
+  ``npu_scatter_pa_kv_cache`` are handed to the plugin's
   public ``sglang_ascend_fia.ops`` functions unchanged, so the documented-constraint validator
   runs on upstream's calls exactly as on the plugin's. The one conversion is torch's own binding
   behaviour for ``int[]`` arguments: a tensor or numpy array of ints arrives as a list of ints
@@ -49,6 +50,9 @@ npu_fused_infer_attention_score_v2 = standin.counted(
     "npu_fused_infer_attention_score_v2", references.fused_infer_attention_score_v2
 )
 npu_scatter_nd_update_ = standin.counted("npu_scatter_nd_update_", references.scatter_nd_update_)
+npu_scatter_pa_kv_cache = standin.counted(
+    "npu_scatter_pa_kv_cache", references.scatter_pa_kv_cache
+)
 _npu_reshape_and_cache = standin.counted("_npu_reshape_and_cache", references.reshape_and_cache)
 _npu_flash_attention_qlens = standin.counted(
     "_npu_flash_attention_qlens", references.flash_attention_qlens
@@ -68,6 +72,7 @@ __all__ = [
     "npu_fused_infer_attention_score",
     "npu_fused_infer_attention_score_v2",
     "npu_scatter_nd_update_",
+    "npu_scatter_pa_kv_cache",
     "reset_standin_call_counts",
     "standin_call_counts",
     "zero_cost_enabled",

@@ -89,6 +89,15 @@ def scatter_nd_update_(
     return ops.scatter_nd_update_(self, indices, updates)
 
 
+def scatter_pa_kv_cache(*args: Any, **kwargs: Any) -> None:
+    """``npu_scatter_pa_kv_cache``: ``ops.scatter_pa_kv_cache``, unchanged."""
+    if zero_cost_enabled():
+        return None
+    from sglang_ascend_fia import ops
+
+    return ops.scatter_pa_kv_cache(*args, **kwargs)
+
+
 # ---------------------------------------------------------------------------------------------
 # ATB kernels with their own brute-force references
 # ---------------------------------------------------------------------------------------------
