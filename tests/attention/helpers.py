@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import torch
-
 from op_spy import spying
 
 from sglang_ascend_fia import ops

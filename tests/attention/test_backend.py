@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from op_spy import spying
 from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
 from attention.helpers import (
@@ -31,8 +32,6 @@ from attention.helpers import (
     make_pool,
     make_runner,
 )
-from op_spy import spying
-
 from sglang_ascend_fia import ops
 from sglang_ascend_fia.attention.backend import AscendFIABackend, UnsupportedConfiguration
 

@@ -50,9 +50,7 @@ npu_fused_infer_attention_score_v2 = standin.counted(
     "npu_fused_infer_attention_score_v2", references.fused_infer_attention_score_v2
 )
 npu_scatter_nd_update_ = standin.counted("npu_scatter_nd_update_", references.scatter_nd_update_)
-npu_scatter_pa_kv_cache = standin.counted(
-    "npu_scatter_pa_kv_cache", references.scatter_pa_kv_cache
-)
+npu_scatter_pa_kv_cache = standin.counted("npu_scatter_pa_kv_cache", references.scatter_pa_kv_cache)
 _npu_reshape_and_cache = standin.counted("_npu_reshape_and_cache", references.reshape_and_cache)
 _npu_flash_attention_qlens = standin.counted(
     "_npu_flash_attention_qlens", references.flash_attention_qlens
