@@ -183,12 +183,11 @@ class PreparedCall:
     """
 
     __slots__ = (
-        "_device",
         "_fixed",
         "_geometry",
+        "_implementation",
         "_name",
         "_npu_name",
-        "_on_npu",
         "_reference",
         "_validate",
     )
@@ -205,7 +204,7 @@ class PreparedCall:
         self._reference, self._validate = reference, validate
         self._fixed = fixed
         self._geometry: list[Geometry] | None = None
-        self._on_npu, self._device = False, ""
+        self._implementation: Callable[..., Any] = reference
 
     def __call__(self, *tensors: torch.Tensor, **more: torch.Tensor) -> Any:
         kwargs = {**self._fixed, **more} if more else self._fixed
@@ -218,14 +217,16 @@ class PreparedCall:
             if self._validate is not None:
                 _validations[self._name] += 1
                 self._validate(bind_arguments(self._reference, tensors, kwargs))
-            # The device is part of the geometry, so it is read once per geometry too.
-            self._on_npu, self._device = is_npu(tensors[0]), tensors[0].device.type
+            # The device is part of the geometry, so the implementation is chosen once per
+            # geometry too: torch_npu's kernel on an NPU tensor, the reference elsewhere.
+            if is_npu(tensors[0]):
+                self._implementation = _npu_kernel(self._npu_name)
+            else:
+                _log_reference_once(tensors[0].device.type)
+                self._implementation = self._reference
             self._geometry = geometry
         _launches[self._name] += 1
-        if self._on_npu:
-            return _npu_kernel(self._npu_name)(*tensors, **kwargs)
-        _log_reference_once(self._device)
-        return self._reference(*tensors, **kwargs)
+        return self._implementation(*tensors, **kwargs)
 
     def _check_changing(self, tensors: tuple[torch.Tensor, ...], more: dict[str, Any]) -> None:
         for position, t in enumerate((*tensors, *more.values())):

@@ -13,13 +13,12 @@ Scenarios:
 - ``host_us``: host microseconds per layer per decode step of the attention backend alone
   (``init_forward_metadata`` once, then every layer's ``forward``), with zero-cost kernels that
   return preallocated outputs: upstream through the stand-in's ``NPU_STANDIN_ZERO_COST=1``, the
-  plugin through its own dispatch (``ops.npu_op`` with each op's validator) whose reference slot
-  holds the zero-cost stand-in. Best of several rounds.
+  plugin through its own dispatch's torch_npu branch (validators, launch counts and the kernel
+  lookup, as on an NPU) into the same stand-in. Best of several rounds.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import subprocess
 import sys
@@ -103,30 +102,14 @@ def scenario_syncs(runner: Any, args: dict[str, Any]) -> dict[str, Any]:
     return {"forwards": forwards, **_describe(runner)}
 
 
-def _zero_cost_plugin_ops() -> None:
-    """The plugin's FIA and scatter ops re-declared through its own dispatch (``ops.npu_op``,
-    same validator), with the zero-cost stand-in in the reference slot."""
-    import torch_npu
+def _plugin_on_npu_dispatch() -> None:
+    """Send the plugin's ops down their torch_npu branch (validator, launch count, kernel lookup,
+    as on an NPU), where the zero-cost stand-in serves them. The tensors stay on the CPU, so the
+    dispatch's device test is overridden; it is ``ops._dispatch``'s own seam for that, which the
+    ops tests use too."""
+    from sglang_ascend_fia.ops import _dispatch
 
-    from sglang_ascend_fia import ops
-
-    for name in ("fused_infer_attention_score", "scatter_pa_kv_cache"):
-        op = getattr(ops, name)
-        setattr(ops, name, _zero_cost_op(op, getattr(torch_npu, op.npu_name)))
-
-
-def _zero_cost_op(op: Any, zero_cost: Any) -> Any:
-    """``op`` re-declared with the zero-cost kernel in its reference slot: the same signature
-    (npu_op binds to the reference's), the same mapping validator, the same per-batch memo."""
-
-    @functools.wraps(op.reference)
-    def reference(*args: Any, **kwargs: Any) -> Any:
-        return zero_cost(*args, **kwargs)
-
-    from sglang_ascend_fia.ops import npu_op
-
-    memoise = op.npu_name.startswith("npu_fused_infer_attention_score")
-    return npu_op(op.npu_name, validate=op.validator, memoise=memoise)(reference)
+    _dispatch.is_npu = lambda tensor: tensor is not None
 
 
 def scenario_host_us(runner: Any, args: dict[str, Any]) -> dict[str, Any]:
@@ -137,7 +120,7 @@ def scenario_host_us(runner: Any, args: dict[str, Any]) -> dict[str, Any]:
     if not torch_npu.zero_cost_enabled():
         raise RuntimeError("host_us needs NPU_STANDIN_ZERO_COST=1 in the runner's environment")
     if args["path"] == "plugin":
-        _zero_cost_plugin_ops()
+        _plugin_on_npu_dispatch()
     torch_runner = runner.torch_runner
     backend = torch_runner.attn_backend
     layers = [layer.self_attn.attn for layer in torch_runner.model.model.layers]
