@@ -52,13 +52,6 @@ def runs(
     return run_fia_and_hf(model, prompts, tmp_path_factory.mktemp("mla") / "launches.jsonl")
 
 
-def test_model_has_the_v2_lite_attention_dims(model: Path) -> None:
-    config = json.loads((model / "config.json").read_text())
-    assert config["q_lora_rank"] is None and config["num_attention_heads"] == 16
-    keys = ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
-    assert [config[k] for k in keys] == [512, 64, 128, 128]
-
-
 @pytest.mark.parametrize("workload", WORKLOADS)
 def test_tokens_match_hf(runs: dict[str, Any], workload: str) -> None:
     fia = runs["fia"][workload]
@@ -66,20 +59,24 @@ def test_tokens_match_hf(runs: dict[str, Any], workload: str) -> None:
     assert all(len(ids) == NEW_TOKENS for ids in fia)
 
 
-def test_parity_covers_at_least_eight_prompts(prompts: dict[str, list[list[int]]]) -> None:
-    assert len(prompts["parity"]) >= 8
+def test_parity_outputs_are_many_and_distinct(runs: dict[str, Any]) -> None:
+    """Parity proves little if the model says the same thing whatever the prompt."""
+    outputs = runs["fia"]["parity"]
+    assert len(outputs) >= 8
+    assert len({tuple(ids) for ids in outputs}) >= 6, outputs
 
 
-def test_prefix_workloads_hit_the_radix_cache(
-    runs: dict[str, Any], prompts: dict[str, list[list[int]]]
-) -> None:
+def test_prefix_workloads_hit_the_radix_cache(runs: dict[str, Any]) -> None:
     """The prefix prompts were served from cached pages, decoding together on them."""
     hits = [m["cached_tokens"] for m in runs["meta"]["prefix-hits"]]
     assert len(hits) >= 3 and all(h >= 2 * PAGE_SIZE for h in hits), hits
     mixed = [m["cached_tokens"] for m in runs["meta"]["mixed"]]
     assert mixed[1] >= 2 * PAGE_SIZE and mixed[3] >= 2 * PAGE_SIZE, mixed
     assert mixed[0] == 0, "the long prompt of the mixed batch must be a fresh chunked prefill"
-    assert len(prompts["chunked"][0]) > 2 * CHUNK and len(prompts["mixed"][0]) > 2 * CHUNK
+    # The long prompts really were cut into chunks: the scheduler ran full-chunk forwards, two
+    # for each of the two long prompts at least.
+    full_chunks = [r for r in runs["launches"] if r["num_tokens"] >= CHUNK]
+    assert len(full_chunks) >= 4, [r["num_tokens"] for r in runs["launches"]]
 
 
 def test_served_by_the_fia_mla_backend_and_split_pool(runs: dict[str, Any]) -> None:
@@ -88,6 +85,9 @@ def test_served_by_the_fia_mla_backend_and_split_pool(runs: dict[str, Any]) -> N
     record = json.loads(served.pop())
     assert record["attn_backend"] == "AscendFIAMLABackend"
     assert record["kv_pool"] == "FIAMLATokenToKVPool"
+    # What the engine built from the checkpoint: V2-Lite's 16 heads attending the absorbed
+    # 512-wide latent plus the 64-wide rope part through one KV head.
+    assert record["attention"] == {"q_heads": 16, "kv_heads": 1, "head_dim": 576, "v_head_dim": 512}
     assert [layer["mlp"] for layer in record["layers"]] == ["DeepseekV2MLP", "DeepseekV2MoE"]
 
 
