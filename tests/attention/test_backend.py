@@ -343,25 +343,32 @@ def test_layer_forwards_make_no_host_sync(layers: int, monkeypatch: pytest.Monke
 
 
 def test_graph_replay_rebinds_kv_lengths(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Capture a decode the way NPUGraphRunner does (every length 0, every ``req_pool_indices``
-    0: npu_graph_runner.py:335-347 pads with those), then replay twice at real lengths via the
-    ``actual_seq_lengths_kv`` update: the replayed output equals an eager decode each time."""
-    shape = TINY
+    """Capture a decode of every layer the way NPUGraphRunner does (every length 0, every
+    ``req_pool_indices`` 0: npu_graph_runner.py:335-347 pads with those), then replay twice at
+    real lengths via the ``actual_seq_lengths_kv`` update: every layer's replayed output equals
+    an eager decode each time. (A CPU run has no NPU graph runner to sample tokens from; the
+    tokens are a function of these outputs, which the eager path is proven to get right.)"""
+    shape = Shape(4, 2, 16, layers=3)
     h = Harness(shape, 128, "npu-fia", n_reqs=3, monkeypatch=monkeypatch)
     h.step(ForwardMode.EXTEND, [20, 140, 7])
     h.backend.init_cuda_graph_state(max_bs=4, max_num_tokens=4)
-    layer = h.layers[0]
-    q_static = torch.randn(3, shape.q_heads * shape.head_dim)
+    q_static = [torch.randn(3, shape.q_heads * shape.head_dim) for _ in h.layers]
 
     def decode_batch(lens: list[int], rows: list[int]) -> Any:
         return graph_decode_batch(h.reqs, lens, rows)
 
+    def all_layers(fb: Any, **kwargs: Any) -> list[torch.Tensor]:
+        return [
+            h.backend.forward(q, None, None, layer, fb, **kwargs)
+            for q, layer in zip(q_static, h.layers, strict=True)
+        ]
+
     graph = FakeNPUGraph()
     capture_fb = decode_batch([0, 0, 0], [0, 0, 0])
     h.backend.init_forward_metadata_out_graph(capture_fb, in_capture=True)
-    out_static = graph.capture(
-        monkeypatch, lambda: h.backend.forward(q_static, None, None, layer, capture_fb)
-    )
+    out_static = graph.capture(monkeypatch, lambda: all_layers(capture_fb))
+    # One FIA call per layer, all bound to the batch's one lengths list.
+    assert len(graph.calls) == shape.layers
     assert graph.bound_lists == [h.backend.forward_metadata.kv_lens]
     assert graph.bound_lists[0] is h.backend.forward_metadata.kv_lens
 
@@ -370,20 +377,58 @@ def test_graph_replay_rebinds_kv_lengths(monkeypatch: pytest.MonkeyPatch) -> Non
         for i, n in enumerate(growth):
             h.reqs.extend(i, n)
         replay_lens = list(h.reqs.lens)
-        q_static.copy_(torch.randn_like(q_static))
+        for q in q_static:
+            q.copy_(torch.randn_like(q))
         # Replay: the runner copies the real lengths and rows in, the backend refreshes in place.
         h.backend.init_forward_metadata_out_graph(decode_batch(replay_lens, h.reqs.rows))
         graph.replay()
-        stale = out_static.clone()
+        stale = [out.clone() for out in out_static]
         graph.update(cpu_update_input=[{"actual_seq_lengths_kv": replay_lens}])
         graph.replay()
 
         fb = decode_batch(replay_lens, h.reqs.rows)
         h.backend.init_forward_metadata(fb)
-        eager = h.backend.forward(q_static, None, None, layer, fb, save_kv_cache=False)
-        torch.testing.assert_close(out_static, eager, rtol=1e-5, atol=1e-5)
-        # Without the update the graph reads the capture-time lengths: the update matters.
-        assert not torch.allclose(stale, eager, atol=1e-3)
+        eager = all_layers(fb, save_kv_cache=False)
+        for layer, (replayed, expected, old) in enumerate(
+            zip(out_static, eager, stale, strict=True)
+        ):
+            torch.testing.assert_close(replayed, expected, rtol=1e-5, atol=1e-5, msg=str(layer))
+            # Without the update the graph reads the capture-time lengths: the update matters.
+            assert not torch.allclose(old, expected, atol=1e-3), layer
+
+
+def test_a_graph_refresh_revalidates_the_lengths_it_rewrote(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The graph metadata's lengths are rewritten in place on every refresh, so the calls
+    prepared with them before (at capture) must validate again: a forward on the refreshed
+    metadata validates once and equals an eager decode."""
+    shape = Shape(4, 2, 16, layers=3)
+    h = Harness(shape, 128, "npu-fia", n_reqs=3, monkeypatch=monkeypatch)
+    h.step(ForwardMode.EXTEND, [20, 140, 7])
+    h.backend.init_cuda_graph_state(max_bs=4, max_num_tokens=4)
+    queries = [torch.randn(3, shape.q_heads * shape.head_dim) for _ in h.layers]
+
+    def all_layers(fb: Any) -> list[torch.Tensor]:
+        return [
+            h.backend.forward(q, None, None, layer, fb, save_kv_cache=False)
+            for q, layer in zip(queries, h.layers, strict=True)
+        ]
+
+    capture_fb = graph_decode_batch(h.reqs, [0, 0, 0], [0, 0, 0])
+    h.backend.init_forward_metadata_out_graph(capture_fb, in_capture=True)
+    all_layers(capture_fb)
+    for growth in ((1, 1, 60), (3, 2, 1)):
+        for i, n in enumerate(growth):
+            h.reqs.extend(i, n)
+        fb = graph_decode_batch(h.reqs, list(h.reqs.lens), h.reqs.rows)
+        h.backend.init_forward_metadata_out_graph(fb)
+        ops.reset_validation_counts()
+        refreshed = all_layers(fb)
+        assert ops.validation_counts() == {"fused_infer_attention_score": 1}
+        h.backend.init_forward_metadata(fb)
+        for got, expected in zip(refreshed, all_layers(fb), strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("page", [1, 16, 24, 32, 64, 1024])
