@@ -9,8 +9,9 @@ that the call went to sglang's own factory; building it for real waits for a tor
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -91,6 +92,12 @@ def test_what_fia_does_not_implement_goes_to_sglangs_own_backend(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     runner = _runner(monkeypatch, layer_kwargs, **overrides)
+    _assert_handed_off(ascend_factory, runner, needle, caplog)
+
+
+def _assert_handed_off(
+    ascend_factory: Any, runner: Any, needle: str, caplog: pytest.LogCaptureFixture
+) -> None:
     before = len(handoff.decisions())
     # sglang's own factory imports its backend module, which needs torch_npu.
     with (
@@ -103,6 +110,43 @@ def test_what_fia_does_not_implement_goes_to_sglangs_own_backend(
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("sglang_ascend_fia")]
     assert len(lines) == 1 and needle in lines[0], lines
     assert "sglang's own AscendAttnBackend" in lines[0]
+
+
+def _hnd_layout(pool: Any) -> None:
+    pool.use_hnd = True  # what SGLANG_USE_HND_KVCACHE=1 sets (memory_pool.py:2250)
+
+
+def _quantized_cache(pool: Any) -> None:
+    # Any KV-cache method but the unquantized one makes the pool quantized
+    # (is_quantized_kv_cache, memory_pool.py:2430-2432).
+    pool.quant_method = object()
+
+
+@pytest.mark.parametrize(
+    ("parallel", "adjust_pool", "needle"),
+    [
+        ({"attn_cp_size": 2}, None, "context parallel attention"),
+        ({"dcp_enabled": True}, None, "context parallel attention"),
+        ({}, _hnd_layout, "the HND KV-cache layout"),
+        ({}, _quantized_cache, "quantized KV caches"),
+    ],
+    ids=["context-parallel", "decode-context-parallel", "hnd-kv", "quantized-kv"],
+)
+def test_parallel_and_pool_settings_go_to_sglangs_own_backend(
+    ascend_factory: Any,
+    parallel: dict[str, Any],
+    adjust_pool: Callable[[Any], None] | None,
+    needle: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from sglang.srt.runtime_context import get_parallel
+
+    runner = _runner(monkeypatch, {})
+    if adjust_pool is not None:
+        adjust_pool(runner.token_to_kv_pool)
+    with get_parallel().override(**parallel) if parallel else contextlib.nullcontext():
+        _assert_handed_off(ascend_factory, runner, needle, caplog)
 
 
 def test_attention_sinks_go_to_sglangs_own_backend(
