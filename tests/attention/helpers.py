@@ -7,7 +7,6 @@ against the exact buffer layouts an engine hands it.
 
 from __future__ import annotations
 
-import contextlib
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -210,8 +209,20 @@ def graph_decode_batch(reqs: Requests, lens: list[int], rows: list[int]) -> Any:
     return fb
 
 
-@contextlib.contextmanager
-def active_ascend_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Any], Any]]:
+@pytest.fixture(autouse=True)
+def parallel_context() -> Iterator[None]:
+    """Single-rank parallel widths, as a one-device server publishes them (autouse where a
+    conftest imports it: tests/attention and tests/mla)."""
+    from sglang.srt.runtime_context import get_parallel
+
+    with get_parallel().override(
+        attn_tp_size=1, attn_cp_size=1, dcp_enabled=False, attn_dcp_size=1, attn_dcp_rank=0
+    ):
+        yield
+
+
+@pytest.fixture
+def ascend_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Any], Any]]:
     """``ATTENTION_BACKENDS["ascend"]`` as sglang looks it up, with the plugin active."""
     monkeypatch.setenv("ASCEND_USE_FIA", "1")
     from sglang.srt.layers.attention import attention_registry

@@ -10,22 +10,14 @@ that the call went to sglang's own factory; building it for real waits for a tor
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 
-from attention.helpers import TINY, active_ascend_factory, make_layer, make_pool, make_runner
+from attention.helpers import TINY, make_layer, make_pool, make_runner
 from sglang_ascend_fia.attention import handoff
 from sglang_ascend_fia.attention.backend import AscendFIABackend, UnsupportedConfiguration
-
-
-@pytest.fixture
-def ascend_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """``ATTENTION_BACKENDS["ascend"]`` as sglang looks it up, with the plugin active."""
-    with active_ascend_factory(monkeypatch) as factory:
-        yield factory
 
 
 class TinyModel(torch.nn.Module):

@@ -9,25 +9,17 @@ reaching that import is the evidence that the call went to sglang's own factory.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
-from attention.helpers import active_ascend_factory
 
 from mla.helpers import make_pool, make_runner
 from sglang_ascend_fia.attention import handoff
 from sglang_ascend_fia.attention.base import UnsupportedConfiguration
 from sglang_ascend_fia.mla.backend import AscendFIAMLABackend
-
-
-@pytest.fixture
-def ascend_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """``ATTENTION_BACKENDS["ascend"]`` as sglang looks it up, with the plugin active."""
-    with active_ascend_factory(monkeypatch) as factory:
-        yield factory
 
 
 def _set(path: str, value: Any) -> Callable[[Any, pytest.MonkeyPatch], None]:
