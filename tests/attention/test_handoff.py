@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from attention.helpers import TINY, make_layer, make_pool, make_runner
+from attention.helpers import TINY, assert_handed_to_sglang, make_layer, make_pool, make_runner
 from sglang_ascend_fia.attention import handoff
 from sglang_ascend_fia.attention.backend import AscendFIABackend, UnsupportedConfiguration
 
@@ -82,19 +82,9 @@ def test_what_fia_does_not_implement_goes_to_sglangs_own_backend(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    runner = _runner(monkeypatch, layer_kwargs, **overrides)
-    before = len(handoff.decisions())
-    # sglang's own factory imports its backend module, which needs torch_npu.
-    with (
-        caplog.at_level(logging.INFO, logger="sglang_ascend_fia"),
-        pytest.raises(ImportError, match=r"torch_npu|sgl_kernel_npu"),
-    ):
-        ascend_factory(runner)
-    (decision,) = handoff.decisions()[before:]
-    assert decision.backend == "sglang" and needle in decision.reason
-    lines = [r.getMessage() for r in caplog.records if r.name.startswith("sglang_ascend_fia")]
-    assert len(lines) == 1 and needle in lines[0], lines
-    assert "sglang's own AscendAttnBackend" in lines[0]
+    assert_handed_to_sglang(
+        ascend_factory, _runner(monkeypatch, layer_kwargs, **overrides), needle, caplog
+    )
 
 
 def test_attention_sinks_go_to_sglangs_own_backend(

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from attention.helpers import assert_handed_to_sglang
 
 from mla.helpers import make_pool, make_runner
 from sglang_ascend_fia.attention import handoff
@@ -127,17 +128,7 @@ def test_what_fia_mla_does_not_implement_goes_to_sglangs_own_backend(
 ) -> None:
     runner = make_runner(make_pool(2), 16)
     change(runner, monkeypatch)
-    before = len(handoff.decisions())
-    with (
-        caplog.at_level(logging.INFO, logger="sglang_ascend_fia"),
-        pytest.raises(ImportError, match=r"torch_npu|sgl_kernel_npu"),
-    ):
-        ascend_factory(runner)
-    (decision,) = handoff.decisions()[before:]
-    assert decision.backend == "sglang" and needle in decision.reason, decision
-    lines = [r.getMessage() for r in caplog.records if r.name.startswith("sglang_ascend_fia")]
-    assert len(lines) == 1 and needle in lines[0], lines
-    assert "sglang's own AscendAttnBackend" in lines[0]
+    assert_handed_to_sglang(ascend_factory, runner, needle, caplog)
 
 
 def test_deepseek_mla_gets_the_fia_mla_backend_without_a_warning(
