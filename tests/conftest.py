@@ -30,12 +30,17 @@ if _site is None or not str(getattr(_site, "__file__", "")).startswith(str(SUPPO
 os.environ.pop("ASCEND_USE_FIA", None)
 
 
+TINY_TENSOR_DIRS = frozenset({"ops", "verify", "w8a8"})
+"""Test directories (under tests/) whose every module runs tiny tensors on one thread."""
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """One intra-op thread for a module of tiny-tensor tests.
 
     Their tensors are tiny: intra-op threads only add OpenMP spin-waits, which on a busy 2-core
-    machine cost 10-30x. A directory opts in with an autouse fixture in its conftest.py.
+    machine cost 10-30x. A directory opts in through :data:`TINY_TENSOR_DIRS`; a fixture that
+    builds tiny sglang objects elsewhere requests it by name.
     """
     import torch
 
@@ -43,3 +48,10 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tiny_tensor_dirs_one_thread(request: pytest.FixtureRequest) -> None:
+    """``one_thread`` for every module in :data:`TINY_TENSOR_DIRS`, and nothing elsewhere."""
+    if request.path.relative_to(Path(__file__).parent).parts[0] in TINY_TENSOR_DIRS:
+        request.getfixturevalue("one_thread")

@@ -41,7 +41,10 @@ from sglang_ascend_fia.ops.fia.rules import (
     MAX_GQA_RATIO,
     MAX_HEAD_DIM,
     MAX_HEADS,
+    NPU_FLOAT_DTYPES,
     PROMPT_HEAD_DIM_ALIGN,
+    REFERENCE_FLOAT_DTYPES,
+    SPARSE_RIGHT_DOWN_CAUSAL,
 )
 
 if TYPE_CHECKING:
@@ -57,15 +60,6 @@ logger = logging.getLogger(__name__)
 
 # A layer's FIA arguments: query heads, KV heads, scale.
 LayerKey = tuple[int, int, float]
-
-# Causal, aligned bottom-right on each request's context (reads the base's mask template).
-_SPARSE_RIGHT_DOWN_CAUSAL = 3
-
-
-# Query/KV dtypes the FIA kernel documents for float attention.
-_NPU_DTYPES = (torch.float16, torch.bfloat16)
-# The reference ops also take float32 (the CPU test bed compares with HF in fp32).
-_REFERENCE_DTYPES = (*_NPU_DTYPES, torch.float32)
 
 
 class AscendFIABackend(FIABackendBase[FIAMetadata]):
@@ -114,13 +108,13 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
                 f"takes (an integer <= {MAX_GQA_RATIO})"
             )
         dtype_name = str(self.data_type).removeprefix("torch.")
-        if device_type(self.device) == "npu" and self.data_type not in _NPU_DTYPES:
+        if device_type(self.device) == "npu" and self.data_type not in NPU_FLOAT_DTYPES:
             # The reference ops also take fp32 (the CPU test bed compares against HF in fp32);
             # FIA itself does not, so refuse here instead of in the first forward.
             problems.append(
                 f"--dtype {dtype_name} is not a dtype FIA takes on an NPU (use bfloat16 or float16)"
             )
-        elif self.data_type not in _REFERENCE_DTYPES:
+        elif self.data_type not in REFERENCE_FLOAT_DTYPES:
             problems.append(
                 f"--dtype {dtype_name} is not a dtype FIA or its reference takes (use bfloat16 "
                 "or float16; float32 off the NPU only)"
@@ -272,7 +266,7 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
             atten_mask=self.mask_template,
             actual_seq_lengths=metadata.cum_q_lens,
             input_layout="TND",
-            sparse_mode=_SPARSE_RIGHT_DOWN_CAUSAL,
+            sparse_mode=SPARSE_RIGHT_DOWN_CAUSAL,
         )
         out, _ = call(query, views.k_paged, views.v_paged)
         out = out.reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
@@ -301,7 +295,7 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
             atten_mask=self.mask_template if prompt else None,
             actual_seq_lengths=metadata.q_lens if prompt else None,
             input_layout="BSND",
-            sparse_mode=_SPARSE_RIGHT_DOWN_CAUSAL if prompt else 0,
+            sparse_mode=SPARSE_RIGHT_DOWN_CAUSAL if prompt else 0,
         )
         out, _ = call(padded.view(bs, max_q, heads, dim), views.k_paged, views.v_paged)
         flat = out.reshape(bs * max_q, heads * layer.v_head_dim)

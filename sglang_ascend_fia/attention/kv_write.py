@@ -1,15 +1,16 @@
-"""KV-cache writes through ``ops``, shared by the FIA backend and the patched NPU pool.
+"""KV-cache views and writes through ``ops``, shared by the MHA/GQA backend and the MLA pool.
 
 sglang's MHA pools keep one buffer per layer whose rows are token slots in slot order: the stock
 ``MHATokenToKVPool`` as ``[size + page, H, D]``, ``NPUMHATokenToKVPool`` as
 ``[(pages + 1) * page, 1, H, D]`` (FIA on) or ``[pages + 1, page, H, D]`` (FIA off). All three are
-the same contiguous memory, so one ``[-1, H, D]`` view serves the scatter and one
-``[-1, page, H * D]`` view serves FIA, whichever pool sglang built.
+the same contiguous memory, so the views :class:`LayerKV` builds once per layer serve whichever
+pool sglang built: ``(blocks, page, H, D)`` for the scatter and ``(blocks, page, H * D)`` for FIA.
 
 The MHA/GQA backend writes K and V of a layer in one ``npu_scatter_pa_kv_cache`` launch
 (:class:`LayerKV`, :func:`kv_rows`), as sglang's own NPU pool does with
-``SGLANG_NPU_USE_SCATTER_PA_KV_CACHE`` (``memory_pool_npu.py:317-329``); the split MLA pool keeps
-two ``npu_scatter_nd_update_`` writes (:func:`write_kv`), one per cache.
+``SGLANG_NPU_USE_SCATTER_PA_KV_CACHE`` (``memory_pool_npu.py:317-329``); the split MLA pool
+(``mla/pool.py``, buffers ``[pages + 1, page, 1, D]``) keeps two ``npu_scatter_nd_update_``
+writes (:func:`write_kv`), one per cache.
 """
 
 from __future__ import annotations
@@ -26,11 +27,6 @@ def token_rows(buffer: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
     return buffer.view(-1, heads, head_dim)
 
 
-def paged_view(buffer: torch.Tensor, page_size: int, heads: int, head_dim: int) -> torch.Tensor:
-    """``buffer`` as FIA's paged ``(blocks, block_size, heads * head_dim)`` without a copy."""
-    return buffer.view(-1, page_size, heads * head_dim)
-
-
 def write_kv(
     k_buffer: torch.Tensor,
     v_buffer: torch.Tensor,
@@ -40,7 +36,7 @@ def write_kv(
 ) -> None:
     """Scatter this step's K and V rows into their token slots ``loc``.
 
-    ``k_buffer``/``v_buffer`` are one layer's buffers in any of the layouts above;
+    ``k_buffer``/``v_buffer`` are one layer's buffers, slot-ordered rows ending in ``[H, D]``;
     ``cache_k``/``cache_v`` are ``[tokens, H, D]`` (or anything that views as that).
     """
     heads, head_dim = k_buffer.shape[-2], k_buffer.shape[-1]

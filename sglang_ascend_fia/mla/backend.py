@@ -46,7 +46,13 @@ from sglang_ascend_fia.attention.base import (
 )
 from sglang_ascend_fia.mla.heads import HeadPadder, decode_head_count, prefill_head_count
 from sglang_ascend_fia.mla.metadata import MLAMetadata, PrefillLaunch, plan_prefill_launches
-from sglang_ascend_fia.ops.fia.rules import TND_MAX_BATCH_V2, TND_MAX_TOKENS, TND_ROPE_HEAD_DIM
+from sglang_ascend_fia.ops.fia.rules import (
+    NPU_FLOAT_DTYPES,
+    SPARSE_RIGHT_DOWN_CAUSAL,
+    TND_MAX_BATCH_V2,
+    TND_MAX_TOKENS,
+    TND_ROPE_HEAD_DIM,
+)
 
 if TYPE_CHECKING:
     from sglang.srt.layers.radix_attention import RadixAttention
@@ -55,8 +61,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_SPARSE_RIGHT_DOWN_CAUSAL = 3
-_NPU_DTYPES = (torch.float16, torch.bfloat16)
 _ROPE_KWARGS = frozenset({"q_rope", "k_rope"})
 # The prefill runs on FIA v2: TND without page attention up to 1M tokens and 4096 requests.
 PREFILL_MAX_TOKENS = TND_MAX_TOKENS[2]
@@ -109,7 +113,7 @@ class AscendFIAMLABackend(FIABackendBase[MLAMetadata]):
             ops.check_page_size(self.page_size, mla=True)
         except ValueError as exc:
             problems.append(str(exc))
-        if device_type(self.device) == "npu" and self.dtype not in _NPU_DTYPES:
+        if device_type(self.device) == "npu" and self.dtype not in NPU_FLOAT_DTYPES:
             problems.append(
                 f"--dtype {str(self.dtype).removeprefix('torch.')} is not a dtype FIA takes on "
                 "an NPU (use bfloat16 or float16)"
@@ -243,7 +247,7 @@ class AscendFIAMLABackend(FIABackendBase[MLAMetadata]):
             num_key_value_heads=padded,
             softmax_scale=layer.scaling,
             input_layout="TND",
-            sparse_mode=_SPARSE_RIGHT_DOWN_CAUSAL,
+            sparse_mode=SPARSE_RIGHT_DOWN_CAUSAL,
         )
         return out
 

@@ -3,8 +3,9 @@
 On an NPU tensor each op calls ``torch_npu``; anywhere else it runs the reference. Names drop the
 ``npu_`` prefix; parameters, defaults and return tuples follow torch_npu 2.14.
 
-Layout: ``fia/`` (FIA v1/v2: ``rules`` holds the public limits the attention backend imports,
-``plan`` the validator, ``reference`` the computation), ``moe/`` (gating, routing, grouped
+Layout: ``fia/`` (FIA v1/v2: ``rules`` holds the public limits the attention backends import,
+``plan`` the validator with the scenario rules of ``scenarios``, ``reference`` the computation),
+``moe/`` (gating, routing, grouped
 matmul), ``kv_cache``, ``helpers``, ``quant``; ``_dispatch`` (``npu_op``) and ``_checks`` (the
 shared error wording and dtype policy) underneath. Semantics of every op, rule by rule:
 ``docs/ops-semantics.md``.

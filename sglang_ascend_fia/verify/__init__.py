@@ -30,6 +30,7 @@ from sglang_ascend_fia.verify.case import CaseFactory, Outputs, tolerance_for
 from sglang_ascend_fia.verify.cases import (
     attention,
     attention_v2,
+    gating,
     gmm,
     kv_helpers,
     mla,
@@ -38,7 +39,7 @@ from sglang_ascend_fia.verify.cases import (
 )
 
 # The order of the table verify-ops prints.
-CASE_MODULES = (attention, attention_v2, mla, kv_helpers, moe, gmm, quant)
+CASE_MODULES = (attention, attention_v2, mla, kv_helpers, gating, moe, gmm, quant)
 
 
 @dataclass(frozen=True)

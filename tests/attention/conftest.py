@@ -1,16 +1,9 @@
-"""Single-rank parallel widths for backend tests that build sglang objects outside a server."""
+"""Shared fixtures of the attention backend tests, defined once in ``attention/helpers.py``:
+single-rank parallel widths for sglang objects built outside a server (autouse), and the
+plugin's ``ATTENTION_BACKENDS["ascend"]`` factory."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from attention.helpers import ascend_factory, parallel_context
 
-import pytest
-
-
-@pytest.fixture(autouse=True)
-def parallel_context() -> Iterator[None]:
-    """Single-rank widths, as a one-GPU server publishes them."""
-    from sglang.srt.runtime_context import get_parallel
-
-    with get_parallel().override(attn_tp_size=1, attn_cp_size=1, dcp_enabled=False):
-        yield
+__all__ = ["ascend_factory", "parallel_context"]

@@ -7,7 +7,7 @@ against the exact buffer layouts an engine hands it.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -210,8 +210,20 @@ def graph_decode_batch(reqs: Requests, lens: list[int], rows: list[int]) -> Any:
     return fb
 
 
-@contextlib.contextmanager
-def active_ascend_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Any], Any]]:
+@pytest.fixture(autouse=True)
+def parallel_context() -> Iterator[None]:
+    """Single-rank parallel widths, as a one-device server publishes them (autouse where a
+    conftest imports it: tests/attention and tests/mla)."""
+    from sglang.srt.runtime_context import get_parallel
+
+    with get_parallel().override(
+        attn_tp_size=1, attn_cp_size=1, dcp_enabled=False, attn_dcp_size=1, attn_dcp_rank=0
+    ):
+        yield
+
+
+@pytest.fixture
+def ascend_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Any], Any]]:
     """``ATTENTION_BACKENDS["ascend"]`` as sglang looks it up, with the plugin active."""
     monkeypatch.setenv("ASCEND_USE_FIA", "1")
     from sglang.srt.layers.attention import attention_registry
@@ -226,6 +238,28 @@ def active_ascend_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
         yield lambda runner: attention_registry.ATTENTION_BACKENDS["ascend"](runner)
     finally:
         plugin.deactivate()
+
+
+def assert_handed_to_sglang(
+    ascend_factory: Callable[[Any], Any], runner: Any, needle: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Building the ``"ascend"`` backend for ``runner`` records one hand-off to sglang's own
+    backend whose reason holds ``needle`` and logs it in one line. On CPU sglang's own factory
+    cannot build its backend (its module imports ``torch_npu``): reaching that import is the
+    evidence that the call went there."""
+    from sglang_ascend_fia.attention import handoff
+
+    before = len(handoff.decisions())
+    with (
+        caplog.at_level(logging.INFO, logger="sglang_ascend_fia"),
+        pytest.raises(ImportError, match=r"torch_npu|sgl_kernel_npu"),
+    ):
+        ascend_factory(runner)
+    (decision,) = handoff.decisions()[before:]
+    assert decision.backend == "sglang" and needle in decision.reason, decision
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("sglang_ascend_fia")]
+    assert len(lines) == 1 and needle in lines[0], lines
+    assert "sglang's own AscendAttnBackend" in lines[0]
 
 
 class FakeNPUGraph:

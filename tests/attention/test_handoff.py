@@ -11,22 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 
-from attention.helpers import TINY, active_ascend_factory, make_layer, make_pool, make_runner
+from attention.helpers import TINY, assert_handed_to_sglang, make_layer, make_pool, make_runner
 from sglang_ascend_fia.attention import handoff
 from sglang_ascend_fia.attention.backend import AscendFIABackend, UnsupportedConfiguration
-
-
-@pytest.fixture
-def ascend_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """``ATTENTION_BACKENDS["ascend"]`` as sglang looks it up, with the plugin active."""
-    with active_ascend_factory(monkeypatch) as factory:
-        yield factory
 
 
 class TinyModel(torch.nn.Module):
@@ -91,25 +84,9 @@ def test_what_fia_does_not_implement_goes_to_sglangs_own_backend(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    runner = _runner(monkeypatch, layer_kwargs, **overrides)
-    _assert_handed_off(ascend_factory, runner, needle, caplog)
-
-
-def _assert_handed_off(
-    ascend_factory: Any, runner: Any, needle: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    before = len(handoff.decisions())
-    # sglang's own factory imports its backend module, which needs torch_npu.
-    with (
-        caplog.at_level(logging.INFO, logger="sglang_ascend_fia"),
-        pytest.raises(ImportError, match=r"torch_npu|sgl_kernel_npu"),
-    ):
-        ascend_factory(runner)
-    (decision,) = handoff.decisions()[before:]
-    assert decision.backend == "sglang" and needle in decision.reason
-    lines = [r.getMessage() for r in caplog.records if r.name.startswith("sglang_ascend_fia")]
-    assert len(lines) == 1 and needle in lines[0], lines
-    assert "sglang's own AscendAttnBackend" in lines[0]
+    assert_handed_to_sglang(
+        ascend_factory, _runner(monkeypatch, layer_kwargs, **overrides), needle, caplog
+    )
 
 
 def _hnd_layout(pool: Any) -> None:
@@ -146,7 +123,7 @@ def test_parallel_and_pool_settings_go_to_sglangs_own_backend(
     if adjust_pool is not None:
         adjust_pool(runner.token_to_kv_pool)
     with get_parallel().override(**parallel) if parallel else contextlib.nullcontext():
-        _assert_handed_off(ascend_factory, runner, needle, caplog)
+        assert_handed_to_sglang(ascend_factory, runner, needle, caplog)
 
 
 def test_attention_sinks_go_to_sglangs_own_backend(

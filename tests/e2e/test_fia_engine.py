@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testbed.models import build_qwen2
 
 from e2e.fia_common import (
     CHUNK,
@@ -27,11 +26,6 @@ from e2e.fia_common import (
 pytestmark = pytest.mark.engine
 
 WORKLOADS = ("parity", "prefix-seed", "prefix-hits", "chunked", "mixed")
-
-
-@pytest.fixture(scope="module")
-def qwen2() -> Path:
-    return build_qwen2()
 
 
 @pytest.fixture(scope="module")

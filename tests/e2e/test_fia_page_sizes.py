@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from testbed.engine import EngineProcess, start_error, testbed_env
-from testbed.models import build_qwen2, encode_prompts, token_stream
+from testbed.models import encode_prompts, token_stream
 from testbed.oracle import hf_greedy
 
 from e2e.fia_common import NEW_TOKENS
@@ -17,11 +17,6 @@ from sglang_ascend_fia import ops
 pytestmark = pytest.mark.engine
 
 LEGAL = ops.legal_page_sizes(mla=False)
-
-
-@pytest.fixture(scope="module")
-def qwen2() -> Path:
-    return build_qwen2()
 
 
 # sglang's CPU default (1) through the Engine. Every other illegal size meets the same construction

@@ -9,17 +9,12 @@ from pathlib import Path
 
 import pytest
 from testbed.engine import EngineProcess, start_error, testbed_env
-from testbed.models import build_qwen2, encode_prompts
+from testbed.models import encode_prompts
 from testbed.oracle import hf_greedy
 
 pytestmark = pytest.mark.engine
 
 NEW_TOKENS = 16
-
-
-@pytest.fixture(scope="module")
-def qwen2() -> Path:
-    return build_qwen2()
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,9 @@
-"""Single-rank parallel widths for MLA tests that build sglang objects outside a server."""
+"""Shared fixtures of the MLA backend tests, defined once in ``attention/helpers.py``:
+single-rank parallel widths for sglang objects built outside a server (autouse), and the
+plugin's ``ATTENTION_BACKENDS["ascend"]`` factory."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from attention.helpers import ascend_factory, parallel_context
 
-import pytest
-
-
-@pytest.fixture(autouse=True)
-def parallel_context() -> Iterator[None]:
-    from sglang.srt.runtime_context import get_parallel
-
-    with get_parallel().override(
-        attn_tp_size=1, attn_cp_size=1, dcp_enabled=False, attn_dcp_size=1, attn_dcp_rank=0
-    ):
-        yield
+__all__ = ["ascend_factory", "parallel_context"]

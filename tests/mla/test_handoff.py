@@ -9,25 +9,18 @@ reaching that import is the evidence that the call went to sglang's own factory.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
-from attention.helpers import active_ascend_factory
+from attention.helpers import assert_handed_to_sglang
 
 from mla.helpers import make_pool, make_runner
 from sglang_ascend_fia.attention import handoff
 from sglang_ascend_fia.attention.base import UnsupportedConfiguration
 from sglang_ascend_fia.mla.backend import AscendFIAMLABackend
-
-
-@pytest.fixture
-def ascend_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """``ATTENTION_BACKENDS["ascend"]`` as sglang looks it up, with the plugin active."""
-    with active_ascend_factory(monkeypatch) as factory:
-        yield factory
 
 
 def _set(path: str, value: Any) -> Callable[[Any, pytest.MonkeyPatch], None]:
@@ -135,17 +128,7 @@ def test_what_fia_mla_does_not_implement_goes_to_sglangs_own_backend(
 ) -> None:
     runner = make_runner(make_pool(2), 16)
     change(runner, monkeypatch)
-    before = len(handoff.decisions())
-    with (
-        caplog.at_level(logging.INFO, logger="sglang_ascend_fia"),
-        pytest.raises(ImportError, match=r"torch_npu|sgl_kernel_npu"),
-    ):
-        ascend_factory(runner)
-    (decision,) = handoff.decisions()[before:]
-    assert decision.backend == "sglang" and needle in decision.reason, decision
-    lines = [r.getMessage() for r in caplog.records if r.name.startswith("sglang_ascend_fia")]
-    assert len(lines) == 1 and needle in lines[0], lines
-    assert "sglang's own AscendAttnBackend" in lines[0]
+    assert_handed_to_sglang(ascend_factory, runner, needle, caplog)
 
 
 def test_deepseek_mla_gets_the_fia_mla_backend_without_a_warning(

@@ -4,13 +4,13 @@ mapping, so no validator restates its op's signature; the binding matches Python
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 import torch
 
 from sglang_ascend_fia import ops
-from sglang_ascend_fia.ops._dispatch import bind_arguments
 
 FACADE_OPS = [op for op in map(ops.__dict__.get, ops.__all__) if hasattr(op, "reference")]
 
@@ -31,6 +31,13 @@ def _reference_bind(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> d
 
 def _three(x: int, y: int = 2, z: int = 3, *, w: int = 4, v: int | None = None) -> None:
     return None
+
+
+def bind_arguments(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The mapping ``npu_op`` hands its validator for the call ``fn(*args, **kwargs)``."""
+    seen: list[Mapping[str, Any]] = []
+    ops.npu_op("npu_" + fn.__name__, validate=seen.append)(fn).validate(*args, **kwargs)
+    return dict(seen[0])
 
 
 @pytest.mark.parametrize(

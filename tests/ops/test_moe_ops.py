@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from op_refusals import assert_reference_refuses, assert_validator_rejects
 
 from sglang_ascend_fia import ops
 
@@ -1577,13 +1578,7 @@ VALUE_CASES = [
 def test_validator_rejects_with_a_message_naming_argument_value_and_rule(
     op: object, args: tuple[object, ...], kwargs: dict[str, object], match: str
 ) -> None:
-    # The op's own validator raises (so an NPU call is refused too), before any launch.
-    with pytest.raises(ValueError, match=match):
-        op.validate(*args, **kwargs)  # type: ignore[attr-defined]
-    ops.reset_launch_counts()
-    with pytest.raises(ValueError, match=match):
-        op(*args, **kwargs)  # type: ignore[operator]
-    assert ops.launch_counts() == {}
+    assert_validator_rejects(op, args, kwargs, match)
 
 
 @pytest.mark.parametrize(
@@ -1596,9 +1591,7 @@ def test_validator_rejects_with_a_message_naming_argument_value_and_rule(
 def test_reference_refuses_what_the_validator_lets_through(
     op: object, args: tuple[object, ...], kwargs: dict[str, object], match: str
 ) -> None:
-    op.validate(*args, **kwargs)  # type: ignore[attr-defined]
-    with pytest.raises(ValueError, match=match):
-        op(*args, **kwargs)  # type: ignore[operator]
+    assert_reference_refuses(op, args, kwargs, match)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import sys
 import types
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 
 from sglang_ascend_fia import ops
+
+# The torch_npu branch of npu_op is reached by patching the module attribute it calls: no public
+# seam chooses the branch (a tensor's device does, and CPU tests have no NPU tensor).
 from sglang_ascend_fia.ops import _dispatch
 
 FIA = "fused_infer_attention_score"
@@ -22,12 +24,7 @@ WRITE = "scatter_pa_kv_cache"
 TABLE = torch.tensor([[0, 1, 5], [2, 3, 4]], dtype=torch.int32)
 
 
-@pytest.fixture(autouse=True)
-def _cold() -> Iterator[None]:
-    ops.reset_validation_counts()
-    ops.reset_launch_counts()
-    yield
-    ops.reset_validation_counts()
+pytestmark = pytest.mark.usefixtures("cold_counters")
 
 
 def decode_fixed(**over: Any) -> dict[str, Any]:

@@ -20,6 +20,7 @@ REFUSAL_TESTS = [
     "test_fia_memo.py",
     "test_fia_validation.py",
     "test_moe_ops.py",
+    "test_prepared_call.py",
     "test_quant_ops.py",
 ]
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sglang_ascend_fia.verify.cases import gmm, moe, quant
+from sglang_ascend_fia.verify.cases import gating, gmm, moe, quant
 
-CASES = [*moe.CASES, *gmm.CASES, *quant.CASES]
+CASES = [*gating.CASES, *moe.CASES, *gmm.CASES, *quant.CASES]
 OPS = (
     "moe_gating_top_k_softmax",
     "moe_gating_top_k",

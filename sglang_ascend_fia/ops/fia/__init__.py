@@ -24,7 +24,7 @@ runs see it.
 
 Choices the doc does not settle are marked **(inferred)** where they are made. A call's path:
 this module (the two public ops) → :mod:`.plan` (validator and geometry, with the limits of
-:mod:`.rules`) → :mod:`.reference` (the computation).
+:mod:`.rules` and the scenario rules of :mod:`.scenarios`) → :mod:`.reference` (the computation).
 """
 
 from __future__ import annotations

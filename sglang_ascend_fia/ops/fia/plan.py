@@ -2,7 +2,7 @@
 implementation runs (so on an NPU too), and the per-request :class:`Plan` the reference executes.
 
 :func:`plan` reads a call in named steps: inputs and dtypes, modes and head counts, query lengths,
-the branch (Q_S=1 or >1) rules, the key/value geometry, the scenario rules of :mod:`.rules`, the
+the branch (Q_S=1 or >1) rules, the key/value geometry, the scenario rules of :mod:`.scenarios`, the
 mask, then (``reference=True``) what only the reference lacks. The geometry helpers live in
 :mod:`.geometry`, the argument tables (unmodelled arguments, v2 names) in :mod:`.arguments`.
 Doc sources: see :mod:`sglang_ascend_fia.ops.fia`.
@@ -38,11 +38,13 @@ from sglang_ascend_fia.ops.fia.rules import (
     LAYOUTS,
     OP,
     TREE_MASK_SPARSE_MODE,
-    CallShape,
     check_head_counts,
+    check_sparse_mode,
+)
+from sglang_ascend_fia.ops.fia.scenarios import (
+    CallShape,
     check_mla,
     check_sizes,
-    check_sparse_mode,
     check_tnd_dense,
     check_tnd_paged,
 )
