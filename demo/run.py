@@ -12,11 +12,16 @@
 5. Runs the engine tests' workloads through the plugin and sglang's in-tree Ascend backend in
    both of its modes (on the test-only torch_npu stand-in, ``demo/upstream.py``) and prints
    which paths match HF, their attention launches per layer, and the cause of each failure.
-6. Runs the ``make test`` serving load (64 requests, 16 at a time, through the real
+6. Through sglang's real ``ModelRunner`` in one process per path (``demo/per_layer.py``), prints
+   attention and KV-write launches per layer at head dims 16 and 128, host syncs per decode step
+   at 2 and 6 layers (device against host tensors), and what each path does at
+   ``--page-size 16``.
+7. Runs the ``make test`` serving load (64 requests, 16 at a time, through the real
    ``sglang.launch_server`` and the ``openai`` client) through the plugin and stock sglang, and
    prints the request count, the errors and the throughput of each.
-7. Exits 1 on any mismatch of the plugin, if a forward made other than one FIA launch per
-   layer, or on any error, drop or answer differing from stock's under load.
+8. Exits 1 on any mismatch of the plugin, if a forward made other than one FIA launch per
+   layer, if a plugin decode step syncs the device or syncs per layer, if the plugin starts at
+   page 16, or on any error, drop or answer differing from stock's under load.
 
 The test bed (``tests/support``: the ``sgl_kernel`` stand-in, the torchvision fix, the launch
 probe) is put on ``PYTHONPATH`` by the Makefile; none of it is part of the wheel.
@@ -186,6 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== Qwen2 (GQA): the plugin beside sglang's own Ascend backend ==", flush=True)
     side_by_side, plugin_ok = upstream.report(build_qwen2())
     print(side_by_side, flush=True)
+    from demo import per_layer
+
+    print(
+        "\n== Qwen2 (GQA), one ModelRunner per path: launches, host syncs, page 16 ==", flush=True
+    )
+    t0 = time.perf_counter()
+    runner_tables, runner_ok = per_layer.report()
+    print(runner_tables, flush=True)
+    print(f"time: {time.perf_counter() - t0:.1f}s", flush=True)
     from testbed.load_vs_stock import compare_with_stock
 
     print(
@@ -202,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     load_text, load_ok = render_load(load)
     print(load_text, flush=True)
-    return 0 if all_ok and plugin_ok and load_ok else 1
+    return 0 if all_ok and plugin_ok and runner_ok and load_ok else 1
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 What the FIA backend does not implement goes to sglang's own ``AscendAttnBackend`` (the wrapped
 ``create_ascend_backend``), with one log line naming the reason; what it implements gets
-:class:`AscendFIABackend`. On CPU sglang's own backend cannot be built (its module imports
-``torch_npu`` at top level, ascend_backend.py:7-11), so reaching that import *is* the evidence
-that the call went to sglang's own factory; building it for real waits for a torch_npu stand-in.
+:class:`AscendFIABackend`. Here, without the test-only torch_npu stand-in on the path, sglang's
+own backend cannot be built (its module imports ``torch_npu`` at top level,
+ascend_backend.py:7-11), so reaching that import *is* the evidence that the call went to
+sglang's own factory. That the handed-off backend is then built and serves is proven end to end
+with the stand-in (``tests/support/npu_standin``) in ``tests/e2e/test_fia_handoff.py``.
 """
 
 from __future__ import annotations

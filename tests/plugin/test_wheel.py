@@ -3,6 +3,7 @@ plain ``pip install``, its entry point and manifest come from the installed copy
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -31,6 +32,11 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
+def _dist_info(names: list[str]) -> str:
+    (folder,) = {n.split("/")[0] for n in names if n.split("/")[0].endswith(".dist-info")}
+    return folder
+
+
 def test_wheel_contents(wheel: Path, tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
 
@@ -48,9 +54,28 @@ def test_wheel_contents(wheel: Path, tmp_path: Path) -> None:
     assert "[sglang.srt.plugins]\nascend_fia = sglang_ascend_fia.plugin:activate" in text
     assert "sglang-ascend-fia = sglang_ascend_fia.cli:main" in text
 
-    # Test-only support never ships: an installed sgl_kernel stand-in would shadow the real one.
+    # Test-only support never ships: an installed sgl_kernel or torch_npu stand-in would shadow
+    # the real one on a user's machine.
     assert not [n for n in names if "sgl_kernel" in n or "sitecustomize" in n or "testbed" in n]
+    for stand_in in ("torch_npu", "npu_standin", "sgl_kernel_npu"):
+        assert not [n for n in names if stand_in in n], stand_in
     assert not [n for n in names if n.startswith("tests/")]
+    # Nothing under tests/ ships under another name either: the wheel holds the package and its
+    # metadata only, and no file in it has the content of a (non-empty) file under tests/.
+    assert {n.split("/")[0] for n in names} == {"sglang_ascend_fia", _dist_info(names)}
+    test_files = {
+        hashlib.sha256(data).hexdigest(): path
+        for path in (REPO / "tests").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and (data := path.read_bytes())
+    }
+    assert REPO / "tests/support/side_by_side_runner.py" in test_files.values()
+    with zipfile.ZipFile(wheel) as archive:
+        shipped_tests = [
+            (n, test_files[digest])
+            for n in names
+            if (digest := hashlib.sha256(archive.read(n)).hexdigest()) in test_files
+        ]
+    assert not shipped_tests
 
     # The installed layout finds the shipped manifest.
     unpacked = tmp_path / "unpacked"
