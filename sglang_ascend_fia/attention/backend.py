@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,6 +33,7 @@ from sglang_ascend_fia.attention.base import (
     causal_mask_template,
     device_type,
     pad_rows,
+    prepared_call,
     refuse_kwargs,
 )
 from sglang_ascend_fia.attention.kv_write import LayerKV, kv_rows
@@ -201,12 +203,11 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
             return
         loc = forward_batch.out_cache_loc
         # The prepared call holds ``loc``, so its id names it while the metadata lives.
-        key = ("kv", id(loc))
-        write = metadata.prepared.get(key)
-        if write is None:
-            write = metadata.prepared[key] = ops.scatter_pa_kv_cache.prepare(
-                slot_mapping=loc, cache_mode="Norm"
-            )
+        write = prepared_call(
+            metadata,
+            ("kv", id(loc)),
+            lambda: ops.scatter_pa_kv_cache.prepare(slot_mapping=loc, cache_mode="Norm"),
+        )
         rows = loc.shape[0]
         write(
             kv_rows(k, rows, views.k_blocks),
@@ -216,23 +217,28 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
         )
 
     def _fia_call(
-        self, metadata: FIAMetadata, form: str, layer_key: LayerKey, **per_batch: Any
+        self,
+        metadata: FIAMetadata,
+        form: str,
+        layer_key: LayerKey,
+        per_batch: Callable[[], dict[str, Any]],
     ) -> PreparedCall:
-        """The batch's FIA call of ``form`` for layers of ``layer_key``, prepared by the first."""
-        key = (form, layer_key)
-        call = metadata.prepared.get(key)
-        if call is None:
+        """The batch's FIA call of ``form`` for layers of ``layer_key``, prepared by the first
+        with the common arguments and ``per_batch()``'s."""
+
+        def prepare() -> PreparedCall:
             heads, kv_heads, scale = layer_key
-            call = metadata.prepared[key] = ops.fused_infer_attention_score.prepare(
+            return ops.fused_infer_attention_score.prepare(
                 actual_seq_lengths_kv=metadata.kv_lens,
                 block_table=metadata.block_table,
                 num_heads=heads,
                 scale=scale,
                 num_key_value_heads=kv_heads,
                 block_size=self.page_size,
-                **per_batch,
+                **per_batch(),
             )
-        return call
+
+        return prepared_call(metadata, (form, layer_key), prepare)
 
     def forward_extend(
         self,
@@ -263,10 +269,12 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
             metadata,
             "TND",
             layer_key,
-            atten_mask=self.mask_template,
-            actual_seq_lengths=metadata.cum_q_lens,
-            input_layout="TND",
-            sparse_mode=SPARSE_RIGHT_DOWN_CAUSAL,
+            lambda: {
+                "atten_mask": self.mask_template,
+                "actual_seq_lengths": metadata.cum_q_lens,
+                "input_layout": "TND",
+                "sparse_mode": SPARSE_RIGHT_DOWN_CAUSAL,
+            },
         )
         out, _ = call(query, views.k_paged, views.v_paged)
         out = out.reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
@@ -292,10 +300,12 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
             metadata,
             "BSND padded",
             layer_key,
-            atten_mask=self.mask_template if prompt else None,
-            actual_seq_lengths=metadata.q_lens if prompt else None,
-            input_layout="BSND",
-            sparse_mode=SPARSE_RIGHT_DOWN_CAUSAL if prompt else 0,
+            lambda: {
+                "atten_mask": self.mask_template if prompt else None,
+                "actual_seq_lengths": metadata.q_lens if prompt else None,
+                "input_layout": "BSND",
+                "sparse_mode": SPARSE_RIGHT_DOWN_CAUSAL if prompt else 0,
+            },
         )
         out, _ = call(padded.view(bs, max_q, heads, dim), views.k_paged, views.v_paged)
         flat = out.reshape(bs * max_q, heads * layer.v_head_dim)
@@ -325,7 +335,7 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
         query = q.reshape(rows, 1, layer.tp_q_head_num, layer.qk_head_dim)
         if rows != bs:
             query = query[:bs]
-        call = self._fia_call(metadata, "BSND decode", layer_key, input_layout="BSND")
+        call = self._fia_call(metadata, "BSND decode", layer_key, lambda: {"input_layout": "BSND"})
         out, _ = call(query.contiguous(), views.k_paged, views.v_paged)
         out = out.reshape(bs, layer.tp_q_head_num * layer.v_head_dim)
         return pad_rows(out, rows)

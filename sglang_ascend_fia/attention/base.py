@@ -11,6 +11,7 @@ its own FIA calls.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import torch
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from sglang.srt.layers.radix_attention import RadixAttention
     from sglang.srt.model_executor.forward_batch_info import ForwardBatch, ForwardMode
     from sglang.srt.model_executor.model_runner import ModelRunner
+
+    from sglang_ascend_fia.ops import PreparedCall
 
 
 class UnsupportedConfiguration(ValueError):
@@ -38,6 +41,17 @@ class DecodeMetadata(Protocol):
 
 
 M = TypeVar("M", bound=DecodeMetadata)
+
+
+def prepared_call(
+    metadata: DecodeMetadata, key: object, prepare: Callable[[], PreparedCall]
+) -> PreparedCall:
+    """The batch's call ``key``, made by ``prepare`` for the first layer that needs it; later
+    layers find it in ``metadata.prepared`` without building its arguments again."""
+    call = metadata.prepared.get(key)
+    if call is None:
+        call = metadata.prepared[key] = prepare()
+    return call
 
 
 def device_type(device: object) -> str:

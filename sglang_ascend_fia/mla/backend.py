@@ -42,6 +42,7 @@ from sglang_ascend_fia.attention.base import (
     causal_mask_template,
     device_type,
     pad_rows,
+    prepared_call,
     refuse_kwargs,
 )
 from sglang_ascend_fia.mla.heads import HeadPadder, decode_head_count, prefill_head_count
@@ -298,10 +299,10 @@ class AscendFIAMLABackend(FIABackendBase[MLAMetadata]):
             "decode_q_rope", q_rope.reshape(rows, heads, self.rope_dim)[:bs], padded
         ).contiguous()
         # Bound once per batch and validated by its first layer; later layers only launch.
-        key = ("decode", padded, layer.scaling)
-        call = metadata.prepared.get(key)
-        if call is None:
-            call = metadata.prepared[key] = ops.fused_infer_attention_score.prepare(
+        call = prepared_call(
+            metadata,
+            ("decode", padded, layer.scaling),
+            lambda: ops.fused_infer_attention_score.prepare(
                 actual_seq_lengths_kv=metadata.kv_lens,
                 block_table=metadata.block_table,
                 num_heads=padded,
@@ -310,7 +311,8 @@ class AscendFIAMLABackend(FIABackendBase[MLAMetadata]):
                 input_layout="BSND",
                 sparse_mode=0,
                 block_size=self.page_size,
-            )
+            ),
+        )
         out, _ = call(
             query.unsqueeze(1),
             latent,
