@@ -4,6 +4,13 @@ Kept apart from the lifecycle in :mod:`sglang_ascend_fia.plugin` so the exact-re
 live in one small place: a class attribute is read from the class ``__dict__`` (so
 ``staticmethod``/``classmethod`` descriptors survive a round trip), and an attribute or dict
 key that was absent before the patch is deleted again on restore.
+
+Restoring the attribute is not enough for a ``wrap`` hook: sglang keeps references to what it
+resolved (``BaseFusedOp`` layers cache their forward on the first call,
+``layers/kernels/fused_op.py``), so a wrapper installed once can outlive its patch. Every
+wrapper therefore looks up the live patch of its entry on each call and, when there is none
+(after ``restore()``), calls the original straight through; a later re-apply makes the same
+old wrapper run the hook again.
 """
 
 from __future__ import annotations
@@ -19,6 +26,10 @@ from sglang_ascend_fia.manifest import PatchEntry
 
 _MISSING: Any = object()
 
+# Entry name -> the hook of its applied patch; an entry absent here is not applied, and every
+# wrapper ever installed for it calls straight through.
+_live_hooks: dict[str, Any] = {}
+
 
 class TargetMissing(LookupError):
     """The target does not exist in the installed sglang (it moved or was renamed)."""
@@ -33,6 +44,7 @@ class AppliedPatch:
     installed: Any
 
     def restore(self) -> None:
+        _live_hooks.pop(self.entry.name, None)
         if isinstance(self.container, dict):
             if self.original is _MISSING:
                 self.container.pop(self.key, None)
@@ -79,15 +91,39 @@ def load_hook(entry: PatchEntry) -> Any:
     return getattr(importlib.import_module(entry.hook_module), entry.hook_attr)
 
 
+def live_hook(name: str) -> Any:
+    """The hook of entry ``name`` while it is applied, else ``None``."""
+    return _live_hooks.get(name)
+
+
+class HookGuard:
+    """The wrapper function of entry ``name``'s ``wrapt.FunctionWrapper``: the entry's live
+    hook while it is applied, the original straight through otherwise."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(
+        self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        hook = _live_hooks.get(self.name)
+        if hook is None:
+            return wrapped(*args, **kwargs)
+        return hook(wrapped, instance, args, kwargs)
+
+
 def apply(entry: PatchEntry, module: ModuleType) -> AppliedPatch:
     container, key = resolve_container(entry, module)
     original = _own_value(container, key)
     hook = load_hook(entry)
     if entry.kind == "wrap":
         current = original if original is not _MISSING else getattr(container, key)
-        installed: Any = wrapt.FunctionWrapper(current, hook)
+        installed: Any = wrapt.FunctionWrapper(current, HookGuard(entry.name))
     else:
         installed = hook
+    _live_hooks[entry.name] = hook
     if isinstance(container, dict):
         container[key] = installed
     else:

@@ -101,3 +101,33 @@ def test_plain_softmax_topk_and_fused_moe_equal_dense_loop(renormalize: bool) ->
             )
             _check(out, expected, tokens_per_expert, batch)
             assert launches == {"moe_gating_top_k_softmax": 1, **CHAIN}, launches
+
+
+def test_layer_called_before_deactivate_runs_no_plugin_code_after() -> None:
+    """sglang's ``TopK`` and MoE quant method keep the forward their first call resolved
+    (``layers/kernels/fused_op.py``), so a layer first called with the plugin on holds the
+    plugin's wrappers. After ``deactivate()`` those wrappers call the originals straight
+    through: no ops launch, and the output is stock sglang's; a re-activation brings the chain
+    back to the same layer."""
+    config = moe_config(**DEEPSEEK["v3-sigmoid-grouped-bias"][0])
+    x = moe_inputs(64, config.hidden_size)
+    with torch.inference_mode():
+        with plugin(True):
+            layer = build_deepseek_moe(config)
+            fill_weights(layer, DEAD)
+            ops.reset_launch_counts()
+            on = layer(x.clone())
+            assert ops.launch_counts() == {"moe_gating_top_k": 1, **CHAIN}
+        ops.reset_launch_counts()
+        off = layer(x.clone())  # plugin() deactivated on exit
+        assert ops.launch_counts() == {}
+        with plugin(False):
+            stock_layer = build_deepseek_moe(config)
+            stock_layer.load_state_dict(layer.state_dict())
+            stock = stock_layer(x.clone())
+        torch.testing.assert_close(off, stock, rtol=0, atol=0)
+        torch.testing.assert_close(on, stock, **TOLERANCE)
+        with plugin(True):
+            ops.reset_launch_counts()
+            layer(x.clone())
+            assert ops.launch_counts() == {"moe_gating_top_k": 1, **CHAIN}

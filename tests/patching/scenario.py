@@ -21,7 +21,7 @@ import wrapt
 
 from sglang_ascend_fia import plugin
 from sglang_ascend_fia.manifest import PatchEntry, load_manifest
-from sglang_ascend_fia.patcher import load_hook, resolve_container
+from sglang_ascend_fia.patcher import HookGuard, live_hook, load_hook, resolve_container
 
 # Every wrapt proxy: under wrapt 2 a FunctionWrapper is a BaseObjectProxy but not an ObjectProxy.
 PROXY = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
@@ -53,7 +53,11 @@ def describe(entry: PatchEntry, value: Any) -> dict[str, Any]:
     inner = value.__wrapped__ if wrapped else value
     return {
         "wrapped": wrapped,
-        "wrapper_is_hook": wrapped and value._self_wrapper is hook,
+        # The wrapper is the entry's guard, which calls the hook while the entry is applied.
+        "wrapper_is_hook": wrapped
+        and isinstance(value._self_wrapper, HookGuard)
+        and value._self_wrapper.name == entry.name
+        and live_hook(entry.name) is hook,
         "double_wrapped": isinstance(inner, PROXY),
         "is_hook": value is hook,
         "target": identity(inner) if not isinstance(inner, PROXY) else None,
