@@ -28,8 +28,9 @@ def create_ascend_fia_backend(
     from sglang_ascend_fia.attention import handoff
 
     runner = args[0] if args else kwargs["runner"]
+    _check_moe_kernels(runner)
     if runner.use_mla_backend:
-        reason = handoff.mla_handoff_reason(runner)
+        reason = handoff.mla_handoff_reason(runner) or _kernel_reason("mla")
         if reason is None:
             from sglang_ascend_fia.mla.backend import AscendFIAMLABackend
 
@@ -37,7 +38,7 @@ def create_ascend_fia_backend(
             handoff.record(handoff.Decision("fia-mla", ""))
             return mla_backend
     else:
-        reason = handoff.handoff_reason(runner)
+        reason = handoff.handoff_reason(runner) or _kernel_reason("attention")
     if reason is not None:
         handoff.record(handoff.Decision("sglang", reason))
         return wrapped(*args, **kwargs)
@@ -46,3 +47,35 @@ def create_ascend_fia_backend(
     backend = AscendFIABackend(runner)
     handoff.record(handoff.Decision("fia", ""))
     return backend
+
+
+def _kernel_reason(feature: str) -> str | None:
+    """Why the installed torch_npu cannot run ``feature``'s FIA calls, or None: checked here, at
+    start-up, so a missing kernel hands off instead of failing the first request
+    (``ops.kernels``)."""
+    from sglang_ascend_fia.ops import kernels
+
+    result = kernels.check(feature)
+    return None if result.ok else f"the FIA path's kernels: {result.reason()}"
+
+
+def _check_moe_kernels(runner: Any) -> None:
+    """Refuse at start-up a MoE model whose experts the installed torch_npu cannot run.
+
+    The MoE hooks run at the first forward; the attention backend is built once per model runner
+    after the model is loaded (model_runner.py:715, :1105), so this is where a missing MoE
+    kernel is found before any request. No hand-off helps: sglang's own NPU MoE path calls the
+    same kernels (``hardware_backend/npu/moe/``)."""
+    from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoE
+
+    from sglang_ascend_fia.attention.base import UnsupportedConfiguration
+    from sglang_ascend_fia.ops import kernels
+
+    model = getattr(runner, "model", None)
+    if model is None or not any(isinstance(m, FusedMoE) for m in model.modules()):
+        return
+    result = kernels.check("moe")
+    if not result.ok:
+        raise UnsupportedConfiguration(
+            f"sglang-ascend-fia: this MoE model's experts cannot run: {result.reason()}"
+        )

@@ -17,6 +17,7 @@ import torch
 from sglang.srt.layers.quantization.w8a8_int8 import W8A8Int8LinearMethod, W8A8Int8MoEMethod
 
 from sglang_ascend_fia.moe import experts_w8a8
+from sglang_ascend_fia.ops import kernels
 from sglang_ascend_fia.w8a8 import linear
 
 __sglang_patches__ = ("w8a8-int8-methods",)
@@ -67,9 +68,21 @@ class FIAW8A8Int8MoEMethod(W8A8Int8MoEMethod):
         return StandardCombineInput(hidden_states=out)
 
 
+def _check_kernels() -> None:
+    """At model load, before any request: the W8A8 kernels exist (``ops.kernels``). sglang's
+    own w8a8_int8 methods have no NPU branch, so a missing kernel is a refusal, not a hand-off."""
+    result = kernels.check("w8a8")
+    if not result.ok:
+        raise ValueError(
+            f"sglang-ascend-fia: --quantization w8a8_int8 cannot run: {result.reason()}"
+        )
+
+
 def get_quant_method(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     """wrapt hook for ``W8A8Int8Config.get_quant_method(layer, prefix)``."""
     method = wrapped(*args, **kwargs)
+    if type(method) in (W8A8Int8LinearMethod, W8A8Int8MoEMethod):
+        _check_kernels()
     if type(method) is W8A8Int8LinearMethod:
         return FIAW8A8Int8LinearMethod(instance)
     if type(method) is W8A8Int8MoEMethod:

@@ -210,3 +210,28 @@ def test_doctor_shows_the_hand_off_rules_and_this_process_choice(
     printed = capsys.readouterr().out
     assert "chosen in this process: sglang's own: layer 1: logit_cap=30.0" in printed
     assert all(rule in printed for rule in handoff.HANDOFF_RULES)
+
+
+@pytest.mark.parametrize("kernel", ["npu_fused_infer_attention_score", "npu_scatter_pa_kv_cache"])
+def test_a_missing_fia_kernel_hands_off_at_start_up(
+    ascend_factory: Any,
+    kernel: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The kernel check (``ops.kernels``, tested against the stand-in in tests/ops) runs when
+    the backend is built: a missing kernel hands the model off, naming the kernel and the
+    torch_npu version, before any request."""
+    from sglang_ascend_fia.ops import kernels
+
+    def check(feature: str) -> kernels.FeatureCheck:
+        problems = (kernels.KernelProblem(kernel, "missing"),) if feature == "attention" else ()
+        return kernels.FeatureCheck(feature, "2.1.0", True, problems)
+
+    monkeypatch.setattr(kernels, "check", check)
+    assert_handed_to_sglang(
+        ascend_factory,
+        _runner(monkeypatch, {}),
+        f"the FIA path's kernels: torch_npu 2.1.0 has no {kernel}",
+        caplog,
+    )

@@ -131,3 +131,28 @@ def test_layer_called_before_deactivate_runs_no_plugin_code_after() -> None:
             ops.reset_launch_counts()
             layer(x.clone())
             assert ops.launch_counts() == {"moe_gating_top_k": 1, **CHAIN}
+
+
+def test_a_moe_model_is_refused_at_start_up_when_a_kernel_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The attention backend is built after the model is loaded and before any request; a MoE
+    model there whose expert kernels the installed torch_npu lacks is refused, since sglang's
+    own NPU MoE path calls the same kernels."""
+    from types import SimpleNamespace
+
+    from sglang.srt.layers.attention import attention_registry
+
+    from sglang_ascend_fia.attention.base import UnsupportedConfiguration
+    from sglang_ascend_fia.ops import kernels
+
+    def check(feature: str) -> kernels.FeatureCheck:
+        problems = (kernels.KernelProblem("npu_swiglu", "missing"),) if feature == "moe" else ()
+        return kernels.FeatureCheck(feature, "2.1.0", True, problems)
+
+    monkeypatch.setattr(kernels, "check", check)
+    config = moe_config(**DEEPSEEK["v3-sigmoid-grouped-bias"][0])
+    with plugin(True):
+        runner = SimpleNamespace(model=build_deepseek_moe(config))
+        with pytest.raises(UnsupportedConfiguration, match=r"torch_npu 2\.1\.0 has no npu_swiglu"):
+            attention_registry.ATTENTION_BACKENDS["ascend"](runner)

@@ -23,6 +23,9 @@ What it provides, and how:
 - Every call is counted (:func:`standin_call_counts`), so launches per layer can be measured.
 - ``NPU_STANDIN_ZERO_COST=1``: every implemented function returns a preallocated output and does
   no tensor work and no validation, so a benchmark times only the caller's Python host work.
+- ``NPU_STANDIN_LACKS=name[,name...]``: those kernels do not exist (an ``AttributeError``, here
+  and on ``torch.ops.npu``), as on an older torch_npu; the plugin's start-up kernel check is
+  tested with it.
 
 It deliberately does **not** create ``torch.npu``: sglang's ``is_npu()`` (``utils/common.py:189``)
 tests ``hasattr(torch, "npu")``, so everything else in sglang keeps its CPU behaviour.
@@ -30,6 +33,7 @@ tests ``hasattr(torch, "npu")``, so everything else in sglang keeps its CPU beha
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -66,6 +70,13 @@ globals().update(moe.FUNCTIONS)
 for _name, _function in moe.FUNCTIONS.items():
     setattr(torch.ops.npu, _name, _function)
 
+LACKS_ENV = "NPU_STANDIN_LACKS"
+LACKING = frozenset(n for n in os.environ.get(LACKS_ENV, "").split(",") if n)
+for _name in LACKING:
+    globals().pop(_name, None)
+    if _name in vars(torch.ops.npu):
+        delattr(torch.ops.npu, _name)
+
 __all__ = [
     "npu_fused_infer_attention_score",
     "npu_fused_infer_attention_score_v2",
@@ -80,6 +91,6 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # Dunder and module-machinery lookups (``__path__``, ``__spec__``...) must stay attribute
     # errors; any other name is a kernel this stand-in does not implement.
-    if name.startswith("__"):
+    if name.startswith("__") or name in LACKING:
         raise AttributeError(name)
     return standin.unimplemented(f"torch_npu.{name}")
