@@ -12,6 +12,11 @@ Each file names its sglang ``module`` and holds ``[[patch]]`` entries::
     sglang = ">=0.5.23,<0.5.24"
     why = "..."                               # the upstream behaviour, with file:line
     remove_when = "..."                       # the upstream change that makes it unnecessary
+    group = "deepseek-mla"                    # optional: entries that only work together
+
+Entries that share a ``group`` (possibly across files) are applied all or none: if any member's
+target is missing, the plugin skips the whole group before any of it applies
+(``plugin.activate``), and the feature hands off or runs stock.
 
 ``replace`` puts the hook object itself at the target; ``wrap`` puts
 ``wrapt.FunctionWrapper(original, hook)`` there, with ``hook(wrapped, instance, args, kwargs)``.
@@ -31,7 +36,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 Kind = Literal["replace", "wrap"]
 KINDS: tuple[Kind, ...] = ("replace", "wrap")
 
-_ENTRY_KEYS = {"name", "target", "kind", "hook", "sglang", "why", "remove_when"}
+_ENTRY_KEYS = {"name", "target", "kind", "hook", "sglang", "why", "remove_when", "group"}
 _TARGET_RE = re.compile(
     r"^(?P<attrs>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(?:\[(?P<quote>['\"])(?P<key>[^'\"]+)(?P=quote)\])?$"
 )
@@ -54,6 +59,7 @@ class PatchEntry:
     why: str
     remove_when: str
     source: str  # the TOML file's name, for messages
+    group: str | None = None  # entries that apply all or none
 
     @property
     def attr_path(self) -> tuple[str, ...]:
@@ -132,7 +138,13 @@ def _parse_entry(raw: object, module: str, where: str, source: str) -> PatchEntr
         spec = SpecifierSet(spec_text)
     except InvalidSpecifier as exc:
         raise ManifestError(f"{where}: 'sglang' {spec_text!r} is not a PEP 440 range") from exc
+    group = raw.get("group")
+    if group is not None:
+        group = _require_str(raw, "group", where)
+        if not _NAME_RE.match(group):
+            raise ManifestError(f"{where}: 'group' must be kebab-case, got {group!r}")
     return PatchEntry(
+        group=group,
         name=name,
         module=module,
         target=target,
@@ -195,4 +207,31 @@ def load_manifest(directory: Path | None = None) -> list[PatchEntry]:
                 f"{entry.source}: patch name {entry.name!r} is also used in {seen[entry.name]}"
             )
         seen[entry.name] = entry.source
+    _check_groups(entries)
     return entries
+
+
+def groups(entries: list[PatchEntry]) -> dict[str, list[PatchEntry]]:
+    """Each group's members, in manifest order."""
+    found: dict[str, list[PatchEntry]] = {}
+    for entry in entries:
+        if entry.group is not None:
+            found.setdefault(entry.group, []).append(entry)
+    return found
+
+
+def _check_groups(entries: list[PatchEntry]) -> None:
+    for group, members in groups(entries).items():
+        if len(members) < 2:
+            # A group of one couples nothing: most likely a misspelt group name.
+            raise ManifestError(
+                f"{members[0].source} ({members[0].name}): group {group!r} has no other member; "
+                f"groups: {sorted(groups(entries))}"
+            )
+        ranges = {str(m.sglang) for m in members}
+        if len(ranges) > 1:
+            # Members outside the installed range would be skipped one by one otherwise.
+            raise ManifestError(
+                f"group {group!r}: its members must share one sglang range, got "
+                + ", ".join(f"{m.name} {m.sglang}" for m in members)
+            )

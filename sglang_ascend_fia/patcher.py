@@ -15,8 +15,10 @@ old wrapper run the hook again.
 
 from __future__ import annotations
 
+import ast
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -85,6 +87,51 @@ def resolve_container(entry: PatchEntry, module: ModuleType) -> tuple[Any, str]:
     if not hasattr(obj, key):
         raise TargetMissing(f"{entry.module} has no attribute {'.'.join(path)!r}")
     return obj, key
+
+
+def static_target_missing(entry: PatchEntry, source: Path) -> str | None:
+    """Why ``entry``'s target is missing from ``source`` (its module's file), read without
+    importing it, or None when it is there or the source cannot tell (a name made at run time,
+    a dict key, an inherited attribute). Lets a patch group be skipped before any member
+    applies; :func:`resolve_container` still checks the imported module."""
+    tree = ast.parse(source.read_text(), filename=str(source))
+    top: dict[str, ast.stmt | None] = {}
+    pending: list[ast.stmt] = list(tree.body)
+    while pending:
+        node = pending.pop(0)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            top[node.name] = node
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            top.update((t.id, None) for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            if any(a.name == "*" for a in node.names):
+                return None
+            top.update(((a.asname or a.name).split(".")[0], None) for a in node.names)
+        elif isinstance(node, ast.If | ast.Try | ast.With):
+            # Names bound under `if _is_npu:` or `try:` count as defined: only a name bound
+            # nowhere is surely missing.
+            for block in ("body", "orelse", "finalbody", "handlers"):
+                for child in getattr(node, block, []):
+                    pending.extend(child.body if isinstance(child, ast.ExceptHandler) else [child])
+    if "__getattr__" in top:
+        return None
+    path = entry.attr_path
+    if path[0] not in top:
+        return f"{entry.module} has no attribute {path[0]!r}"
+    node = top[path[0]]
+    if len(path) == 2 and entry.dict_key is None and isinstance(node, ast.ClassDef):
+        defined = set()
+        for item in node.body:
+            if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                defined.add(item.name)
+            elif isinstance(item, ast.Assign):
+                defined.update(t.id for t in item.targets if isinstance(t, ast.Name))
+        if path[1] not in defined and not node.bases:
+            return f"{entry.module} has no attribute {'.'.join(path)!r}"
+        if path[1] not in defined:
+            return None  # maybe inherited
+    return None
 
 
 def load_hook(entry: PatchEntry) -> Any:

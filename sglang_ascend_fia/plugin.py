@@ -69,19 +69,25 @@ def sglang_version() -> Version | None:
         return None
 
 
-def module_file_exists(module: str) -> bool:
-    """Whether ``module`` exists in the installed sglang, found on disk without importing it."""
+def module_file(module: str) -> Path | None:
+    """``module``'s source file in the installed sglang, found on disk without importing it."""
     import importlib.util
 
     top, _, rest = module.partition(".")
     spec = importlib.util.find_spec(top)
     if spec is None or not spec.submodule_search_locations:
-        return False
+        return None
     for root in spec.submodule_search_locations:
         base = Path(root).joinpath(*rest.split("."))
-        if base.with_suffix(".py").is_file() or (base / "__init__.py").is_file():
-            return True
-    return False
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def module_file_exists(module: str) -> bool:
+    """Whether ``module`` exists in the installed sglang, found on disk without importing it."""
+    return module_file(module) is not None
 
 
 def _skip_reason(entry: PatchEntry, version: Version | None) -> str | None:
@@ -112,6 +118,54 @@ def _unsupported_version(entries: list[PatchEntry], version: Version | None) -> 
         f"{ranges}; install a supported sglang (pip install 'sglang-ascend-fia[sglang]'), "
         f"or unset {config.TOGGLE_ENV} to run sglang without the plugin"
     )
+
+
+def _group_skip_reasons(version: Version | None) -> dict[str, str]:
+    """Each group one of whose members cannot apply, with that member's reason: found before
+    any member applies, from the installed files (a missing module, or a target its source does
+    not define; ``patcher.static_target_missing``)."""
+    from sglang_ascend_fia import patcher
+    from sglang_ascend_fia.manifest import groups
+
+    reasons: dict[str, str] = {}
+    for group, members in groups(_entries).items():
+        for entry in members:
+            reason = _skip_reason(entry, version)
+            if reason is None:
+                path = module_file(entry.module)
+                reason = patcher.static_target_missing(entry, path) if path else None
+            if reason is not None:
+                reasons[group] = f"patch group {group} is skipped: {entry.name}: {reason}"
+                break
+    return reasons
+
+
+def _skip_group(group: str, reason: str) -> None:
+    """Skip every member of ``group``, restoring any already applied (exactly: a restored wrap
+    hook calls straight through), with one log line for the group."""
+    members = [e for e in _entries if e.group == group]
+    for entry in reversed(members):
+        applied = _applied.pop(entry.name, None)
+        if applied is not None:
+            applied.restore()
+    for entry in members:
+        _status[entry.name] = PatchStatus(entry, "skipped", reason)
+    logger.warning(
+        "sglang-ascend-fia: %s; sglang keeps its own %s",
+        reason,
+        ", ".join(e.qualified_target for e in members),
+    )
+
+
+def group_skip_reason(group: str) -> str | None:
+    """Why ``group``'s patches are skipped in this process, or None while they apply. A feature
+    that needs the whole group (the registry's MLA branch) hands off on a reason."""
+    with _lock:
+        for entry in _entries:
+            status = _status.get(entry.name)
+            if entry.group == group and status is not None and status.state == "skipped":
+                return status.reason
+    return None
 
 
 def _skip(entry: PatchEntry, reason: str) -> None:
@@ -146,7 +200,14 @@ def _on_import(module: ModuleType) -> None:
             try:
                 _applied[entry.name] = patcher.apply(entry, module)
             except patcher.TargetMissing as exc:
-                _skip(entry, str(exc))
+                if entry.group is not None:
+                    # Found only at import (the source defines it; something removed it):
+                    # the members applied so far are restored.
+                    _skip_group(
+                        entry.group, f"patch group {entry.group} is skipped: {entry.name}: {exc}"
+                    )
+                else:
+                    _skip(entry, str(exc))
                 continue
             except Exception as exc:
                 # A broken hook is our bug: fail loudly instead of running half-patched. On a
@@ -187,15 +248,20 @@ def activate() -> None:
                     entry, "skipped", _skip_reason(entry, version) or ""
                 )
             raise ActivationError(refusal)
+        group_reasons = _group_skip_reasons(version)
         for entry in _entries:
             if entry.name in _applied:  # left installed by an activation that failed later
                 _status[entry.name] = PatchStatus(entry, "applied")
                 continue
             reason = _skip_reason(entry, version)
+            if entry.group in group_reasons:
+                continue  # the whole group is skipped below, with one line
             if reason is not None:
                 _skip(entry, reason)
             else:
                 _status[entry.name] = PatchStatus(entry, "pending")
+        for group, reason in group_reasons.items():
+            _skip_group(group, reason)
         modules = {e.module for e in _entries if _status[e.name].state == "pending"}
         _activating = True
         try:

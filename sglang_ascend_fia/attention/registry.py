@@ -8,6 +8,9 @@ from typing import Any
 # The manifest entries whose hooks live here (checked against patches/ by the tests).
 __sglang_patches__ = ("ascend-fia-backend",)
 
+# The manifest group the FIA MLA backend needs whole (patches/deepseek_mla.toml, mla_kv_pool.toml).
+MLA_GROUP = "deepseek-mla"
+
 
 def create_ascend_fia_backend(
     wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -30,7 +33,11 @@ def create_ascend_fia_backend(
     runner = args[0] if args else kwargs["runner"]
     _check_moe_kernels(runner)
     if runner.use_mla_backend:
-        reason = handoff.mla_handoff_reason(runner) or _kernel_reason("mla")
+        reason = (
+            _group_reason(MLA_GROUP)
+            or handoff.mla_handoff_reason(runner)
+            or _kernel_reason("mla")
+        )
         if reason is None:
             from sglang_ascend_fia.mla.backend import AscendFIAMLABackend
 
@@ -79,3 +86,11 @@ def _check_moe_kernels(runner: Any) -> None:
         raise UnsupportedConfiguration(
             f"sglang-ascend-fia: this MoE model's experts cannot run: {result.reason()}"
         )
+
+
+def _group_reason(group: str) -> str | None:
+    """Why the patches ``group`` names are not all applied, or None: the FIA MLA backend is fed by
+    the DeepSeek forward steps and the split pool, and serves nothing without them."""
+    from sglang_ascend_fia import plugin
+
+    return plugin.group_skip_reason(group)
