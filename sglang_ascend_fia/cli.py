@@ -56,7 +56,7 @@ def _exercise_targets() -> None:
             plugin.mark_import_failed(module, exc)
 
 
-def _patch_rows(reason_if_inactive: str) -> list[dict[str, str]]:
+def _patch_rows(reason_if_inactive: str) -> list[dict[str, Any]]:
     return [
         {
             **_entry_fields(s.entry),
@@ -78,8 +78,23 @@ def _attention_rows() -> dict[str, Any]:
     }
 
 
+# doctor --json's schema: bump on any change of a key's name, meaning or type (an added key too),
+# so a bug report's reader knows which fields to expect (tests/plugin/test_doctor.py pins it).
+SCHEMA_VERSION = 1
+
+# Where sglang 0.5.23's own Ascend code reads ASCEND_USE_FIA itself: a model the plugin hands
+# to sglang's own backend runs the mode this value selects there.
+IN_TREE_READS = (
+    "hardware_backend/npu/attention/ascend_backend.py:383",
+    "hardware_backend/npu/memory_pool_npu.py:109",
+    "hardware_backend/npu/memory_pool_npu.py:512",
+    "hardware_backend/npu/graph_runner/npu_graph_runner.py:128",
+)
+
+
 def collect() -> dict[str, Any]:
     report: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
         "versions": {
             "sglang-ascend-fia": _version("sglang-ascend-fia"),
             "sglang": _version("sglang"),
@@ -111,6 +126,7 @@ def collect() -> dict[str, Any]:
             plugin.activate()
             _exercise_targets()
         report["patches"] = _patch_rows(reason)
+        report["groups"] = _group_rows(report["patches"])
     except (plugin.ActivationError, ManifestError) as exc:
         # What sglang would stop on; report it instead of a traceback.
         report["error"] = str(exc)
@@ -118,12 +134,44 @@ def collect() -> dict[str, Any]:
             report["patches"] = _patch_rows(reason)
         except ManifestError:
             report["patches"] = []  # the manifest itself is what is broken
+        report["groups"] = _group_rows(report["patches"])
+    report["in_tree_toggle"] = {
+        "env": config.TOGGLE_ENV,
+        "value": report["toggle"]["value"],
+        "read_by": [f"sglang/srt/{site}" for site in IN_TREE_READS],
+    }
+    report["kernels"] = _kernel_rows()
     return report
 
 
-def _entry_fields(entry: Any) -> dict[str, str]:
+def _group_rows(patches: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each patch group: its members and whether it applies (all or none)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for p in patches:
+        if p["group"] is None:
+            continue
+        row = rows.setdefault(p["group"], {"members": [], "status": "applied", "reason": ""})
+        row["members"].append(p["name"])
+        if p["status"] != "applied" and row["status"] == "applied":
+            row["status"], row["reason"] = p["status"], p["reason"]
+    return rows
+
+
+def _kernel_rows() -> list[dict[str, Any]]:
+    """The start-up kernel check of every feature (``ops.kernels``), as this host would run it."""
+    from sglang_ascend_fia.ops import kernels
+
+    rows = []
+    for feature in kernels.FEATURE_KERNELS:
+        result = kernels.check(feature)
+        rows.append({**result.as_dict(), "reason": result.reason()})
+    return rows
+
+
+def _entry_fields(entry: Any) -> dict[str, str | None]:
     return {
         "name": entry.name,
+        "group": entry.group,
         "target": entry.qualified_target,
         "sglang": str(entry.sglang),
         "why": entry.why,
@@ -164,6 +212,14 @@ def _print_report(report: dict[str, Any]) -> None:
         print(line)
         if p["reason"]:
             print(f"  {'':<{width}}  reason: {p['reason']}")
+    for group, row in report["groups"].items():
+        print(f"  group {group}: {row['status']} ({', '.join(row['members'])})")
+    print("\nkernels (checked where torch_npu is importable):")
+    for k in report["kernels"]:
+        state = "not checked" if not k["checked"] else ("ok" if not k["problems"] else "PROBLEM")
+        print(f"  {k['feature']:<10} {state}" + (f": {k['reason']}" if k["reason"] else ""))
+    tree = report["in_tree_toggle"]
+    print(f"\nsglang's own Ascend code reads {tree['env']} too ({', '.join(tree['read_by'])})")
 
 
 def doctor(as_json: bool) -> int:

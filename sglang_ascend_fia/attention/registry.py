@@ -34,9 +34,7 @@ def create_ascend_fia_backend(
     _check_moe_kernels(runner)
     if runner.use_mla_backend:
         reason = (
-            _group_reason(MLA_GROUP)
-            or handoff.mla_handoff_reason(runner)
-            or _kernel_reason("mla")
+            _group_reason(MLA_GROUP) or handoff.mla_handoff_reason(runner) or _kernel_reason("mla")
         )
         if reason is None:
             from sglang_ascend_fia.mla.backend import AscendFIAMLABackend

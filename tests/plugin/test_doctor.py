@@ -165,3 +165,77 @@ def test_doctor_reports_an_sglang_no_patch_covers(tmp_path: Path) -> None:
     assert _statuses(report) == {
         "fixture-entry": ("skipped", "sglang 0.5.23 is outside this patch's range >=0.6")
     }
+
+
+# doctor --json's schema, version 1: the keys at each level. A change here without a bump of
+# cli.SCHEMA_VERSION breaks every reader of the bug reports it is pasted into.
+SCHEMA_V1 = {
+    "top": {
+        "schema_version",
+        "versions",
+        "device",
+        "attention",
+        "toggle",
+        "patches",
+        "groups",
+        "in_tree_toggle",
+        "kernels",
+    },
+    "versions": {"sglang-ascend-fia", "sglang", "torch", "torch_npu"},
+    "attention": {"hands_off", "mla_hands_off", "decisions"},
+    "toggle": {"env", "raw", "value"},
+    "patch": {"name", "group", "target", "sglang", "why", "remove_when", "status", "reason"},
+    "group": {"members", "status", "reason"},
+    "in_tree_toggle": {"env", "value", "read_by"},
+    "kernel": {"feature", "torch_npu", "checked", "kernels", "problems", "reason"},
+}
+
+
+def test_doctor_json_schema_is_pinned() -> None:
+    from sglang_ascend_fia import cli
+
+    proc = doctor("--json", toggle="1")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["schema_version"] == cli.SCHEMA_VERSION == 1
+    assert set(report) == SCHEMA_V1["top"]
+    for key in ("versions", "attention", "toggle", "in_tree_toggle"):
+        assert set(report[key]) == SCHEMA_V1[key], key
+    assert all(set(p) == SCHEMA_V1["patch"] for p in report["patches"])
+    assert report["groups"] == {
+        "deepseek-mla": {
+            "members": ["fia-mla-deepseek-prepare", "fia-mla-deepseek-core", "fia-mla-kv-pool"],
+            "status": "applied",
+            "reason": "",
+        }
+    }
+    assert {k["feature"] for k in report["kernels"]} == {"attention", "mla", "moe", "w8a8"}
+    for row in report["kernels"]:
+        assert set(row) == SCHEMA_V1["kernel"]
+        # No torch_npu on this host: nothing to check, the references run.
+        assert (row["checked"], row["problems"], row["torch_npu"]) == (False, [], "not installed")
+    assert report["in_tree_toggle"]["value"] is True
+    assert (
+        "sglang/srt/hardware_backend/npu/attention/ascend_backend.py:383"
+        in (report["in_tree_toggle"]["read_by"])
+    )
+
+
+def test_doctor_json_shows_a_kernel_the_installed_torch_npu_lacks(tmp_path: Path) -> None:
+    """With the torch_npu stand-in lacking FIA v2 on the path, the kernel rows name it."""
+    env = {k: v for k, v in os.environ.items() if k != "ASCEND_USE_FIA"}
+    standin = Path(__file__).resolve().parents[1] / "support" / "npu_standin"
+    env |= {
+        "ASCEND_USE_FIA": "1",
+        "NPU_STANDIN_LACKS": "npu_fused_infer_attention_score_v2",
+        "PYTHONPATH": os.pathsep.join([str(standin), env.get("PYTHONPATH", "")]),
+    }
+    exe = shutil.which("sglang-ascend-fia", path=os.path.dirname(os.sys.executable))
+    assert exe
+    proc = subprocess.run([exe, "doctor", "--json"], capture_output=True, text=True, env=env)
+    report = json.loads(proc.stdout)
+    rows = {k["feature"]: k for k in report["kernels"]}
+    assert rows["mla"]["problems"] == [
+        {"kernel": "npu_fused_infer_attention_score_v2", "problem": "missing"}
+    ], rows["mla"]
+    assert rows["attention"]["checked"] and rows["attention"]["problems"] == []
