@@ -46,6 +46,7 @@ def create_ascend_fia_backend(
         reason = handoff.handoff_reason(runner) or _kernel_reason("attention")
     if reason is not None:
         handoff.record(handoff.Decision("sglang", reason))
+        _refuse_without_torch_npu(reason)
         return wrapped(*args, **kwargs)
     from sglang_ascend_fia.attention.backend import AscendFIABackend
 
@@ -92,3 +93,19 @@ def _group_reason(group: str) -> str | None:
     from sglang_ascend_fia import plugin
 
     return plugin.group_skip_reason(group)
+
+
+def _refuse_without_torch_npu(reason: str) -> None:
+    """sglang's own ``AscendAttnBackend`` imports ``torch_npu`` at top level
+    (ascend_backend.py:7-11): on a host without it a hand-off would end start-up in an
+    ``ImportError`` traceback. Say instead, in one line, what was handed off and why it cannot
+    run here."""
+    import importlib.util
+
+    from sglang_ascend_fia.attention.base import UnsupportedConfiguration
+
+    if importlib.util.find_spec("torch_npu") is None:
+        raise UnsupportedConfiguration(
+            f"sglang-ascend-fia: this model is handed to sglang's own AscendAttnBackend "
+            f"({reason}), which needs torch_npu, and torch_npu is not installed here"
+        )

@@ -244,19 +244,24 @@ def assert_handed_to_sglang(
     ascend_factory: Callable[[Any], Any], runner: Any, needle: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Building the ``"ascend"`` backend for ``runner`` records one hand-off to sglang's own
-    backend whose reason holds ``needle`` and logs it in one line. On CPU sglang's own factory
-    cannot build its backend (its module imports ``torch_npu``): reaching that import is the
-    evidence that the call went there."""
+    backend whose reason holds ``needle`` and logs it in one line. On CPU sglang's own backend
+    cannot be built (its module imports ``torch_npu``), so the registry refuses the hand-off in
+    one line that names the reason; that the call then goes to sglang's own factory where
+    torch_npu exists is proven with the stand-in (tests/e2e/test_fia_handoff.py)."""
     from sglang_ascend_fia.attention import handoff
+    from sglang_ascend_fia.attention.base import UnsupportedConfiguration
 
     before = len(handoff.decisions())
     with (
         caplog.at_level(logging.INFO, logger="sglang_ascend_fia"),
-        pytest.raises(ImportError, match=r"torch_npu|sgl_kernel_npu"),
+        pytest.raises(
+            UnsupportedConfiguration, match=r"which needs torch_npu, and torch_npu is not"
+        ) as info,
     ):
         ascend_factory(runner)
     (decision,) = handoff.decisions()[before:]
     assert decision.backend == "sglang" and needle in decision.reason, decision
+    assert needle in str(info.value)
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("sglang_ascend_fia")]
     assert len(lines) == 1 and needle in lines[0], lines
     assert "sglang's own AscendAttnBackend" in lines[0]
