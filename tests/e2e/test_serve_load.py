@@ -159,6 +159,10 @@ CONTEXT = 1024
 MISSING_MODULE = "sglang.srt.models.deepseek_v2"
 MISSING_TARGET = "DeepseekV2AttentionMLA.forward_prepare"
 MISSING_REASON = f"{MISSING_MODULE} has no attribute '{MISSING_TARGET}'"
+# forward_prepare is one of the deepseek-mla group (patches/deepseek_mla.toml): the whole group
+# is skipped with it.
+GROUP_REASON = f"patch group deepseek-mla is skipped: fia-mla-deepseek-prepare: {MISSING_REASON}"
+GROUP = ("fia-mla-deepseek-prepare", "fia-mla-deepseek-core", "fia-mla-kv-pool")
 
 
 def _missing_target_env(**more: str) -> dict[str, str]:
@@ -281,11 +285,10 @@ def test_missing_patch_target_is_skipped_with_a_warning_and_the_server_serves(
     # One warning per process that imported the module, naming the entry and why; every
     # other patch still applies (FIA served, the answers above are right).
     log = tp2_run["log"]
-    skips = [line for line in log.splitlines() if "sglang-ascend-fia: skipping patch" in line]
+    skips = [line for line in log.splitlines() if "sglang-ascend-fia: " in line and "skip" in line]
     assert skips, log[-3000:]
     for line in skips:
-        assert "skipping patch fia-mla-deepseek-prepare" in line, line
-        assert MISSING_REASON in line and "sglang keeps its own" in line, line
+        assert GROUP_REASON in line and "sglang keeps its own" in line, line
     assert "sglang-ascend-fia: FIA attention backend (page_size=128" in log
 
 
@@ -299,5 +302,6 @@ def test_doctor_shows_a_missing_patch_target_as_skipped() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]  # a skip is not a failure
     states = {p["name"]: (p["status"], p["reason"]) for p in json.loads(proc.stdout)["patches"]}
-    assert states.pop("fia-mla-deepseek-prepare") == ("skipped", MISSING_REASON)
+    for name in GROUP:
+        assert states.pop(name) == ("skipped", GROUP_REASON), name
     assert {state for state, _ in states.values()} == {"applied"}, states

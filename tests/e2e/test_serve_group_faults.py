@@ -1,0 +1,53 @@
+"""A DeepSeek server whose sglang lacks one member of the deepseek-mla patch group.
+
+The FIA MLA backend needs the DeepSeek forward steps and the split pool together
+(``patches/deepseek_mla.toml``, ``mla_kv_pool.toml``, group ``deepseek-mla``). With any one
+target gone (removed as sglang imports its module, in every process, as a renamed method in a
+newer sglang would), the whole group is skipped before any of it applies, and the registry hands
+the model to sglang's own backend. On this CPU host sglang's own backend cannot run (it imports
+torch_npu at top level); stock sglang fails there with an ImportError traceback, and the plugin
+refuses instead, in one line that names the group, the missing member and the hand-off. Never
+half the plugin: no FIA MLA backend serving without its forward steps or pool.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from testbed.engine import testbed_env
+from testbed.models import build_deepseek_v2_lite
+from testbed.server import start_refusal
+
+pytestmark = pytest.mark.engine
+
+DEEPSEEK = "sglang.srt.models.deepseek_v2"
+MEMBERS = {
+    "fia-mla-deepseek-prepare": f"{DEEPSEEK}:DeepseekV2AttentionMLA.forward_prepare",
+    "fia-mla-deepseek-core": f"{DEEPSEEK}:DeepseekV2AttentionMLA.forward_core",
+}
+
+
+@pytest.mark.parametrize("entry", list(MEMBERS))
+def test_a_missing_group_member_hands_deepseek_off_whole(tmp_path: Path, entry: str) -> None:
+    module, _, target = MEMBERS[entry].partition(":")
+    env = testbed_env(ASCEND_USE_FIA="1", FIA_TESTBED_REMOVE_ATTRIBUTE=MEMBERS[entry])
+    code, log = start_refusal(
+        build_deepseek_v2_lite(),
+        tmp_path / "server.log",
+        env=env,
+        attention_backend="ascend",
+        page_size=128,
+    )
+    assert code is not None and code != 0, log[-3000:]
+    assert "The server is fired up" not in log
+    reason = f"patch group deepseek-mla is skipped: {entry}: {module} has no attribute '{target}'"
+    skips = [line for line in log.splitlines() if reason in line and "sglang keeps its own" in line]
+    assert skips, log[-3000:]
+    # Every member is named in the skip line: none of the group applied.
+    assert all(f":{t.partition(':')[2]}" in skips[0] for t in MEMBERS.values()), skips[0]
+    assert "NPUMLATokenToKVPool" in skips[0]
+    refusal = [line for line in log.splitlines() if "which needs torch_npu" in line]
+    assert refusal and reason in refusal[-1], log[-3000:]
+    assert "FIA MLA attention backend" not in log  # never half the plugin
+    assert "Traceback" not in "\n".join(refusal)
