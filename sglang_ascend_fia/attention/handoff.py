@@ -161,10 +161,33 @@ def _layers_reason(runner: Any) -> str | None:
 
 
 def attention_layers(model: torch.nn.Module) -> list[Any]:
-    """The model's ``RadixAttention`` modules, in module order."""
+    """Every ``RadixAttention`` the model holds, submodule or not, each once, in module order.
+
+    ``model.modules()`` walks registered submodules only. sglang's Transformers backend
+    (``--model-impl transformers``) keeps its layers in a plain dict attribute
+    (``models/transformers.py:651``, ``attention_instances``), which ``modules()`` never
+    reaches; so every module's plain attributes are read too, and the lists, tuples and dicts
+    among them (one level: where such a model keeps its layers)."""
     from sglang.srt.layers.radix_attention import RadixAttention
 
-    return [m for m in model.modules() if isinstance(m, RadixAttention)]
+    found: dict[int, Any] = {}
+
+    def add(value: object) -> None:
+        if isinstance(value, RadixAttention):
+            found.setdefault(id(value), value)
+
+    for module in model.modules():
+        add(module)
+        for value in vars(module).values():
+            if isinstance(value, dict):
+                for item in value.values():
+                    add(item)
+            elif isinstance(value, list | tuple):
+                for item in value:
+                    add(item)
+            else:
+                add(value)
+    return list(found.values())
 
 
 def layer_reason(layer: Any) -> str | None:

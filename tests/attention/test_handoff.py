@@ -235,3 +235,23 @@ def test_a_missing_fia_kernel_hands_off_at_start_up(
         f"the FIA path's kernels: torch_npu 2.1.0 has no {kernel}",
         caplog,
     )
+
+
+class DictHeldModel(torch.nn.Module):
+    """Layers in a plain dict attribute, as sglang's Transformers backend keeps them
+    (``models/transformers.py:651``): ``modules()`` never reaches them."""
+
+    def __init__(self, **layer_kwargs: Any) -> None:
+        super().__init__()
+        self.attention_instances = {0: make_layer(TINY, 0), 1: make_layer(TINY, 1, **layer_kwargs)}
+
+
+def test_layers_outside_the_module_tree_are_seen_by_the_decision(
+    ascend_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = DictHeldModel(sliding_window_size=63)
+    assert not any(m is model.attention_instances[1] for m in model.modules())
+    assert handoff.attention_layers(model) == list(model.attention_instances.values())
+    pool = make_pool("npu-fia", TINY, 128, 8, monkeypatch)
+    runner = make_runner(pool, TINY, 128, model=model)
+    assert_handed_to_sglang(ascend_factory, runner, "layer 1: sliding window 63", caplog)

@@ -10,9 +10,13 @@ sends attention to sglang's own ``AscendAttnBackend`` with one log line, instead
   hybrid-SWA architectures (``upstream_findings.UPSTREAM_WINDOW_IGNORED_WITHOUT_HYBRID_SWA``),
   and the test fails when that changes.
 - ``--kv-cache-dtype bf16`` under an fp32 model through ``sglang.Engine`` without the stand-in:
-  the hand-off line, then sglang's own backend stops importing ``torch_npu``
-  (hardware_backend/npu/attention/ascend_backend.py:7-11). No tokens for it: sglang's FIA path
-  then mixes an fp32 query with a bf16 cache, which the stand-in refuses.
+  the hand-off line, then one refusal: sglang's own backend imports ``torch_npu``
+  (hardware_backend/npu/attention/ascend_backend.py:7-11), which this host lacks. No tokens for
+  it: sglang's FIA path then mixes an fp32 query with a bf16 cache, which the stand-in refuses.
+- A sliding-window Qwen2 through ``--model-impl transformers``, whose attention layers sit in a
+  plain dict (``models/transformers.py:651``) that ``modules()`` never walks: the start-up
+  decision sees them and hands off, and the server answers instead of dying at the first
+  prefill.
 """
 
 from __future__ import annotations
@@ -106,5 +110,34 @@ def test_bf16_kv_cache_with_an_fp32_model_goes_to_sglangs_own_backend() -> None:
     assert len(lines) == 1, error[-3000:]
     assert "--kv-cache-dtype bfloat16 with a float32 model" in lines[0]
     after = error[error.index(HANDOFF_LINE) :]
-    assert "torch_npu" in after or "sgl_kernel_npu" in after, after[-2000:]
-    assert "cannot start" not in error, "the plugin refused instead of handing off"
+    assert "which needs torch_npu, and torch_npu is not installed here" in after, after[-2000:]
+    assert "--kv-cache-dtype bfloat16 with a float32 model" in after
+    assert "cannot start" not in error, "the FIA backend refused instead of handing off"
+
+
+def test_transformers_backend_window_layers_are_seen_and_handed_off(tmp_path: Path) -> None:
+    """The user report: a windowed Qwen2 with ``--model-impl transformers`` got FIA, then the
+    per-layer guard killed the scheduler at the first prefill. Now the decision reads the
+    layers where that backend keeps them; the hand-off goes to sglang's own backend (through
+    the stand-in here), and the server answers every request."""
+    model = build_qwen2(use_sliding_window=True, sliding_window=63, max_window_layers=1)
+    prompts = [*encode_prompts(model)[:2], token_stream(model, 100)]
+    probe = tmp_path / "probe.jsonl"
+    with ServerProcess(
+        model,
+        tmp_path / "server.log",
+        env=path_env("plugin", probe),
+        attention_backend="ascend",
+        page_size=128,
+        model_impl="transformers",
+    ) as server:
+        answers = _generate(server.base_url, prompts)
+        log = server.log_text()
+    lines = [line for line in log.splitlines() if HANDOFF_LINE in line]
+    assert len(lines) == 1, log[-3000:]
+    assert "sliding window 63 is not implemented by FIA" in lines[0], lines[0]
+    assert "UnsupportedConfiguration" not in log
+    assert [len(a) for a in answers] == [NEW_TOKENS] * len(prompts)
+    forwards = read_log(probe)
+    assert forwards and {f["attn_backend"] for f in forwards} == {SGLANG_BACKEND}
+    assert [f["error"] for f in forwards if f["error"]] == []
