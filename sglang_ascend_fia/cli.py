@@ -74,7 +74,10 @@ def _attention_rows() -> dict[str, Any]:
     return {
         "hands_off": list(handoff.HANDOFF_RULES),
         "mla_hands_off": list(handoff.MLA_HANDOFF_RULES),
-        "decisions": [{"backend": d.backend, "reason": d.reason} for d in handoff.decisions()],
+        "decisions": [
+            {"backend": d.backend, "reason": d.reason, "sglang_mode": d.sglang_mode}
+            for d in handoff.decisions()
+        ],
     }
 
 
@@ -145,15 +148,21 @@ def collect() -> dict[str, Any]:
 
 
 def _group_rows(patches: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Each patch group: its members and whether it applies (all or none)."""
+    """Each patch group: its members, and ``applied`` (all are), ``skipped`` (none applies, with
+    why) or ``pending`` (not all are imported in this process yet)."""
     rows: dict[str, dict[str, Any]] = {}
     for p in patches:
-        if p["group"] is None:
-            continue
-        row = rows.setdefault(p["group"], {"members": [], "status": "applied", "reason": ""})
-        row["members"].append(p["name"])
-        if p["status"] != "applied" and row["status"] == "applied":
-            row["status"], row["reason"] = p["status"], p["reason"]
+        if p["group"] is not None:
+            rows.setdefault(p["group"], {"members": [], "status": "applied", "reason": ""})
+            rows[p["group"]]["members"].append(p["name"])
+    for group, row in rows.items():
+        states = {p["name"]: p for p in patches if p["group"] == group}
+        skipped = plugin.group_skip_reason(group)
+        if skipped is not None:
+            row["status"], row["reason"] = "skipped", skipped
+        elif any(p["status"] != "applied" for p in states.values()):
+            waiting = [f"{n}: {p['reason']}" for n, p in states.items() if p["status"] != "applied"]
+            row["status"], row["reason"] = "pending", "; ".join(waiting)
     return rows
 
 

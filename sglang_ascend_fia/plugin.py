@@ -56,6 +56,7 @@ _entries: list[PatchEntry] = []
 _applied: dict[str, AppliedPatch] = {}
 _status: dict[str, PatchStatus] = {}
 _hooked_modules: set[str] = set()
+_skipped_groups: dict[str, str] = {}  # group -> why it is skipped in this process
 
 
 def sglang_version() -> Version | None:
@@ -150,6 +151,7 @@ def _skip_group(group: str, reason: str) -> None:
             applied.restore()
     for entry in members:
         _status[entry.name] = PatchStatus(entry, "skipped", reason)
+    _skipped_groups[group] = reason
     logger.warning(
         "sglang-ascend-fia: %s; sglang keeps its own %s",
         reason,
@@ -161,11 +163,7 @@ def group_skip_reason(group: str) -> str | None:
     """Why ``group``'s patches are skipped in this process, or None while they apply. A feature
     that needs the whole group (the registry's MLA branch) hands off on a reason."""
     with _lock:
-        for entry in _entries:
-            status = _status.get(entry.name)
-            if entry.group == group and status is not None and status.state == "skipped":
-                return status.reason
-    return None
+        return _skipped_groups.get(group)
 
 
 def _skip(entry: PatchEntry, reason: str) -> None:
@@ -241,6 +239,7 @@ def activate() -> None:
         _entries = _load_entries()
         version = sglang_version()
         _status.clear()
+        _skipped_groups.clear()
         refusal = _unsupported_version(_entries, version)
         if refusal is not None:
             for entry in _entries:  # doctor lists each one with its reason
@@ -323,6 +322,7 @@ def deactivate() -> None:
         for name in reversed(list(_applied)):
             _applied.pop(name).restore()
         _status.clear()
+        _skipped_groups.clear()
         _active = False
 
 

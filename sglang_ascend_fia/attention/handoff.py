@@ -63,6 +63,7 @@ class Decision:
 
     backend: str  # "fia", "fia-mla" or "sglang" (sglang's own AscendAttnBackend)
     reason: str  # why sglang's own backend was chosen; "" for fia
+    sglang_mode: str = ""  # the mode sglang's own backend runs in, and why; "" for fia
 
 
 _decisions: list[Decision] = []
@@ -77,18 +78,77 @@ def record(decision: Decision) -> None:
     _decisions.append(decision)
     if decision.backend == "sglang":
         logger.warning(
-            "sglang-ascend-fia: attention runs on sglang's own AscendAttnBackend, not FIA: %s",
+            "sglang-ascend-fia: attention runs on sglang's own AscendAttnBackend, not FIA: %s%s",
             decision.reason,
+            f" (in its {decision.sglang_mode})" if decision.sglang_mode else "",
         )
 
 
 def handoff_reason(runner: Any) -> str | None:
     """Why ``runner``'s model or settings need sglang's own backend, or None for FIA."""
-    for check in (_model_reason, _settings_reason, _kv_cache_reason, _layers_reason):
+    for check in (
+        _model_reason,
+        _settings_reason,
+        _kv_cache_reason,
+        _kv_dtype_reason,
+        _layers_reason,
+    ):
         reason = check(runner)
         if reason is not None:
             return reason
     return None
+
+
+def pre_pool_handoff_reason(runner: Any) -> str | None:
+    """What :func:`handoff_reason` (MHA) or :func:`mla_handoff_reason` (MLA) says before the KV
+    pool exists (``ModelRunner.alloc_memory_pool``): every check but those reading the pool, and
+    the kernel check and patch groups the registry adds."""
+    if runner.use_mla_backend:
+        checks = (
+            lambda r: group_reason(MLA_GROUP),
+            _settings_reason,
+            _mla_model_reason,
+            _mla_dims_reason,
+            _mla_kv_dtype_reason,
+            _mla_env_reason,
+            _mla_layers_reason,
+            lambda r: kernel_reason("mla"),
+        )
+    else:
+        checks = (
+            _model_reason,
+            _settings_reason,
+            _kv_dtype_reason,
+            _layers_reason,
+            lambda r: kernel_reason("attention"),
+        )
+    for check in checks:
+        reason = check(runner)
+        if reason is not None:
+            return reason
+    return None
+
+
+# The manifest group the FIA MLA backend needs whole (patches/deepseek_mla.toml, mla_kv_pool.toml).
+MLA_GROUP = "deepseek-mla"
+
+
+def group_reason(group: str) -> str | None:
+    """Why the patches ``group`` names are not all applied, or None: the FIA MLA backend is fed
+    by the DeepSeek forward steps and the split pool, and serves nothing without them."""
+    from sglang_ascend_fia import plugin
+
+    return plugin.group_skip_reason(group)
+
+
+def kernel_reason(feature: str) -> str | None:
+    """Why the installed torch_npu cannot run ``feature``'s FIA calls, or None: checked at
+    start-up, so a missing kernel hands off instead of failing the first request
+    (``ops.kernels``)."""
+    from sglang_ascend_fia.ops import kernels
+
+    result = kernels.check(feature)
+    return None if result.ok else f"the FIA path's kernels: {result.reason()}"
 
 
 def _model_reason(runner: Any) -> str | None:
@@ -137,6 +197,10 @@ def _kv_cache_reason(runner: Any) -> str | None:
         return "the HND KV-cache layout (SGLANG_USE_HND_KVCACHE) is not paged the way FIA reads"
     if getattr(pool, "is_quantized_kv_cache", False):
         return "quantized KV caches are not implemented by the FIA backend"
+    return None
+
+
+def _kv_dtype_reason(runner: Any) -> str | None:
     kv_dtype = runner.kv_cache_dtype
     # A cache in the model's own dtype stays with FIA; the backend refuses a model dtype that
     # no FIA call takes (fp32 on an NPU, fp64), which sglang's own backend cannot run either.
@@ -222,6 +286,7 @@ def mla_handoff_reason(runner: Any) -> str | None:
         _mla_model_reason,
         _mla_dims_reason,
         _mla_kv_cache_reason,
+        _mla_kv_dtype_reason,
         _mla_env_reason,
         _mla_layers_reason,
     ):
@@ -281,6 +346,10 @@ def _mla_kv_cache_reason(runner: Any) -> str | None:
         return f"the KV pool {type(pool).__name__} is not the split latent/rope MLA pool"
     if getattr(pool, "use_fia_nz", False):
         return "the NZ MLA cache (SGLANG_USE_FIA_NZ) is not implemented by the FIA MLA backend"
+    return None
+
+
+def _mla_kv_dtype_reason(runner: Any) -> str | None:
     kv_dtype = runner.kv_cache_dtype
     if kv_dtype != runner.dtype:
         return (

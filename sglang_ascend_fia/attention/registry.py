@@ -8,9 +8,6 @@ from typing import Any
 # The manifest entries whose hooks live here (checked against patches/ by the tests).
 __sglang_patches__ = ("ascend-fia-backend",)
 
-# The manifest group the FIA MLA backend needs whole (patches/deepseek_mla.toml, mla_kv_pool.toml).
-MLA_GROUP = "deepseek-mla"
-
 
 def create_ascend_fia_backend(
     wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -34,7 +31,9 @@ def create_ascend_fia_backend(
     _check_moe_kernels(runner)
     if runner.use_mla_backend:
         reason = (
-            _group_reason(MLA_GROUP) or handoff.mla_handoff_reason(runner) or _kernel_reason("mla")
+            handoff.group_reason(handoff.MLA_GROUP)
+            or handoff.mla_handoff_reason(runner)
+            or handoff.kernel_reason("mla")
         )
         if reason is None:
             from sglang_ascend_fia.mla.backend import AscendFIAMLABackend
@@ -43,26 +42,14 @@ def create_ascend_fia_backend(
             handoff.record(handoff.Decision("fia-mla", ""))
             return mla_backend
     else:
-        reason = handoff.handoff_reason(runner) or _kernel_reason("attention")
+        reason = handoff.handoff_reason(runner) or handoff.kernel_reason("attention")
     if reason is not None:
-        handoff.record(handoff.Decision("sglang", reason))
-        _refuse_without_torch_npu(reason)
-        return wrapped(*args, **kwargs)
+        return _hand_off(runner, reason, lambda: wrapped(*args, **kwargs))
     from sglang_ascend_fia.attention.backend import AscendFIABackend
 
     backend = AscendFIABackend(runner)
     handoff.record(handoff.Decision("fia", ""))
     return backend
-
-
-def _kernel_reason(feature: str) -> str | None:
-    """Why the installed torch_npu cannot run ``feature``'s FIA calls, or None: checked here, at
-    start-up, so a missing kernel hands off instead of failing the first request
-    (``ops.kernels``)."""
-    from sglang_ascend_fia.ops import kernels
-
-    result = kernels.check(feature)
-    return None if result.ok else f"the FIA path's kernels: {result.reason()}"
 
 
 def _check_moe_kernels(runner: Any) -> None:
@@ -87,12 +74,27 @@ def _check_moe_kernels(runner: Any) -> None:
         )
 
 
-def _group_reason(group: str) -> str | None:
-    """Why the patches ``group`` names are not all applied, or None: the FIA MLA backend is fed by
-    the DeepSeek forward steps and the split pool, and serves nothing without them."""
-    from sglang_ascend_fia import plugin
+def _hand_off(runner: Any, reason: str, build: Callable[[], Any]) -> Any:
+    """Build sglang's own backend for ``runner`` in the mode its pool was built for
+    (``attention.sglang_mode``), after the checks that mode needs; one log line."""
+    from sglang_ascend_fia.attention import handoff, sglang_mode
+    from sglang_ascend_fia.attention.base import UnsupportedConfiguration
 
-    return plugin.group_skip_reason(group)
+    fia_mode = getattr(runner, sglang_mode.RUNNER_FLAG, None)
+    if fia_mode is None:  # built outside ModelRunner.alloc_memory_pool: the process's toggle
+        fia_mode = True
+    mode = "FIA mode (ASCEND_USE_FIA=1)" if fia_mode else "ATB mode (as with ASCEND_USE_FIA=0)"
+    why = sglang_mode.fia_mode_reason(runner) if fia_mode else None
+    if fia_mode and why is None:
+        why = "the mode its KV pool was built for"
+    handoff.record(handoff.Decision("sglang", reason, mode + (f": {why}" if why else "")))
+    refusal = sglang_mode.page_size_refusal(runner, fia_mode)
+    if refusal is not None:
+        raise UnsupportedConfiguration(f"sglang-ascend-fia: {refusal}")
+    _refuse_without_torch_npu(reason)
+    sglang_mode.keep_batches_sglang_can_run(reason)
+    with sglang_mode.scoped(fia_mode):
+        return build()
 
 
 def _refuse_without_torch_npu(reason: str) -> None:

@@ -205,6 +205,7 @@ def test_doctor_shows_the_hand_off_rules_and_this_process_choice(
     assert report["attention"]["decisions"][-1] == {
         "backend": "sglang",
         "reason": "layer 1: logit_cap=30.0 (logit soft-capping) is not implemented by FIA",
+        "sglang_mode": "FIA mode (ASCEND_USE_FIA=1): the mode its KV pool was built for",
     }
     assert cli.doctor(as_json=False) == 0
     printed = capsys.readouterr().out

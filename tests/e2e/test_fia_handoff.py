@@ -106,12 +106,12 @@ def test_bf16_kv_cache_with_an_fp32_model_goes_to_sglangs_own_backend() -> None:
         log_level="warning",
     )
     assert error is not None, "sglang's own Ascend backend cannot start on CPU, yet it started"
-    lines = [line for line in error.splitlines() if HANDOFF_LINE in line]
-    assert len(lines) == 1, error[-3000:]
-    assert "--kv-cache-dtype bfloat16 with a float32 model" in lines[0]
-    after = error[error.index(HANDOFF_LINE) :]
-    assert "which needs torch_npu, and torch_npu is not installed here" in after, after[-2000:]
-    assert "--kv-cache-dtype bfloat16 with a float32 model" in after
+    # The refusal is one line naming the hand-off and its reason (the error's tail may not
+    # reach back to the hand-off warning before it).
+    refusal = [line for line in error.splitlines() if "which needs torch_npu" in line]
+    assert refusal, error[-3000:]
+    assert "this model is handed to sglang's own AscendAttnBackend" in refusal[-1]
+    assert "--kv-cache-dtype bfloat16 with a float32 model" in refusal[-1], refusal[-1]
     assert "cannot start" not in error, "the FIA backend refused instead of handing off"
 
 
@@ -121,7 +121,8 @@ def test_transformers_backend_window_layers_are_seen_and_handed_off(tmp_path: Pa
     layers where that backend keeps them; the hand-off goes to sglang's own backend (through
     the stand-in here), and the server answers every request."""
     model = build_qwen2(use_sliding_window=True, sliding_window=63, max_window_layers=1)
-    prompts = [*encode_prompts(model)[:2], token_stream(model, 100)]
+    inside = encode_prompts(model)[:2]
+    assert all(len(p) + NEW_TOKENS <= 63 for p in inside)
     probe = tmp_path / "probe.jsonl"
     with ServerProcess(
         model,
@@ -130,14 +131,26 @@ def test_transformers_backend_window_layers_are_seen_and_handed_off(tmp_path: Pa
         attention_backend="ascend",
         page_size=128,
         model_impl="transformers",
+        # Mixed chunks asked for: a 300-token prompt in 128-token chunks beside decoding rows.
+        enable_mixed_chunk=True,
+        chunked_prefill_size=128,
     ) as server:
-        answers = _generate(server.base_url, prompts)
+        answers = _generate(server.base_url, [*inside, token_stream(model, 300)])
         log = server.log_text()
     lines = [line for line in log.splitlines() if HANDOFF_LINE in line]
     assert len(lines) == 1, log[-3000:]
     assert "sliding window 63 is not implemented by FIA" in lines[0], lines[0]
+    # Not sglang's FIA mode (ASCEND_USE_FIA is 1 in this process): its ATB mode, as with 0.
+    assert "(in its ATB mode (as with ASCEND_USE_FIA=0))" in lines[0], lines[0]
     assert "UnsupportedConfiguration" not in log
-    assert [len(a) for a in answers] == [NEW_TOKENS] * len(prompts)
+    mixed_off = [line for line in log.splitlines() if "--enable-mixed-chunk is turned off" in line]
+    assert len(mixed_off) == 1, log[-3000:]
+    assert [len(a) for a in answers] == [NEW_TOKENS] * 3
+    # Inside the window every mode equals full attention: HF's tokens.
+    assert answers[:2] == hf_greedy(model, inside, NEW_TOKENS)
     forwards = read_log(probe)
     assert forwards and {f["attn_backend"] for f in forwards} == {SGLANG_BACKEND}
     assert [f["error"] for f in forwards if f["error"]] == []
+    assert {f["backend_use_fia"] for f in forwards} == {False}
+    assert {f["use_fia_env"] for f in forwards} == {"1"}
+    assert "MIXED" not in {f["mode"] for f in forwards}

@@ -78,6 +78,29 @@ STOCK: dict[str, dict[str, Any]] = {
         "module": "sglang.srt.hardware_backend.npu.moe.finalize_routing",
         "qualname": "NPUFinalizeRouting._finalize_routing",
     },
+    "in-tree-mode-pool": {
+        "type": "function",
+        "module": "sglang.srt.model_executor.model_runner",
+        "qualname": "ModelRunner.alloc_memory_pool",
+    },
+    "in-tree-mode-backends": {
+        "type": "function",
+        "module": "sglang.srt.model_executor.model_runner",
+        "qualname": "ModelRunner.init_attention_backends",
+    },
+    # The name memory_pool_npu imported (memory_pool_npu.py:17), defined in utils/common.py.
+    "in-tree-flag-pool": {
+        "type": "function",
+        "module": "sglang.srt.utils.common",
+        "qualname": "get_bool_env_var",
+        "defined_in": "sglang/srt/utils/common.py",
+    },
+    "in-tree-flag-backend": {
+        "type": "function",
+        "module": "sglang.srt.utils.common",
+        "qualname": "get_bool_env_var",
+        "defined_in": "sglang/srt/utils/common.py",
+    },
 }
 # Modules that must import on the CPU test bed: if one stops importing, the test bed is broken
 # and the matrix must fail rather than skip itself away.
@@ -144,9 +167,13 @@ def _is_stock(entry: PatchEntry, target: dict[str, Any] | None, module_file: str
     """The target object is sglang's own: its name, and (for code) its defining file."""
     if target is None:
         return False
-    expected = STOCK[entry.name]
+    expected = dict(STOCK[entry.name])
+    # A name the module imported is defined in another file than the module's own.
+    defined_in = expected.pop("defined_in", None)
     if {k: target[k] for k in expected} != expected:
         return False
+    if defined_in is not None:
+        return target["file"] is not None and target["file"].endswith(defined_in)
     return target["file"] is None or target["file"] == module_file
 
 

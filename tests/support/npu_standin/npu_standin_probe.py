@@ -136,6 +136,8 @@ def _log(instance: Any, forward_batch: Any, mode: str, error: str | None) -> Non
         "kv_pool": _qualified(instance.token_to_kv_pool),
         "plugin_imported": "sglang_ascend_fia.plugin" in sys.modules,
         "use_fia_env": os.environ.get("ASCEND_USE_FIA"),
+        # The mode sglang's own backend runs in (ascend_backend.py:383), None for another one.
+        "backend_use_fia": getattr(instance.attn_backend, "use_fia", None),
         "error": error,
     }
     with open(os.environ[LOG_ENV], "a") as fh:
