@@ -119,15 +119,15 @@ def static_target_missing(entry: PatchEntry, source: Path) -> str | None:
     path = entry.attr_path
     if path[0] not in top:
         return f"{entry.module} has no attribute {path[0]!r}"
-    node = top[path[0]]
-    if len(path) == 2 and entry.dict_key is None and isinstance(node, ast.ClassDef):
+    found = top[path[0]]
+    if len(path) == 2 and entry.dict_key is None and isinstance(found, ast.ClassDef):
         defined = set()
-        for item in node.body:
+        for item in found.body:
             if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 defined.add(item.name)
             elif isinstance(item, ast.Assign):
                 defined.update(t.id for t in item.targets if isinstance(t, ast.Name))
-        if path[1] not in defined and not node.bases:
+        if path[1] not in defined and not found.bases:
             return f"{entry.module} has no attribute {'.'.join(path)!r}"
         if path[1] not in defined:
             return None  # maybe inherited

@@ -17,6 +17,7 @@ Importing this module imports nothing from sglang.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +104,7 @@ def pre_pool_handoff_reason(runner: Any) -> str | None:
     """What :func:`handoff_reason` (MHA) or :func:`mla_handoff_reason` (MLA) says before the KV
     pool exists (``ModelRunner.alloc_memory_pool``): every check but those reading the pool, and
     the kernel check and patch groups the registry adds."""
+    checks: tuple[Callable[[Any], str | None], ...]
     if runner.use_mla_backend:
         checks = (
             lambda r: group_reason(MLA_GROUP),

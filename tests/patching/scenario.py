@@ -21,7 +21,13 @@ import wrapt
 
 from sglang_ascend_fia import plugin
 from sglang_ascend_fia.manifest import PatchEntry, load_manifest
-from sglang_ascend_fia.patcher import HookGuard, live_hook, load_hook, resolve_container
+from sglang_ascend_fia.patcher import (
+    HookGuard,
+    TargetMissing,
+    live_hook,
+    load_hook,
+    resolve_container,
+)
 
 # Every wrapt proxy: under wrapt 2 a FunctionWrapper is a BaseObjectProxy but not an ObjectProxy.
 PROXY = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
@@ -86,7 +92,12 @@ def main(names: list[str], steps: list[str]) -> None:
             for entry in entries:
                 state: dict[str, Any] = {"module_imported": entry.module in sys.modules}
                 if entry.module in sys.modules:
-                    state |= describe(entry, read_target(entry))
+                    try:
+                        value = read_target(entry)
+                    except TargetMissing:  # removed on purpose (FIA_TESTBED_REMOVE_ATTRIBUTE)
+                        state |= {"target_missing": True, "wrapped": False, "is_hook": False}
+                    else:
+                        state |= describe(entry, value)
                 report["entries"][entry.name]["checks"].append(state)
         else:
             raise SystemExit(f"unknown step {step!r}")

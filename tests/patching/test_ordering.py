@@ -141,10 +141,14 @@ def _importable() -> list[PatchEntry]:
 
 
 @functools.cache
-def _run_all(steps: tuple[str, ...], toggle: str) -> dict[str, Any]:
-    """One fresh interpreter runs ``steps`` for every importable entry at once."""
+def _run_all(steps: tuple[str, ...], toggle: str, remove: str = "") -> dict[str, Any]:
+    """One fresh interpreter runs ``steps`` for every importable entry at once; ``remove``
+    (``module:Owner.attr``) is deleted as sglang imports its module (the test bed's
+    sitecustomize), as in an sglang that renamed it."""
     names = ",".join(e.name for e in _importable())
     env = {**os.environ, "ASCEND_USE_FIA": toggle}
+    if remove:
+        env["FIA_TESTBED_REMOVE_ATTRIBUTE"] = remove
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
         [sys.executable, "-m", "patching.scenario", names, *steps],
@@ -288,3 +292,32 @@ def test_entry_point_probe_sees_what_activation_imports() -> None:
     assert report["active"] is True
     extra = _not_stdlib(report["new_modules"]) - TOGGLE_OFF_MODULES
     assert {"wrapt", "packaging", "sglang_ascend_fia.manifest"} <= extra, extra
+
+
+# --- groups: all or none, in either order --------------------------------------------------
+
+REMOVED_CORE = "sglang.srt.models.deepseek_v2:DeepseekV2AttentionMLA.forward_core"
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [("import", "activate", "check"), ("activate", "import", "check")],
+    ids=["eager", "lazy"],
+)
+def test_a_group_member_missing_at_import_leaves_every_member_stock(steps: tuple[str, ...]) -> None:
+    """forward_core is gone from the imported module (its source still defines it, so only the
+    import shows it): the deepseek-mla members, including those whose module was hooked first
+    (the pool; forward_prepare, one entry before it), end stock; the other entries apply."""
+    report = _run_all(steps, "1", REMOVED_CORE)
+    by_name = {e.name: e for e in ENTRIES}
+    for name, entry_report in report["entries"].items():
+        check = entry_report["checks"][-1]
+        if not check["module_imported"]:
+            continue
+        if by_name[name].group == "deepseek-mla":
+            assert not check["wrapped"] and not check["is_hook"], (name, check)
+        else:
+            assert check["wrapped"] or check["is_hook"], (name, check)
+    assert report["entries"]["fia-mla-kv-pool"]["checks"][-1]["module_imported"]
+    assert report["entries"]["fia-mla-deepseek-prepare"]["checks"][-1]["module_imported"]
+    assert report["entries"]["fia-mla-deepseek-core"]["checks"][-1]["target_missing"]
