@@ -158,7 +158,11 @@ def test_doctor_lists_the_mla_hand_off_rules(
     ascend_factory(make_runner(make_pool(2), 16))
     report = cli.collect()
     assert report["attention"]["mla_hands_off"] == list(handoff.MLA_HANDOFF_RULES)
-    assert report["attention"]["decisions"][-1] == {"backend": "fia-mla", "reason": ""}
+    assert report["attention"]["decisions"][-1] == {
+        "backend": "fia-mla",
+        "reason": "",
+        "sglang_mode": "",
+    }
     assert cli.doctor(as_json=False) == 0
     printed = capsys.readouterr().out
     assert "chosen in this process: FIA MLA" in printed

@@ -19,6 +19,7 @@ REFUSAL_TESTS = [
     "test_dispatch.py",
     "test_fia_memo.py",
     "test_fia_validation.py",
+    "test_kernel_check.py",
     "test_moe_ops.py",
     "test_prepared_call.py",
     "test_quant_ops.py",
