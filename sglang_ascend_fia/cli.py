@@ -69,11 +69,14 @@ def _patch_rows(reason_if_inactive: str) -> list[dict[str, Any]]:
 
 def _attention_rows() -> dict[str, Any]:
     """When the FIA backend hands a model to sglang's own backend, and what this process chose."""
-    from sglang_ascend_fia.attention import handoff
+    from sglang_ascend_fia.attention.handoff import RULES
+    from sglang_ascend_fia.fia_backend import handoff
+    from sglang_ascend_fia.mla.handoff import RULES as MLA_RULES
 
+    # The texts of the rules the registry checks: the same objects, never a copy.
     return {
-        "hands_off": list(handoff.HANDOFF_RULES),
-        "mla_hands_off": list(handoff.MLA_HANDOFF_RULES),
+        "hands_off": [rule.text for rule in RULES],
+        "mla_hands_off": [rule.text for rule in MLA_RULES],
         "decisions": [
             {"backend": d.backend, "reason": d.reason, "sglang_mode": d.sglang_mode}
             for d in handoff.decisions()

@@ -8,7 +8,7 @@ Each file names its sglang ``module`` and holds ``[[patch]]`` entries::
     name = "ascend-fia-backend"
     target = "ATTENTION_BACKENDS['ascend']"   # attribute path, optional final ['key']
     kind = "replace"                          # replace | wrap
-    hook = "sglang_ascend_fia.attention.registry:create_ascend_fia_backend"
+    hook = "sglang_ascend_fia.registry.factory:create_ascend_fia_backend"
     sglang = ">=0.5.23,<0.5.24"
     why = "..."                               # the upstream behaviour, with file:line
     remove_when = "..."                       # the upstream change that makes it unnecessary

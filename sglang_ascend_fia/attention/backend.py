@@ -27,7 +27,9 @@ import torch
 
 from sglang_ascend_fia import ops
 from sglang_ascend_fia.attention import handoff
-from sglang_ascend_fia.attention.base import (
+from sglang_ascend_fia.attention.kv_write import LayerKV, kv_rows
+from sglang_ascend_fia.attention.metadata import FIAMetadata, padded_rows
+from sglang_ascend_fia.fia_backend.base import (
     FIABackendBase,
     UnsupportedConfiguration,
     causal_mask_template,
@@ -36,8 +38,7 @@ from sglang_ascend_fia.attention.base import (
     prepared_call,
     refuse_kwargs,
 )
-from sglang_ascend_fia.attention.kv_write import LayerKV, kv_rows
-from sglang_ascend_fia.attention.metadata import FIAMetadata, padded_rows
+from sglang_ascend_fia.fia_backend.handoff import Verdict
 from sglang_ascend_fia.ops.fia.rules import (
     MAX_3D_CACHE_HIDDEN,
     MAX_GQA_RATIO,
@@ -67,8 +68,11 @@ LayerKey = tuple[int, int, float]
 class AscendFIABackend(FIABackendBase[FIAMetadata]):
     """sglang ``AttentionBackend`` running MHA/GQA attention through FIA via ``ops``."""
 
-    def __init__(self, model_runner: ModelRunner) -> None:
-        self.refuse_handed_off(handoff.handoff_reason(model_runner), "the FIA attention backend")
+    backend_name = "the FIA attention backend"
+    handoff_rules = handoff.RULES
+
+    def __init__(self, model_runner: ModelRunner, verdict: Verdict | None = None) -> None:
+        self.refuse_handed_off(model_runner, verdict)
         super().__init__(model_runner)
         pool = self.token_to_kv_pool
         self.kv_heads: int = pool.head_num

@@ -1,4 +1,4 @@
-"""KV-cache views and writes through ``ops``, shared by the MHA/GQA backend and the MLA pool.
+"""The MHA/GQA backend's KV-cache views and the rows it writes through ``ops``.
 
 sglang's MHA pools keep one buffer per layer whose rows are token slots in slot order: the stock
 ``MHATokenToKVPool`` as ``[size + page, H, D]``, ``NPUMHATokenToKVPool`` as
@@ -8,9 +8,8 @@ pool sglang built: ``(blocks, page, H, D)`` for the scatter and ``(blocks, page,
 
 The MHA/GQA backend writes K and V of a layer in one ``npu_scatter_pa_kv_cache`` launch
 (:class:`LayerKV`, :func:`kv_rows`), as sglang's own NPU pool does with
-``SGLANG_NPU_USE_SCATTER_PA_KV_CACHE`` (``memory_pool_npu.py:317-329``); the split MLA pool
-(``mla/pool.py``, buffers ``[pages + 1, page, 1, D]``) keeps two ``npu_scatter_nd_update_``
-writes (:func:`write_kv`), one per cache.
+``SGLANG_NPU_USE_SCATTER_PA_KV_CACHE`` (``memory_pool_npu.py:317-329``). The split MLA pool
+writes its own caches (``mla/pool.py``).
 """
 
 from __future__ import annotations
@@ -18,45 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from sglang_ascend_fia import ops
-
-
-def token_rows(buffer: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
-    """``buffer`` as ``[slots, heads, head_dim]`` without a copy."""
-    return buffer.view(-1, heads, head_dim)
-
-
-def write_kv(
-    k_buffer: torch.Tensor,
-    v_buffer: torch.Tensor,
-    loc: torch.Tensor,
-    cache_k: torch.Tensor,
-    cache_v: torch.Tensor,
-) -> None:
-    """Scatter this step's K and V rows into their token slots ``loc``.
-
-    ``k_buffer``/``v_buffer`` are one layer's buffers, slot-ordered rows ending in ``[H, D]``;
-    ``cache_k``/``cache_v`` are ``[tokens, H, D]`` (or anything that views as that).
-    """
-    heads, head_dim = k_buffer.shape[-2], k_buffer.shape[-1]
-    v_heads, v_head_dim = v_buffer.shape[-2], v_buffer.shape[-1]
-    rows = loc.numel()
-    # aclnnScatterNdUpdate wants [N, 1] indices and 3-D [slot, H, D] tensors
-    # (memory_pool_npu.py:331-346 flattens the 4-D FIA view for the same reason).
-    indices = loc.reshape(rows, 1)
-    # Contiguous updates, as sglang's own NPU pool writes them (memory_pool_npu.py:331-346):
-    # some models pass k/v as views of a fused qkv projection.
-    ops.scatter_nd_update_(
-        token_rows(k_buffer, heads, head_dim),
-        indices,
-        cache_k.reshape(rows, heads, head_dim).to(k_buffer.dtype).contiguous(),
-    )
-    ops.scatter_nd_update_(
-        token_rows(v_buffer, v_heads, v_head_dim),
-        indices,
-        cache_v.reshape(rows, v_heads, v_head_dim).to(v_buffer.dtype).contiguous(),
-    )
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ and the roped key part into the split pool, then call this backend through the m
   exceeds it, because a model whose context is longer is handed off at start-up.
 
 Decode graphs (capture and replay through ``NPUGraphRunner``) are the shared FIA graph plumbing
-of :class:`~sglang_ascend_fia.attention.base.FIABackendBase`; the decode head-padding buffers
+of :class:`~sglang_ascend_fia.fia_backend.base.FIABackendBase`; the decode head-padding buffers
 are sized for the largest captured batch before capture, so a graph never reallocates them.
 """
 
@@ -35,8 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sglang_ascend_fia import ops
-from sglang_ascend_fia.attention import handoff
-from sglang_ascend_fia.attention.base import (
+from sglang_ascend_fia.fia_backend.base import (
     FIABackendBase,
     UnsupportedConfiguration,
     causal_mask_template,
@@ -45,8 +44,10 @@ from sglang_ascend_fia.attention.base import (
     prepared_call,
     refuse_kwargs,
 )
+from sglang_ascend_fia.fia_backend.handoff import Verdict
+from sglang_ascend_fia.mla import handoff
 from sglang_ascend_fia.mla.heads import HeadPadder, decode_head_count, prefill_head_count
-from sglang_ascend_fia.mla.metadata import MLAMetadata, PrefillLaunch, plan_prefill_launches
+from sglang_ascend_fia.mla.metadata import MLAMetadata, plan_prefill_launches
 from sglang_ascend_fia.ops.fia.rules import (
     NPU_FLOAT_DTYPES,
     SPARSE_RIGHT_DOWN_CAUSAL,
@@ -73,13 +74,15 @@ class AscendFIAMLABackend(FIABackendBase[MLAMetadata]):
 
     backend_name = "the FIA MLA backend"
 
-    def __init__(self, model_runner: ModelRunner) -> None:
+    handoff_rules = handoff.RULES
+
+    def __init__(self, model_runner: ModelRunner, verdict: Verdict | None = None) -> None:
         if not model_runner.use_mla_backend:
             raise UnsupportedConfiguration(
                 "sglang-ascend-fia: the FIA MLA backend serves MLA models; this model does not "
                 "use MLA"
             )
-        self.refuse_handed_off(handoff.mla_handoff_reason(model_runner), self.backend_name)
+        self.refuse_handed_off(model_runner, verdict)
         super().__init__(model_runner)
         from sglang.srt.runtime_context import get_parallel
 
@@ -210,8 +213,8 @@ class AscendFIAMLABackend(FIABackendBase[MLAMetadata]):
             value = v.reshape(rows, heads, -1)[:n]
             key_rope = k_rope.reshape(rows, -1, self.rope_dim)[:n].expand(n, heads, -1)
         outs = [
-            self._prefill_launch(launch, layer, query, query_rope, key, value, key_rope)
-            for launch in metadata.launches
+            self._prefill_launch(metadata, i, layer, query, query_rope, key, value, key_rope)
+            for i in range(len(metadata.launches))
         ]
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
         out = out[:, :heads].reshape(n, heads * out.shape[-1])
@@ -219,7 +222,8 @@ class AscendFIAMLABackend(FIABackendBase[MLAMetadata]):
 
     def _prefill_launch(
         self,
-        launch: PrefillLaunch,
+        metadata: MLAMetadata,
+        index: int,
         layer: RadixAttention,
         query: torch.Tensor,
         query_rope: torch.Tensor,
@@ -234,21 +238,29 @@ class AscendFIAMLABackend(FIABackendBase[MLAMetadata]):
             # broadcast to every head (TND needs Q_N = K_N) are materialised here, once each.
             return self.heads.pad(name, x[rows], padded).contiguous()
 
+        launch = metadata.launches[index]
+        # Bound once per batch and validated by its first layer; later layers only launch.
+        call = prepared_call(
+            metadata,
+            ("prefill", index, padded, layer.scaling),
+            lambda: ops.fused_infer_attention_score_v2.prepare(
+                atten_mask=self.mask_template,
+                actual_seq_qlen=launch.cum_q_lens,
+                actual_seq_kvlen=launch.cum_kv_lens,
+                num_query_heads=padded,
+                num_key_value_heads=padded,
+                softmax_scale=layer.scaling,
+                input_layout="TND",
+                sparse_mode=SPARSE_RIGHT_DOWN_CAUSAL,
+            ),
+        )
         q_rows, kv_rows = launch.q_rows, launch.kv_rows
-        out, _ = ops.fused_infer_attention_score_v2(
+        out, _ = call(
             operand("prefill_q", query, q_rows),
             operand("prefill_k", key, kv_rows),
             operand("prefill_v", value, kv_rows),
             query_rope=operand("prefill_q_rope", query_rope, q_rows),
             key_rope=operand("prefill_k_rope", key_rope, kv_rows),
-            atten_mask=self.mask_template,
-            actual_seq_qlen=launch.cum_q_lens,
-            actual_seq_kvlen=launch.cum_kv_lens,
-            num_query_heads=padded,
-            num_key_value_heads=padded,
-            softmax_scale=layer.scaling,
-            input_layout="TND",
-            sparse_mode=SPARSE_RIGHT_DOWN_CAUSAL,
         )
         return out
 

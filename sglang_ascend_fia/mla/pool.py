@@ -17,7 +17,7 @@ import torch
 from sglang.srt.hardware_backend.npu.memory_pool_npu import NPUMLATokenToKVPool
 from sglang.srt.mem_cache.memory_pool import unwrap_write_loc
 
-from sglang_ascend_fia.attention.kv_write import write_kv
+from sglang_ascend_fia import ops
 
 if TYPE_CHECKING:
     from sglang.srt.layers.radix_attention import RadixAttention
@@ -33,10 +33,20 @@ def write_latent(
     rope: torch.Tensor,
 ) -> None:
     """Scatter ``latent`` ``[T, R]`` and ``rope`` ``[T, r]`` (any shape that views as that)
-    into one layer's split buffers ``[pages + 1, page, 1, R|r]`` at token slots ``loc``."""
-    # One KV head of width R (resp. r): the same [slot, 1, D] rows memory_pool_npu.py:1039-1050
-    # scatters into.
-    write_kv(k_layer, v_layer, loc, latent, rope)
+    into one layer's split buffers ``[pages + 1, page, 1, R|r]`` at token slots ``loc``: one
+    ``npu_scatter_nd_update_`` per cache, as ``memory_pool_npu.py:1039-1050`` writes them."""
+    rows = loc.numel()
+    # aclnnScatterNdUpdate wants [N, 1] indices and 3-D [slot, 1, D] tensors: one KV head of
+    # width R (resp. r), the rows memory_pool_npu.py:1039-1050 scatters into.
+    indices = loc.reshape(rows, 1)
+    for buffer, update in ((k_layer, latent), (v_layer, rope)):
+        width = buffer.shape[-1]
+        # Contiguous updates: the DeepSeek step passes split views of one projection.
+        ops.scatter_nd_update_(
+            buffer.view(-1, 1, width),
+            indices,
+            update.reshape(rows, 1, width).to(buffer.dtype).contiguous(),
+        )
 
 
 class FIAMLATokenToKVPool(NPUMLATokenToKVPool):
@@ -44,7 +54,7 @@ class FIAMLATokenToKVPool(NPUMLATokenToKVPool):
 
     FIA's NZ tile order (``SGLANG_USE_FIA_NZ``) and the packed FP8 DSA record are NPU-only
     features of the parent; their writes stay the parent's (``torch_npu``), and the plugin hands
-    both to sglang's own attention backend at start-up (``attention/handoff.py``).
+    both to sglang's own attention backend at start-up (``mla/handoff.py``).
     """
 
     def set_kv_buffer(

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from sglang_ascend_fia import ops
-from sglang_ascend_fia.moe._fallback import fall_back_once
+from sglang_ascend_fia.moe.fallback import fall_back_once
 
 __sglang_patches__ = ("moe-routed-experts", "moe-routed-experts-npu")
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sglang_ascend_fia.moe._fallback import fall_back_once
 from sglang_ascend_fia.moe.experts import finalize_routing, init_routing
+from sglang_ascend_fia.moe.fallback import fall_back_once
 
 __sglang_patches__ = ("moe-npu-init-routing", "moe-npu-finalize-routing")
 

@@ -5,10 +5,7 @@ whose signature is the op's (torch_npu 2.14's names and defaults); nothing resta
 
 1. binds its arguments once to that signature (:func:`bind_arguments`) and hands the mapping to
    the op's validator, which checks the documented kernel constraints (the same checks on every
-   device, so a CPU run rejects what an NPU would reject);
-   An op declared with ``memoise=True`` (FIA) skips the bind and the validator when the call's
-   key equals the last accepted one (``ops._memo``): every layer of a batch makes the same
-   call, so only the first pays for validation (``validation_counts()``);
+   device, so a CPU run rejects what an NPU would reject; ``validation_counts()`` counts them);
 2. counts one launch for the op (``launch_counts()``), so tests and benchmarks can assert how many
    kernels a forward makes;
 3. runs ``torch_npu.<npu_name>`` when the first tensor argument lives on an NPU, and the reference
@@ -34,8 +31,6 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 import torch
-
-from sglang_ascend_fia.ops._memo import ValidationMemo
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +104,6 @@ def bind_arguments(
 
 _launches: Counter[str] = Counter()
 _validations: Counter[str] = Counter()
-_memos: list[ValidationMemo] = []
 _reference_logged = False
 
 
@@ -128,10 +122,7 @@ def validation_counts() -> dict[str, int]:
 
 
 def reset_validation_counts() -> None:
-    """Zero the counts and forget every remembered call, so the next call of each op validates."""
     _validations.clear()
-    for memo in _memos:
-        memo.forget()
 
 
 def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
@@ -242,35 +233,17 @@ def npu_op(
     npu_name: str,
     *,
     validate: Validator | None = None,
-    memoise: bool = False,
 ) -> Callable[[Callable[P, R]], NpuOp[P, R]]:
     """Declare ``reference`` as the CPU/CUDA implementation of ``torch_npu.<npu_name>``.
 
     ``reference``'s signature is the op's. ``validate`` takes the call bound to it (a mapping of
     every parameter) and raises ``ValueError`` on anything the NPU kernel documents as
-    unsupported. It runs before either implementation. With ``memoise``, a call whose key
-    (``ops._memo``) equals the last accepted call's is not validated again; only for validators
-    that read no float tensor values.
+    unsupported. It runs before either implementation, on every call; a caller that makes the
+    same call per layer binds it once with ``prepare`` (:class:`PreparedCall`).
     """
 
     def decorate(reference: Callable[P, R]) -> NpuOp[P, R]:
         op_name = reference.__name__
-        memo = ValidationMemo() if memoise and validate is not None else None
-        if memo is not None:
-            _memos.append(memo)
-
-        def run_validator(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            assert validate is not None
-            if memo is None:
-                _validations[op_name] += 1
-                validate(bind_arguments(reference, args, kwargs))
-                return
-            key = memo.key(args, kwargs)
-            if memo.known(key):
-                return
-            _validations[op_name] += 1
-            validate(bind_arguments(reference, args, kwargs))
-            memo.remember(key)
 
         @functools.wraps(reference)
         def check(*args: P.args, **kwargs: P.kwargs) -> None:
@@ -280,7 +253,8 @@ def npu_op(
         @functools.wraps(reference)
         def op(*args: P.args, **kwargs: P.kwargs) -> R:
             if validate is not None:
-                run_validator(args, kwargs)
+                _validations[op_name] += 1
+                validate(bind_arguments(reference, args, kwargs))
             _launches[op_name] += 1
             tensor = _first_tensor(args, kwargs)
             if is_npu(tensor):

@@ -4,8 +4,8 @@
   symmetric weights + scales, ``quantization_config``) sglang's ``W8A8Int8Config`` loads; also
   the ``sglang-ascend-fia quantize-w8a8`` command;
 - ``linear``: hooks on ``W8A8Int8LinearMethod`` so dense layers run ``ops.dynamic_quant`` ->
-  ``ops.quant_matmul`` on the layout ``NPUW8A8Int8DynamicLinearMethod`` uses.
-
-The W8A8 MoE chain (``dequant_swiglu_quant`` between the two int8 grouped matmuls) lives with
-the other MoE hooks in ``sglang_ascend_fia.moe.experts_w8a8``.
+  ``ops.quant_matmul`` on the layout ``NPUW8A8Int8DynamicLinearMethod`` uses;
+- ``experts``: the W8A8 MoE chain (``dequant_swiglu_quant`` between the two int8 grouped
+  matmuls), on the routing steps of :mod:`sglang_ascend_fia.moe`;
+- ``methods``: the ``W8A8Int8Config.get_quant_method`` hook that hands both to sglang.
 """

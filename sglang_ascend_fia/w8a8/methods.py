@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from sglang.srt.layers.quantization.w8a8_int8 import W8A8Int8LinearMethod, W8A8Int8MoEMethod
 
-from sglang_ascend_fia.moe import experts_w8a8
 from sglang_ascend_fia.ops import kernels
+from sglang_ascend_fia.w8a8 import experts as experts_w8a8
 from sglang_ascend_fia.w8a8 import linear
 
 __sglang_patches__ = ("w8a8-int8-methods",)
@@ -34,7 +34,7 @@ class FIAW8A8Int8LinearMethod(W8A8Int8LinearMethod):
 
 
 class FIAW8A8Int8MoEMethod(W8A8Int8MoEMethod):
-    """Routed experts: the NPU W8A8 chain (``moe.experts_w8a8.routed_experts_w8a8``)."""
+    """Routed experts: the NPU W8A8 chain (``w8a8.experts.routed_experts_w8a8``)."""
 
     def process_weights_after_loading(self, layer: Any) -> None:
         reason = experts_w8a8.stock_reason(layer, self.moe_runner_config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -248,8 +249,8 @@ def assert_handed_to_sglang(
     cannot be built (its module imports ``torch_npu``), so the registry refuses the hand-off in
     one line that names the reason; that the call then goes to sglang's own factory where
     torch_npu exists is proven with the stand-in (tests/e2e/test_fia_handoff.py)."""
-    from sglang_ascend_fia.attention import handoff
-    from sglang_ascend_fia.attention.base import UnsupportedConfiguration
+    from sglang_ascend_fia.fia_backend import handoff
+    from sglang_ascend_fia.fia_backend.base import UnsupportedConfiguration
 
     before = len(handoff.decisions())
     with (
@@ -307,3 +308,25 @@ class FakeNPUGraph:
     def replay(self) -> None:
         for args, kwargs, out in self.calls:
             out.copy_(ops.fused_infer_attention_score(*args, **kwargs)[0])
+
+
+def count_rule_checks(
+    monkeypatch: pytest.MonkeyPatch, rules_module: Any, backend_cls: type
+) -> Counter[str]:
+    """Replace ``rules_module.RULES`` (read by the registry) and ``backend_cls.handoff_rules``
+    (read by a backend built without a verdict) with rules that count their checks."""
+    import dataclasses
+
+    calls: Counter[str] = Counter()
+
+    def counted(rule: Any) -> Any:
+        def check(runner: Any) -> str | None:
+            calls[rule.text] += 1
+            return rule.check(runner)
+
+        return dataclasses.replace(rule, check=check)
+
+    rules = tuple(counted(rule) for rule in rules_module.RULES)
+    monkeypatch.setattr(rules_module, "RULES", rules)
+    monkeypatch.setattr(backend_cls, "handoff_rules", rules)
+    return calls

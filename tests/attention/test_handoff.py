@@ -19,9 +19,17 @@ from typing import Any
 import pytest
 import torch
 
-from attention.helpers import TINY, assert_handed_to_sglang, make_layer, make_pool, make_runner
-from sglang_ascend_fia.attention import handoff
+from attention.helpers import (
+    TINY,
+    assert_handed_to_sglang,
+    count_rule_checks,
+    make_layer,
+    make_pool,
+    make_runner,
+)
 from sglang_ascend_fia.attention.backend import AscendFIABackend, UnsupportedConfiguration
+from sglang_ascend_fia.attention.handoff import RULES
+from sglang_ascend_fia.fia_backend import handoff
 
 
 class TinyModel(torch.nn.Module):
@@ -137,6 +145,20 @@ def test_attention_sinks_go_to_sglangs_own_backend(
     assert "attention sinks" in handoff.decisions()[-1].reason
 
 
+def test_the_registry_runs_each_rule_once_and_hands_the_verdict_to_the_backend(
+    ascend_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sglang_ascend_fia.attention import handoff as attention_handoff
+
+    calls = count_rule_checks(monkeypatch, attention_handoff, AscendFIABackend)
+    assert isinstance(ascend_factory(_runner(monkeypatch, {})), AscendFIABackend)
+    assert calls == {rule.text: 1 for rule in RULES}
+    calls.clear()
+    # Built directly (no verdict), the backend runs the same rules itself.
+    AscendFIABackend(_runner(monkeypatch, {}))
+    assert calls == {rule.text: 1 for rule in RULES}
+
+
 def test_causal_mha_gets_the_fia_backend(
     ascend_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -201,7 +223,7 @@ def test_doctor_shows_the_hand_off_rules_and_this_process_choice(
     with pytest.raises(UnsupportedConfiguration, match="needs torch_npu"):
         ascend_factory(_runner(monkeypatch, {"logit_cap": 30.0}))
     report = cli.collect()
-    assert report["attention"]["hands_off"] == list(handoff.HANDOFF_RULES)
+    assert report["attention"]["hands_off"] == [rule.text for rule in RULES]
     assert report["attention"]["decisions"][-1] == {
         "backend": "sglang",
         "reason": "layer 1: logit_cap=30.0 (logit soft-capping) is not implemented by FIA",
@@ -210,7 +232,7 @@ def test_doctor_shows_the_hand_off_rules_and_this_process_choice(
     assert cli.doctor(as_json=False) == 0
     printed = capsys.readouterr().out
     assert "chosen in this process: sglang's own: layer 1: logit_cap=30.0" in printed
-    assert all(rule in printed for rule in handoff.HANDOFF_RULES)
+    assert all(rule in printed for rule in (r.text for r in RULES))
 
 
 @pytest.mark.parametrize("kernel", ["npu_fused_infer_attention_score", "npu_scatter_pa_kv_cache"])

@@ -1,4 +1,4 @@
-"""Which of sglang's own modes a handed-off model runs (``attention.sglang_mode``), and how its
+"""Which of sglang's own modes a handed-off model runs (``registry.sglang_mode``), and how its
 ``ASCEND_USE_FIA`` reads get that value: through the real patched ``get_bool_env_var`` name of
 ``memory_pool_npu``, scoped, with every other read passed through."""
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from attention.helpers import TINY, make_layer, make_pool, make_runner
-from sglang_ascend_fia.attention import sglang_mode
+from sglang_ascend_fia.registry import sglang_mode
 
 
 class TinyModel(torch.nn.Module):

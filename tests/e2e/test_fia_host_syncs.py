@@ -47,7 +47,7 @@ def test_host_syncs_do_not_grow_with_layers(runs: dict[int, dict[str, Any]]) -> 
     for small, large in zip(few, many, strict=True):
         assert sorted(large["syncs"]) == sorted(small["syncs"]), (small["mode"], large["syncs"])
     # The plugin's own share is one call per forward, whatever the depth: the per-batch
-    # seq_lens_cpu.tolist() in init_forward_metadata (attention/base.py, shared by both FIA
+    # seq_lens_cpu.tolist() in init_forward_metadata (fia_backend/base.py, shared by both FIA
     # backends), which reads sglang's host mirror.
     plugin_sites = ("@backend.py:", "@base.py:")
     for forward in many:

@@ -19,7 +19,7 @@ from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
 from mla.helpers import NOPE, PAGE, ROPE, R, V, make_layer, make_pool, make_runner
 from sglang_ascend_fia import ops
-from sglang_ascend_fia.attention.base import UnsupportedConfiguration
+from sglang_ascend_fia.fia_backend.base import UnsupportedConfiguration
 from sglang_ascend_fia.mla.backend import AscendFIAMLABackend
 from sglang_ascend_fia.mla.metadata import plan_prefill_launches
 

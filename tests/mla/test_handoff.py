@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 import torch
-from attention.helpers import assert_handed_to_sglang
+from attention.helpers import assert_handed_to_sglang, count_rule_checks
 
 from mla.helpers import make_pool, make_runner
-from sglang_ascend_fia.attention import handoff
-from sglang_ascend_fia.attention.base import UnsupportedConfiguration
+from sglang_ascend_fia.fia_backend import handoff
+from sglang_ascend_fia.fia_backend.base import UnsupportedConfiguration
 from sglang_ascend_fia.mla.backend import AscendFIAMLABackend
+from sglang_ascend_fia.mla.handoff import RULES
 
 
 def _set(path: str, value: Any) -> Callable[[Any, pytest.MonkeyPatch], None]:
@@ -131,6 +132,16 @@ def test_what_fia_mla_does_not_implement_goes_to_sglangs_own_backend(
     assert_handed_to_sglang(ascend_factory, runner, needle, caplog)
 
 
+def test_the_registry_runs_each_mla_rule_once_and_hands_the_verdict_to_the_backend(
+    ascend_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sglang_ascend_fia.mla import handoff as mla_handoff
+
+    calls = count_rule_checks(monkeypatch, mla_handoff, AscendFIAMLABackend)
+    assert isinstance(ascend_factory(make_runner(make_pool(2), 16)), AscendFIAMLABackend)
+    assert calls == {rule.text: 1 for rule in RULES}
+
+
 def test_deepseek_mla_gets_the_fia_mla_backend_without_a_warning(
     ascend_factory: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -157,7 +168,7 @@ def test_doctor_lists_the_mla_hand_off_rules(
 
     ascend_factory(make_runner(make_pool(2), 16))
     report = cli.collect()
-    assert report["attention"]["mla_hands_off"] == list(handoff.MLA_HANDOFF_RULES)
+    assert report["attention"]["mla_hands_off"] == [rule.text for rule in RULES]
     assert report["attention"]["decisions"][-1] == {
         "backend": "fia-mla",
         "reason": "",
@@ -166,4 +177,4 @@ def test_doctor_lists_the_mla_hand_off_rules(
     assert cli.doctor(as_json=False) == 0
     printed = capsys.readouterr().out
     assert "chosen in this process: FIA MLA" in printed
-    assert all(rule in printed for rule in handoff.MLA_HANDOFF_RULES)
+    assert all(rule in printed for rule in (r.text for r in RULES))

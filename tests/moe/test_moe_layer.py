@@ -143,7 +143,7 @@ def test_a_moe_model_is_refused_at_start_up_when_a_kernel_is_missing(
 
     from sglang.srt.layers.attention import attention_registry
 
-    from sglang_ascend_fia.attention.base import UnsupportedConfiguration
+    from sglang_ascend_fia.fia_backend.base import UnsupportedConfiguration
     from sglang_ascend_fia.ops import kernels
 
     def check(feature: str) -> kernels.FeatureCheck:

@@ -15,14 +15,32 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REFUSAL_TESTS = [
-    "test_attention_helpers.py",
+    "test_dequant_swiglu_quant.py",
     "test_dispatch.py",
-    "test_fia_memo.py",
-    "test_fia_validation.py",
+    "test_dynamic_quant.py",
+    "test_fia_accepted_forms.py",
+    "test_fia_arguments.py",
+    "test_fia_call_contract.py",
+    "test_fia_dtype_policy.py",
+    "test_fia_layouts.py",
+    "test_fia_limits.py",
+    "test_fia_masks.py",
+    "test_fia_mla_rules.py",
+    "test_fia_paged.py",
+    "test_fia_reference_refusals.py",
+    "test_fia_tnd_dense.py",
+    "test_fia_v2_rules.py",
+    "test_grouped_matmul.py",
     "test_kernel_check.py",
-    "test_moe_ops.py",
+    "test_kv_cache.py",
+    "test_moe_chain.py",
+    "test_moe_finalize.py",
+    "test_moe_gating.py",
+    "test_moe_routing.py",
     "test_prepared_call.py",
-    "test_quant_ops.py",
+    "test_quant_matmul.py",
+    "test_swiglu.py",
+    "test_w8a8_moe_chain.py",
 ]
 
 

@@ -56,7 +56,7 @@ VIOLATIONS = [
     ),
     (
         "plugin.py",
-        "def _hook():\n    from sglang_ascend_fia.attention import registry",
+        "def _hook():\n    from sglang_ascend_fia.ops import kernels",
         {"lifecycle-imports-only-lifecycle"},
     ),
     (
@@ -65,6 +65,13 @@ VIOLATIONS = [
         {"lifecycle", "lifecycle-imports-only-lifecycle"},
     ),
     ("attention/metadata.py", "from sglang_ascend_fia import cli", {"runtime"}),
+    # The features are independent: neither backend imports the other, nor moe either.
+    ("mla/heads.py", "from sglang_ascend_fia.attention import kv_write", {"runtime"}),
+    ("attention/metadata.py", "from sglang_ascend_fia.mla import heads", {"runtime"}),
+    ("moe/gating.py", "from sglang_ascend_fia.attention import metadata", {"runtime"}),
+    # The shared base sits below both backends, the registry above them.
+    ("fia_backend/handoff.py", "from sglang_ascend_fia.mla import handoff", {"runtime"}),
+    ("attention/metadata.py", "from sglang_ascend_fia import registry", {"runtime"}),
     ("attention/metadata.py", "from sglang_ascend_fia.ops import _dispatch", {"private-modules"}),
 ]
 
@@ -87,3 +94,38 @@ def test_a_forbidden_import_breaks_its_contract(
     assert result.returncode == 1, result.stdout + result.stderr
     reported = {cid for cid, name in NAMES.items() if f"{name} BROKEN" in result.stdout}
     assert reported == broken, result.stdout
+
+
+BACKENDS = {
+    "attention": "sglang_ascend_fia.attention.backend",
+    "mla": "sglang_ascend_fia.mla.backend",
+}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, at top level or inside a function (lazy hook imports)."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_the_registry_is_the_only_module_that_names_both_backends() -> None:
+    """The registry chooses between the two FIA backends, so it alone imports both; outside its
+    own package, each backend is imported by the registry only (lint-imports sees top-level and
+    lazy imports alike, this reads them from the source)."""
+    package = REPO / "sglang_ascend_fia"
+    importers: dict[str, set[str]] = {name: set() for name in BACKENDS}
+    for path in sorted(package.rglob("*.py")):
+        module = path.relative_to(REPO).with_suffix("").as_posix()
+        imported = _imported_modules(path)
+        for name, backend in BACKENDS.items():
+            if backend in imported and not module.startswith(f"sglang_ascend_fia/{name}/"):
+                importers[name].add(module)
+    assert importers == {name: {"sglang_ascend_fia/registry/factory"} for name in BACKENDS}

@@ -17,10 +17,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sglang_ascend_fia.moe import experts_w8a8
-from sglang_ascend_fia.moe.experts_w8a8 import routed_experts_w8a8, scale_dtype_for
+from sglang_ascend_fia.w8a8 import experts as experts_w8a8
 from sglang_ascend_fia.w8a8 import linear
 from sglang_ascend_fia.w8a8.convert import quantize_weight
+from sglang_ascend_fia.w8a8.experts import routed_experts_w8a8, scale_dtype_for
 
 # The hook module subclasses sglang's methods: importing it imports sglang (a few seconds).
 methods = pytest.importorskip("sglang_ascend_fia.w8a8.methods")

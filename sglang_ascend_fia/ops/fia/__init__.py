@@ -87,7 +87,7 @@ def _validate_v1(a: Mapping[str, Any]) -> None:
     plan(a, reference=False)
 
 
-@npu_op("npu_fused_infer_attention_score", validate=_validate_v1, memoise=True)
+@npu_op("npu_fused_infer_attention_score", validate=_validate_v1)
 def fused_infer_attention_score(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -217,7 +217,7 @@ def _validate_v2(a: Mapping[str, Any]) -> None:
     plan(v2_to_v1(a, _v1_defaults(), reference=False), reference=False, version=2)
 
 
-@npu_op("npu_fused_infer_attention_score_v2", validate=_validate_v2, memoise=True)
+@npu_op("npu_fused_infer_attention_score_v2", validate=_validate_v2)
 def fused_infer_attention_score_v2(
     query: torch.Tensor,
     key: torch.Tensor,

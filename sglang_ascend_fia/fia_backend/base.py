@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 import torch
 from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 
+from sglang_ascend_fia.fia_backend.handoff import HandoffRule, Verdict, first_reason
 from sglang_ascend_fia.ops.fia.rules import MASK_TEMPLATE_SIZE
 
 if TYPE_CHECKING:
@@ -82,14 +83,19 @@ class FIABackendBase(AttentionBackend, Generic[M]):
     # Names the backend in refusals ("the FIA backend", "the FIA MLA backend").
     backend_name = "the FIA backend"
 
-    @staticmethod
-    def refuse_handed_off(reason: str | None, serving: str) -> None:
-        """The registry hook hands such models to sglang's own backend before a FIA backend is
-        built; one built directly anyway refuses with the reason."""
-        if reason is not None:
+    # The rules the registry checks before building this backend (``<feature>.handoff.RULES``).
+    handoff_rules: tuple[HandoffRule, ...] = ()
+
+    def refuse_handed_off(self, model_runner: ModelRunner, verdict: Verdict | None) -> None:
+        """The registry hands such models to sglang's own backend before a FIA backend is
+        built, and passes its verdict; a backend built directly (no verdict) runs the rules
+        itself and refuses with the reason."""
+        if verdict is None:
+            verdict = Verdict(first_reason(self.handoff_rules, model_runner))
+        if verdict.reason is not None:
             raise UnsupportedConfiguration(
-                f"sglang-ascend-fia: {serving} cannot serve this model: {reason} "
-                "(sglang's own AscendAttnBackend serves it)"
+                f"sglang-ascend-fia: {self.backend_name} cannot serve this model: "
+                f"{verdict.reason} (sglang's own AscendAttnBackend serves it)"
             )
 
     def __init__(self, model_runner: ModelRunner) -> None:

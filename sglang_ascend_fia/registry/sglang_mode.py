@@ -88,9 +88,11 @@ def _uses_ascend(runner: Any) -> bool:
 
 def decide(runner: Any) -> bool:
     """The ``ASCEND_USE_FIA`` value for ``runner``'s pool and backend (see the module doc)."""
-    from sglang_ascend_fia.attention import handoff
+    from sglang_ascend_fia.fia_backend import handoff
+    from sglang_ascend_fia.registry import rules_for
 
-    reason = handoff.pre_pool_handoff_reason(runner)
+    # Before the pool exists: every rule but those reading the pool.
+    reason = handoff.first_reason(rules_for(runner), runner, before_pool=True)
     if reason is None:
         return True
     return fia_mode_reason(runner) is not None

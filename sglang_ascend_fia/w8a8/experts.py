@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from sglang_ascend_fia import ops
-from sglang_ascend_fia.moe._fallback import fall_back_once
 from sglang_ascend_fia.moe.experts import unsupported_reason
+from sglang_ascend_fia.moe.fallback import fall_back_once
 
 _HOOK = "moe experts (w8a8_int8)"
 

@@ -14,40 +14,35 @@ def create_ascend_fia_backend(
 ) -> Any:
     """wrapt wrapper around sglang's ``create_ascend_backend(runner)``.
 
-    Causal MHA/GQA models get :class:`AscendFIABackend`, MLA models (DeepSeek-V2/V3)
-    :class:`~sglang_ascend_fia.mla.backend.AscendFIAMLABackend`. A model or setting the backend
-    does not implement (:func:`handoff.handoff_reason` for MHA/GQA: sliding window, sinks,
-    non-causal or cross attention, logit_cap, speculative decoding, context parallel, non-float
-    or HND KV caches; :func:`handoff.mla_handoff_reason` for MLA: DSA, sliding-window MLA,
-    attention dims FIA's MLA calls do not take, quantized or NZ caches, MLAPO, ...) keeps
-    sglang's own ``AscendAttnBackend`` (the call goes to ``wrapped``), with one log line naming
-    the reason.
+    Causal MHA/GQA models get :class:`~sglang_ascend_fia.attention.backend.AscendFIABackend`,
+    MLA models (DeepSeek-V2/V3) :class:`~sglang_ascend_fia.mla.backend.AscendFIAMLABackend`.
+    A model or setting the backend does not implement (``attention.handoff.RULES`` for MHA/GQA:
+    sliding window, sinks, non-causal or cross attention, logit_cap, speculative decoding,
+    context parallel, non-float or HND KV caches; ``mla.handoff.RULES`` for MLA: DSA,
+    sliding-window MLA, attention dims FIA's MLA calls do not take, quantized or NZ caches,
+    MLAPO, ...) keeps sglang's own ``AscendAttnBackend`` (the call goes to ``wrapped``), with
+    one log line naming the reason.
     """
-    # Imported here: these modules import sglang's attention classes, which must not load
+    # Imported here: the backends import sglang's attention classes, which must not load
     # before sglang itself asks for a backend.
-    from sglang_ascend_fia.attention import handoff
+    from sglang_ascend_fia.fia_backend import handoff
+    from sglang_ascend_fia.registry import rules_for
 
     runner = args[0] if args else kwargs["runner"]
     _check_moe_kernels(runner)
+    # The rules run once per runner; the backend built gets their verdict.
+    verdict = handoff.Verdict(handoff.first_reason(rules_for(runner), runner))
+    if verdict.reason is not None:
+        return _hand_off(runner, verdict.reason, lambda: wrapped(*args, **kwargs))
     if runner.use_mla_backend:
-        reason = (
-            handoff.group_reason(handoff.MLA_GROUP)
-            or handoff.mla_handoff_reason(runner)
-            or handoff.kernel_reason("mla")
-        )
-        if reason is None:
-            from sglang_ascend_fia.mla.backend import AscendFIAMLABackend
+        from sglang_ascend_fia.mla.backend import AscendFIAMLABackend
 
-            mla_backend = AscendFIAMLABackend(runner)
-            handoff.record(handoff.Decision("fia-mla", ""))
-            return mla_backend
-    else:
-        reason = handoff.handoff_reason(runner) or handoff.kernel_reason("attention")
-    if reason is not None:
-        return _hand_off(runner, reason, lambda: wrapped(*args, **kwargs))
+        backend: Any = AscendFIAMLABackend(runner, verdict)
+        handoff.record(handoff.Decision("fia-mla", ""))
+        return backend
     from sglang_ascend_fia.attention.backend import AscendFIABackend
 
-    backend = AscendFIABackend(runner)
+    backend = AscendFIABackend(runner, verdict)
     handoff.record(handoff.Decision("fia", ""))
     return backend
 
@@ -61,7 +56,7 @@ def _check_moe_kernels(runner: Any) -> None:
     same kernels (``hardware_backend/npu/moe/``)."""
     from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoE
 
-    from sglang_ascend_fia.attention.base import UnsupportedConfiguration
+    from sglang_ascend_fia.fia_backend.base import UnsupportedConfiguration
     from sglang_ascend_fia.ops import kernels
 
     model = getattr(runner, "model", None)
@@ -76,9 +71,10 @@ def _check_moe_kernels(runner: Any) -> None:
 
 def _hand_off(runner: Any, reason: str, build: Callable[[], Any]) -> Any:
     """Build sglang's own backend for ``runner`` in the mode its pool was built for
-    (``attention.sglang_mode``), after the checks that mode needs; one log line."""
-    from sglang_ascend_fia.attention import handoff, sglang_mode
-    from sglang_ascend_fia.attention.base import UnsupportedConfiguration
+    (``registry.sglang_mode``), after the checks that mode needs; one log line."""
+    from sglang_ascend_fia.fia_backend import handoff
+    from sglang_ascend_fia.fia_backend.base import UnsupportedConfiguration
+    from sglang_ascend_fia.registry import sglang_mode
 
     fia_mode = getattr(runner, sglang_mode.RUNNER_FLAG, None)
     if fia_mode is None:  # built outside ModelRunner.alloc_memory_pool: the process's toggle
@@ -104,7 +100,7 @@ def _refuse_without_torch_npu(reason: str) -> None:
     run here."""
     import importlib.util
 
-    from sglang_ascend_fia.attention.base import UnsupportedConfiguration
+    from sglang_ascend_fia.fia_backend.base import UnsupportedConfiguration
 
     if importlib.util.find_spec("torch_npu") is None:
         raise UnsupportedConfiguration(
