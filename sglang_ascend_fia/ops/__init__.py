@@ -5,10 +5,9 @@ On an NPU tensor each op calls ``torch_npu``; anywhere else it runs the referenc
 
 Layout: ``fia/`` (FIA v1/v2: ``rules`` holds the public limits the attention backends import,
 ``plan`` the validator with the scenario rules of ``scenarios``, ``reference`` the computation),
-``moe/`` (gating, routing, grouped
-matmul), ``kv_cache``, ``helpers``, ``quant``; ``_dispatch`` (``npu_op``) and ``_checks`` (the
-shared error wording and dtype policy) underneath. Semantics of every op, rule by rule:
-``docs/ops-semantics.md``.
+``moe/`` (gating, routing, grouped matmul), ``kv_cache``, ``quant``; ``_dispatch`` (``npu_op``)
+and ``_checks`` (the shared error wording and dtype policy) underneath. Semantics of every op,
+rule by rule: ``docs/ops-semantics.md``.
 """
 
 from sglang_ascend_fia.ops._dispatch import (
@@ -29,7 +28,6 @@ from sglang_ascend_fia.ops.fia.rules import (
     legal_page_sizes,
     tnd_paged_supported,
 )
-from sglang_ascend_fia.ops.helpers import add_rms_norm, attention_update, interleave_rope
 from sglang_ascend_fia.ops.kv_cache import scatter_nd_update_, scatter_pa_kv_cache
 from sglang_ascend_fia.ops.moe import (
     grouped_matmul,
@@ -43,8 +41,6 @@ from sglang_ascend_fia.ops.quant import dequant_swiglu_quant, dynamic_quant, qua
 
 __all__ = [
     "PreparedCall",
-    "add_rms_norm",
-    "attention_update",
     "check_block_size",
     "check_page_size",
     "dequant_swiglu_quant",
@@ -52,7 +48,6 @@ __all__ = [
     "fused_infer_attention_score",
     "fused_infer_attention_score_v2",
     "grouped_matmul",
-    "interleave_rope",
     "launch_counts",
     "legal_page_sizes",
     "moe_finalize_routing",

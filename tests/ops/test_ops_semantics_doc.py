@@ -25,7 +25,7 @@ def test_every_op_has_a_section_and_every_section_an_op() -> None:
     sections = set(re.findall(r"^## (npu_\w+)$", DOC.read_text(), flags=re.MULTILINE))
     implemented = _facade_ops()
 
-    assert len(implemented) >= 16  # the 16 ops of the facade when this doc was written
+    assert len(implemented) >= 13  # the 13 ops of the facade when this doc was last trimmed
     assert sections == set(implemented), (
         f"missing sections: {sorted(set(implemented) - sections)}; "
         f"sections without an op: {sorted(sections - set(implemented))}"

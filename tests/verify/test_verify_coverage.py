@@ -182,7 +182,7 @@ def _fia_v2(a: Args) -> Features:
     }
 
 
-# ---- KV cache and helpers --------------------------------------------------------------------
+# ---- KV cache --------------------------------------------------------------------------------
 
 
 def _scatter_nd_update(a: Args) -> Features:
@@ -197,28 +197,6 @@ def _scatter_pa_kv_cache(a: Args) -> Features:
         "slot_mapping dtype": _dt(a["slot_mapping"]),
         "K/V head size": "equal" if a["key"].size(-1) == a["value"].size(-1) else "different",
     }
-
-
-def _attention_update(a: Args) -> Features:
-    lse = a["lse"]
-    return {
-        "local_out dtype": _dt(a["local_out"][0]),
-        "update_type": a["update_type"],
-        "partial results": len(lse),
-        "lse": "with -inf rows" if any(bool(torch.isinf(t).any()) for t in lse) else "finite",
-    }
-
-
-def _interleave_rope(a: Args) -> Features:
-    per_position = a["cos"].size(2) == a["x"].size(2) > 1
-    return {
-        "dtype": _dt(a["x"]),
-        "cos/sin S": "S (per position)" if per_position else "1 (broadcast)",
-    }
-
-
-def _add_rms_norm(a: Args) -> Features:
-    return {"dtype": _dt(a["x1"]), "x rank": a["x1"].dim(), "gamma rank": a["gamma"].dim()}
 
 
 # ---- MoE -------------------------------------------------------------------------------------
@@ -364,9 +342,6 @@ EXTRACTORS: dict[str, Callable[[Args], Features]] = {
     "fused_infer_attention_score_v2": _fia_v2,
     "scatter_nd_update_": _scatter_nd_update,
     "scatter_pa_kv_cache": _scatter_pa_kv_cache,
-    "attention_update": _attention_update,
-    "interleave_rope": _interleave_rope,
-    "add_rms_norm": _add_rms_norm,
     "moe_gating_top_k_softmax": _gating_softmax,
     "moe_gating_top_k": _gating,
     "moe_init_routing_v2": _init_routing,
@@ -480,14 +455,6 @@ REQUIRED: dict[str, dict[str, set[object]]] = {
         "slot_mapping dtype": {"int32", "int64"},
         "K/V head size": {"equal", "different"},
     },
-    "attention_update": {
-        "local_out dtype": FLOATS,
-        "update_type": {0, 1},
-        "partial results": {2, 3},
-        "lse": {"finite", "with -inf rows"},
-    },
-    "interleave_rope": {"dtype": HALF, "cos/sin S": {"1 (broadcast)", "S (per position)"}},
-    "add_rms_norm": {"dtype": FLOATS, "x rank": {2, 3}, "gamma rank": {1, 2}},
     "moe_gating_top_k_softmax": {
         "dtype": FLOATS,
         "x rank": {2, 3},

@@ -127,7 +127,7 @@ def test_main_on_a_device_prints_the_table(
 ) -> None:
     """The NPU path end to end, with the CPU standing in for the device."""
     monkeypatch.setattr(verify_ops, "npu_device", lambda: ("cpu", ""))
-    assert verify_ops.main(["-k", "interleave_rope (DeepSeek"]) == 0
+    assert verify_ops.main(["-k", "scatter_pa_kv_cache 'PA_NZ'"]) == 0
     assert "1/1 cases within tolerance" in capsys.readouterr().out
     monkeypatch.setattr(verify_ops, "all_cases", lambda: [_broken_case])
     assert verify_ops.main([]) == 1

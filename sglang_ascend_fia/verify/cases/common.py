@@ -7,8 +7,8 @@ real kernel (torch_npu 2.14 ``_op_plugin_docs.py``): verify-ops runs it on an NP
 fp16/bf16 reach the attention kernels (fp32 is a reference-only extension there).
 
 Outputs are restricted to what the docs define, so a case never compares undefined entries:
-query rows past a request's length, routed rows past ``avail``, the second output of
-``attention_update`` with ``update_type=0``, rows past a ``group_index`` sum.
+query rows past a request's length, routed rows past ``avail``, rows past a ``group_index``
+sum.
 """
 
 from __future__ import annotations
