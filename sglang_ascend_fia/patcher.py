@@ -86,6 +86,14 @@ def resolve_container(entry: PatchEntry, module: ModuleType) -> tuple[Any, str]:
     key = path[-1]
     if not hasattr(obj, key):
         raise TargetMissing(f"{entry.module} has no attribute {'.'.join(path)!r}")
+    if isinstance(obj, type) and key not in vars(obj):
+        inherited = getattr(obj, key)
+        if getattr(inherited, "__isabstractmethod__", False):
+            # A class that lost its override inherits the base's abstract stub: wrapping that
+            # would report "applied" and hand the hook an original that returns nothing.
+            raise TargetMissing(
+                f"{entry.module}.{'.'.join(path)} is only the abstract method the class inherits"
+            )
     return obj, key
 
 

@@ -160,10 +160,44 @@ def _skip_group(group: str, reason: str) -> None:
 
 
 def group_skip_reason(group: str) -> str | None:
-    """Why ``group``'s patches are skipped in this process, or None while they apply. A feature
-    that needs the whole group (the registry's MLA branch) hands off on a reason."""
+    """Why ``group``'s patches are skipped in this process, or None while they apply (or wait
+    for their modules). ``doctor`` shows it."""
     with _lock:
         return _skipped_groups.get(group)
+
+
+def group_unready_reason(group: str) -> str | None:
+    """Why a feature that needs all of ``group`` (the registry's MLA branch) cannot rely on it
+    now, or None when every member is applied.
+
+    Every member's module is imported first: a member whose target is missing only at run time
+    is found when sglang imports its module (``memory_pool_npu`` is first imported while the
+    pool is built), and a decision made before that (the in-tree mode, decided before the
+    pool) must already see the group skipped."""
+    import importlib
+
+    from sglang_ascend_fia.manifest import groups
+
+    members = groups(_entries).get(group, [])
+    problems: dict[str, str] = {}
+    for entry in members:
+        try:
+            importlib.import_module(entry.module)
+        except ImportError as exc:
+            problems[entry.name] = f"its module {entry.module} cannot be imported here ({exc})"
+    with _lock:
+        if group in _skipped_groups:
+            return _skipped_groups[group]
+        for entry in members:
+            status = _status.get(entry.name)
+            if entry.name not in problems and (status is None or status.state != "applied"):
+                state = status.state if status is not None else "not registered"
+                reason = f" ({status.reason})" if status is not None and status.reason else ""
+                problems[entry.name] = f"it is {state}{reason}"
+    if problems:
+        name, why = next(iter(problems.items()))
+        return f"patch group {group} is not applied whole: {name}: {why}"
+    return None
 
 
 def _skip(entry: PatchEntry, reason: str) -> None:

@@ -130,13 +130,13 @@ def kernel_rule(feature: str) -> HandoffRule:
 
 
 def group_rule(group: str) -> HandoffRule:
-    """The manifest patch group ``group`` is not applied whole (``plugin.group_skip_reason``):
+    """The manifest patch group ``group`` is not applied whole (``plugin.group_unready_reason``):
     a backend fed by those patches serves nothing without all of them."""
 
     def check(runner: Any) -> str | None:
         from sglang_ascend_fia import plugin
 
-        return plugin.group_skip_reason(group)
+        return plugin.group_unready_reason(group)
 
     return HandoffRule(
         f"a member of the {group} patch group missing in this sglang (the group is skipped)",
