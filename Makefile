@@ -45,6 +45,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(RUN) -m bench.run
+	$(RUN) -m bench.report
 
 doctor: $(STAMP)
 	$(RUN) -m sglang_ascend_fia.cli doctor

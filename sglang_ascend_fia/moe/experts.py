@@ -1,13 +1,13 @@
 """sglang's unquantized routed experts through ``ops``: the NPU routed-expert chain.
 
-sglang 0.5.23 on an NPU: ``AscendTPDispatcher.dispatch`` (``token_dispatcher/ascend_tp.py:96-126``)
+sglang 0.5.23 on an NPU: ``AscendTPDispatcher.dispatch`` (``token_dispatcher/ascend_tp.py:97-126``)
 -> ``npu_moe_init_routing_v2(quant_mode=-1, expert_tokens_num_type=1, active_num=T*K,
 active_expert_range=[0, E])`` (``hardware_backend/npu/moe/init_routing.py:83-118``); the runner
-(``moe_runner/ascend.py:207-279``) runs ``npu_grouped_matmul(split_item=2, group_type=0,
+(``moe_runner/ascend.py:207-278``) runs ``npu_grouped_matmul(split_item=2, group_type=0,
 group_list_type=1, weight=[w.transpose(1, 2)])`` (``hardware_backend/npu/moe/matmul.py:23-50``)
 for w13, ``npu_swiglu``, the same for w2; ``combine`` -> ``npu_moe_finalize_routing(
 drop_pad_mode=2, scales=topk_weights, export_for_source_row=topk_ids)``
-(``finalize_routing.py:123-143``). The three steps are :func:`init_routing`, :func:`expert_mlp`
+(``finalize_routing.py:34-54``). The three steps are :func:`init_routing`, :func:`expert_mlp`
 and :func:`finalize_routing`; two hooks run them:
 
 - ``UnquantizedFusedMoEMethod.forward_native`` (no platform kernel, e.g. CPU): the whole chain;

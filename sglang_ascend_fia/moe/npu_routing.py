@@ -1,7 +1,7 @@
 """The ``ascend_tp`` token dispatcher's routing steps through ``ops`` (sglang on an NPU).
 
 On an NPU, sglang's ``FusedMoE`` permutes the tokens before the experts and combines them after,
-in ``AscendTPDispatcher`` (``token_dispatcher/ascend_tp.py:96-142``), through two helper objects
+in ``AscendTPDispatcher`` (``token_dispatcher/ascend_tp.py:97-143``), through two helper objects
 that each call one torch_npu kernel: ``NPUMoEInitRouting_v2._init_routing``
 (``hardware_backend/npu/moe/init_routing.py:83-118``) and ``NPUFinalizeRouting._finalize_routing``
 (``finalize_routing.py:34-54``). The hooks below run the same calls through ``ops``

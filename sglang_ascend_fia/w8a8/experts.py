@@ -3,7 +3,7 @@
 sglang 0.5.23 on an NPU, W8A8 experts (``NPUW8A8Int8MoEMethod``,
 ``hardware_backend/npu/quantization/moe_methods.py:616-714``): the dispatcher quantises while it
 routes (``npu_moe_init_routing_v2(quant_mode=1)``, ``token_dispatcher/ascend_tp.py:76-87``), the
-runner (``moe_runner/ascend.py:207-279``) runs ``npu_grouped_matmul`` on int8 with ``scale=[w13
+runner (``moe_runner/ascend.py:207-278``) runs ``npu_grouped_matmul`` on int8 with ``scale=[w13
 scale]`` and ``per_token_scale=[routing scale]``, then ``npu_dequant_swiglu_quant(quant_mode=1,
 activate_left=True)`` (``moe/activation.py:31-38``) re-quantises the SwiGLU output per token for
 the w2 grouped matmul, and ``npu_moe_finalize_routing(drop_pad_mode=2)`` combines.

@@ -7,11 +7,14 @@ The results below have the shape ``side_by_side_measures.measure`` returns, with
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
 from typing import Any
 
 import pytest
 from side_by_side_measures import LAYERS, PAGE_16, RUNNER_CONFIGS, Measured
 
+import sglang_ascend_fia
 from demo.per_layer import render, render_launches, render_page_16, render_syncs
 
 ATTENTION = {
@@ -39,9 +42,39 @@ def _launches(path: str, head_dim: int, layers: int = 2) -> dict[str, Any]:
     return {"forwards": forwards, "num_layers": layers}
 
 
+def _plugin_decode_sync() -> tuple[Path, int]:
+    """Where the plugin's one decode sync is: the ``.tolist()`` of the batch's host length
+    mirror in the FIA backends' ``_kv_lens``. Read from the source (without importing sglang),
+    so moving the code cannot leave the site below stale."""
+    sites = []
+    for path in sorted(Path(sglang_ascend_fia.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name == "_kv_lens":
+                sites += [
+                    (path, call.lineno)
+                    for call in ast.walk(node)
+                    if isinstance(call, ast.Call)
+                    and isinstance(call.func, ast.Attribute)
+                    and call.func.attr == "tolist"
+                ]
+    assert len(sites) == 1, f"expected one .tolist() in one _kv_lens, found {sites}"
+    return sites[0]
+
+
+def plugin_decode_sync_site() -> str:
+    """The sync's ``file:line`` as ``host_syncs`` names it (file name only)."""
+    path, line = _plugin_decode_sync()
+    return f"{path.name}:{line}"
+
+
+def test_the_plugin_sync_site_is_found_in_the_source() -> None:
+    path, line = _plugin_decode_sync()
+    assert "seq_lens_cpu.tolist()" in path.read_text().splitlines()[line - 1]
+
+
 def _decode_syncs(path: str, layers: int) -> list[dict[str, str]]:
     if path == "plugin":
-        return [{"kind": "tolist", "where": "host", "site": "metadata.py:80"}]
+        return [{"kind": "tolist", "where": "host", "site": plugin_decode_sync_site()}]
     syncs = [SEQ_LENS_MAX]
     if path == "upstream-fia":
         for kind in ("cpu", "tolist"):

@@ -14,7 +14,7 @@ The oracle is HF transformers fp32 on the dequantised checkpoint (each int8 weig
 scale): the float model the int8 one stands for. sglang's run differs from it by the per-token
 int8 rounding of activations and by bfloat16, so the comparison is teacher-forced (HF scores
 the tokens sglang chose, so one near-tie does not derail the rest) and within tolerances stated
-below and measured in the README.
+below and measured in docs/npu-owner-guide.md ("W8A8 dynamic int8").
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ pytestmark = pytest.mark.engine
 
 NEW_TOKENS = 32
 NUM_PROMPTS = 8
-# Tolerances, against what was measured on the 2-core CPU test bed (README, "W8A8 dynamic int8"):
+# Tolerances, against what was measured on the 2-core CPU test bed (docs/npu-owner-guide.md,
+# "W8A8 dynamic int8"):
 # W8A8 max 0.075 / mean 0.011 nats; the same dequantised model in bfloat16 without int8
 # activations max 0.039 / mean 0.0057; the int8 weight rounding alone (HF fp32, float vs
 # dequantised weights) moves log-probs by up to 0.125. A wrong scale, layout or SwiGLU half

@@ -21,7 +21,8 @@ SUPPORT_DIR = Path(__file__).resolve().parents[1]
 PYTHONPATH_DIR = SUPPORT_DIR / "pythonpath"
 MARK = "@@testbed@@"
 
-# Engine arguments measured to work on a 2-core CPU (the test bed; README, Development).
+# Engine arguments measured to work on a 2-core CPU (the test bed; docs/development.md,
+# "The CPU test bed").
 CPU_ENGINE_DEFAULTS: dict[str, Any] = {
     "device": "cpu",
     "dtype": "float32",
