@@ -2,7 +2,8 @@
 
 Model paths and the GSM8K test jsonl come from environment variables (docs/npu-owner-guide.md,
 "The opt-in accuracy suite"); nothing is downloaded. Each test starts ``sglang.launch_server``
-with ``ASCEND_USE_FIA=1`` and asks the first ``FIA_GSM8K_QUESTIONS`` questions (default 200) greedily, few-shot.
+with ``ASCEND_USE_FIA=1`` and asks the first ``FIA_GSM8K_QUESTIONS`` questions (default 200)
+greedily, few-shot.
 """
 
 from __future__ import annotations
