@@ -8,7 +8,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from moe_cases import _IDS, _ROUTE, SETTINGS, _gen, _random_topk_ids
-from op_refusals import assert_reference_refuses, assert_validator_rejects
+from op_refusals import (
+    REFUSAL_FIELDS,
+    assert_reference_refuses,
+    assert_validator_rejects,
+    refusal_params,
+)
 
 from sglang_ascend_fia import ops
 
@@ -341,23 +346,14 @@ VALUE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("op", "args", "kwargs", "match"),
-    [pytest.param(op, a, kw, m, id=name) for name, op, a, kw, m in VALIDATION_CASES],
-)
+@pytest.mark.parametrize(REFUSAL_FIELDS, refusal_params(VALIDATION_CASES))
 def test_validator_rejects_with_a_message_naming_argument_value_and_rule(
     op: object, args: tuple[object, ...], kwargs: dict[str, object], match: str
 ) -> None:
     assert_validator_rejects(op, args, kwargs, match)
 
 
-@pytest.mark.parametrize(
-    ("op", "args", "kwargs", "match"),
-    [
-        pytest.param(op, a, kw, m, id=name)
-        for name, op, a, kw, m in REFERENCE_LIMIT_CASES + VALUE_CASES
-    ],
-)
+@pytest.mark.parametrize(REFUSAL_FIELDS, refusal_params(REFERENCE_LIMIT_CASES, VALUE_CASES))
 def test_reference_refuses_what_the_validator_lets_through(
     op: object, args: tuple[object, ...], kwargs: dict[str, object], match: str
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from moe_cases import _gen
-from op_refusals import assert_validator_rejects
+from op_refusals import REFUSAL_FIELDS, assert_validator_rejects, refusal_params
 
 from sglang_ascend_fia import ops
 
@@ -63,10 +63,7 @@ VALIDATION_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("op", "args", "kwargs", "match"),
-    [pytest.param(op, a, kw, m, id=name) for name, op, a, kw, m in VALIDATION_CASES],
-)
+@pytest.mark.parametrize(REFUSAL_FIELDS, refusal_params(VALIDATION_CASES))
 def test_validator_rejects_with_a_message_naming_argument_value_and_rule(
     op: object, args: tuple[object, ...], kwargs: dict[str, object], match: str
 ) -> None:

@@ -8,6 +8,14 @@ import pytest
 
 from sglang_ascend_fia import ops
 
+# A table row: (test id, op, args, kwargs, the message the refusal must match).
+REFUSAL_FIELDS = ("op", "args", "kwargs", "match")
+
+
+def refusal_params(*tables: list[tuple[Any, ...]]) -> list[Any]:
+    """The rows of ``tables`` as ``pytest.param``s for ``REFUSAL_FIELDS``, each with its id."""
+    return [pytest.param(op, a, kw, m, id=name) for table in tables for name, op, a, kw, m in table]
+
 
 def assert_validator_rejects(
     op: Any, args: tuple[object, ...], kwargs: dict[str, object], match: str
