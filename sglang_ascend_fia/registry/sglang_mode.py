@@ -65,10 +65,9 @@ def current() -> bool | None:
 
 def fia_mode_reason(runner: Any) -> str | None:
     """Why a handed-off ``runner`` needs sglang's FIA mode, or None for its ATB mode."""
-    from sglang.srt.runtime_context import get_parallel
+    from sglang_ascend_fia.fia_backend.handoff import CONTEXT_PARALLEL
 
-    parallel = get_parallel()
-    if parallel.attn_cp_size > 1 or parallel.dcp_enabled:
+    if CONTEXT_PARALLEL.check(runner) is not None:
         return "context parallel attention runs only in sglang's FIA mode (ascend_backend.py:1864)"
     if runner.is_hybrid_swa:
         return "hybrid-SWA windows are applied only in sglang's FIA mode (ascend_backend.py:1728)"

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -21,14 +23,19 @@ def _rows(table: str) -> dict[str, tuple[int, int, str]]:
     return rows
 
 
-def test_the_documented_house_is_the_measured_one() -> None:
-    printed = subprocess.run(
+@pytest.fixture(scope="module")
+def printed() -> str:
+    """What ``tools/house.py`` prints, run once for the module."""
+    return subprocess.run(
         [sys.executable, str(REPO / "tools" / "house.py")],
         capture_output=True,
         text=True,
         check=True,
         timeout=120,
     ).stdout.strip()
+
+
+def test_the_documented_house_is_the_measured_one(printed: str) -> None:
     doc = (REPO / "docs" / "architecture.md").read_text()
     block = re.search(r"## The house, measured\n.*?```\n(.*?)\n```", doc, re.S)
     assert block is not None, "docs/architecture.md has no 'The house, measured' block"
@@ -43,14 +50,7 @@ def test_the_documented_house_is_the_measured_one() -> None:
         assert abs(doc_lines - lines) <= max(20, lines // 10), stale
 
 
-def test_the_attention_backends_and_moe_import_none_of_each_other() -> None:
-    printed = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "house.py")],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
+def test_the_attention_backends_and_moe_import_none_of_each_other(printed: str) -> None:
     rows = {line.split()[0]: line for line in printed.splitlines()[1:]}
     for room in ("attention", "mla", "moe"):
         imports = rows[room].split("  ")[-1]
