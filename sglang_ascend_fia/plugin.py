@@ -178,6 +178,10 @@ def group_unready_reason(group: str) -> str | None:
 
     from sglang_ascend_fia.manifest import groups
 
+    if not _active:
+        # Inactive (never activated, or deactivated): no member is applied, whatever an
+        # earlier activation left in the manifest's entries.
+        return f"patch group {group} is not applied: the plugin is not active"
     members = groups(_entries).get(group, [])
     problems: dict[str, str] = {}
     for entry in members:

@@ -348,7 +348,9 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
         """The layer's FIA arguments (query heads, KV heads, scale), read once per layer, when
         the layer is first refused if FIA would compute it wrongly (logit_cap, non-causal,
         cross, sliding window). The registry hook hands such models to sglang's own backend
-        at start-up, so the refusal fires only for a layer it could not see."""
+        at start-up, and hands off a model with a layer id it found no layer for
+        (``handoff.LAYER_COVERAGE``), so for a backend it built the refusal is never reached:
+        it guards a backend built directly, without a model to check."""
         key = self._layer_keys.get(layer.layer_id)
         if key is not None:
             return key

@@ -17,6 +17,7 @@ from typing import Any
 
 from sglang_ascend_fia.fia_backend.handoff import (
     CONTEXT_PARALLEL,
+    LAYER_COVERAGE,
     SPECULATIVE,
     HandoffRule,
     attention_layers,
@@ -139,5 +140,6 @@ RULES: tuple[HandoffRule, ...] = (
         "every RadixAttention layer the model holds",
         _layers,
     ),
+    LAYER_COVERAGE,
     kernel_rule("attention"),
 )

@@ -176,6 +176,37 @@ def attention_layers(model: torch.nn.Module) -> list[Any]:
     return list(found.values())
 
 
+def _uncovered_layers(runner: Any) -> str | None:
+    """Layer ids the runner owns that no ``RadixAttention`` found by :func:`attention_layers`
+    carries. sglang sizes the KV pool and feeds the backend by layer id over the runner's own
+    range (``ModelLayerInfo``, model_runner_components/layer_setup.py:129-132, resolved at
+    model_runner.py:726 before the pool is built); a layer the scan cannot reach would first be
+    met mid-request, where no hand-off is possible. So the decision covers every id, or the
+    model is handed off at start-up."""
+    model = getattr(runner, "model", None)
+    info = getattr(runner, "layer_info", None)
+    if model is None or info is None:
+        return None
+    owned = range(info.start_layer, info.start_layer + info.num_effective_layers)
+    found = {layer.layer_id for layer in attention_layers(model)}
+    missing = [i for i in owned if i not in found]
+    if not missing:
+        return None
+    shown = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
+    return (
+        f"layer ids {shown} (of the {len(owned)} this runner owns) have no RadixAttention the "
+        "plugin can find (the model keeps them where its start-up check cannot read them)"
+    )
+
+
+LAYER_COVERAGE = HandoffRule(
+    "a model whose attention layers the start-up check cannot all find (a layer id the model "
+    "runner owns with no RadixAttention reachable from the model)",
+    "ModelRunner.layer_info, every RadixAttention layer the model holds",
+    _uncovered_layers,
+)
+
+
 def kv_dtype_reason(runner: Any, reads: str) -> str | None:
     """A KV cache in another dtype than the model: both backends read the model's float dtype."""
     kv_dtype = runner.kv_cache_dtype

@@ -13,6 +13,7 @@ from typing import Any
 
 from sglang_ascend_fia.fia_backend.handoff import (
     CONTEXT_PARALLEL,
+    LAYER_COVERAGE,
     SPECULATIVE,
     HandoffRule,
     attention_layers,
@@ -184,5 +185,6 @@ RULES: tuple[HandoffRule, ...] = (
         "every DeepseekV2AttentionMLA and RadixAttention layer the model holds",
         _layers,
     ),
+    LAYER_COVERAGE,
     kernel_rule("mla"),
 )

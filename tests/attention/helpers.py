@@ -100,6 +100,11 @@ def fake_runner(
         is_draft_worker=False,
         is_hybrid_swa=False,
         sliding_window_size=None,
+        # The layer ids the runner owns (sglang's ModelLayerInfo): the pool's.
+        layer_info=SimpleNamespace(
+            start_layer=getattr(pool, "start_layer", 0),
+            num_effective_layers=getattr(pool, "layer_num", 0),
+        ),
     )
     for key, value in overrides.items():
         setattr(runner, key, value)

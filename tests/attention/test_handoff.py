@@ -278,3 +278,55 @@ def test_layers_outside_the_module_tree_are_seen_by_the_decision(
     pool = make_pool("npu-fia", TINY, 128, 8, monkeypatch)
     runner = make_runner(pool, TINY, 128, model=model)
     assert_handed_to_sglang(ascend_factory, runner, "layer 1: sliding window 63", caplog)
+
+
+class _Holder:
+    """A plain object (not a module, list or dict) holding a layer: out of the scan's reach."""
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+
+
+class DeeplyHeldModel(torch.nn.Module):
+    """Layer 1 held inside a plain object in a list: no scan of modules and their container
+    attributes reaches it, so its window is unknown to the decision."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = make_layer(TINY, 0)
+        self.hidden = [_Holder(make_layer(TINY, 1, sliding_window_size=63))]
+
+
+def test_a_layer_id_no_found_layer_carries_hands_off_at_start_up(
+    ascend_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before this rule the model got FIA, and the per-layer guard ended the scheduler at the
+    first prefill that reached layer 1. Now the ids the runner owns (the pool's two) are checked
+    against the layers found, and the model is handed off before any request."""
+    model = DeeplyHeldModel()
+    assert [layer.layer_id for layer in handoff.attention_layers(model)] == [0]
+    pool = make_pool("npu-fia", TINY, 128, 8, monkeypatch)
+    runner = make_runner(pool, TINY, 128, model=model)
+    assert runner.layer_info.num_effective_layers == 2
+    assert_handed_to_sglang(
+        ascend_factory,
+        runner,
+        "layer ids 1 (of the 2 this runner owns) have no RadixAttention the plugin can find",
+        caplog,
+    )
+
+
+def test_every_owned_layer_found_keeps_fia(
+    ascend_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same check passes a model whose every owned id is found, from a nonzero start layer
+    (a pipeline stage's range), and fails one id short of it."""
+    model = TinyModel()
+    pool = make_pool("npu-fia", TINY, 128, 8, monkeypatch)
+    runner = make_runner(pool, TINY, 128, model=model)
+    assert handoff.LAYER_COVERAGE.check(runner) is None
+    runner.layer_info.start_layer = 1  # owns ids 1 and 2; the model holds 0 and 1
+    assert handoff.LAYER_COVERAGE.check(runner) == (
+        "layer ids 2 (of the 2 this runner owns) have no RadixAttention the plugin can find "
+        "(the model keeps them where its start-up check cannot read them)"
+    )

@@ -16,7 +16,9 @@ from sglang_ascend_fia.registry import sglang_mode
 class TinyModel(torch.nn.Module):
     def __init__(self, **layer_kwargs: Any) -> None:
         super().__init__()
-        self.layers = torch.nn.ModuleList([make_layer(TINY, 0, **layer_kwargs)])
+        self.layers = torch.nn.ModuleList(
+            [make_layer(TINY, 0, **layer_kwargs), make_layer(TINY, 1)]
+        )
 
 
 def _runner(monkeypatch: pytest.MonkeyPatch, **layer_kwargs: Any) -> Any:
