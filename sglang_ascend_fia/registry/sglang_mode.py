@@ -151,14 +151,53 @@ def keep_batches_sglang_can_run(reason: str) -> None:
         )
 
 
+# sglang's ATB mode pages its cache for CANN ATB's PagedAttention (``_npu_paged_attention``,
+# ascend_backend.py:3310; ``_npu_paged_attention_mla`` for MLA, :3469) and reads the same block
+# table in its prefill (``_npu_flash_attention_qlens``, :2033). The public ATB doc
+# ("PagedAttentionOperation", CANN ascendtb API, restrictions) states: block_size % 16 == 0
+# (hardware), and block_size <= 128 when a head (K or V) is wider than 256 (MLA's 576).
+ATB_PAGE_ALIGN = 16
+ATB_WIDE_HEAD = 256
+ATB_WIDE_HEAD_MAX_PAGE = 128
+
+
+def atb_page_size_problem(page_size: int, head_dim: int) -> str | None:
+    """Why CANN ATB's PagedAttention cannot page a cache of ``head_dim``-wide heads in pages of
+    ``page_size`` tokens, or None (the rules above)."""
+    if page_size % ATB_PAGE_ALIGN:
+        return (
+            f"--page-size={page_size} is not allowed by sglang's ATB mode: its PagedAttention "
+            f"kernel takes a page size that is a multiple of {ATB_PAGE_ALIGN}"
+        )
+    if head_dim > ATB_WIDE_HEAD and page_size > ATB_WIDE_HEAD_MAX_PAGE:
+        return (
+            f"--page-size={page_size} is not allowed by sglang's ATB mode for heads of "
+            f"{head_dim}: its PagedAttention kernel takes at most {ATB_WIDE_HEAD_MAX_PAGE} "
+            f"tokens per page for a head wider than {ATB_WIDE_HEAD}"
+        )
+    return None
+
+
+def _cache_head_dim(runner: Any) -> int:
+    """The width of one cached head: MLA's latent plus rope part, else the model's head dim."""
+    config = runner.model_config
+    if runner.use_mla_backend:
+        return int(config.kv_lora_rank + config.qk_rope_head_dim)
+    return int(config.head_dim)
+
+
 def page_size_refusal(runner: Any, fia_mode: bool) -> str | None:
-    """Why sglang's FIA mode cannot page ``runner``'s cache, or None. Its paged FIA calls take
-    the page sizes the plugin's own backend does (``ops.check_page_size``); sglang's ATB mode is
-    not checked here (its paged kernels are not in the public torch_npu op docs)."""
+    """Why the sglang mode a handed-off ``runner`` runs cannot page its cache, or None. Its FIA
+    mode's paged FIA calls take the page sizes the plugin's own backend does
+    (``ops.check_page_size``); its ATB mode, those of ATB's PagedAttention
+    (:func:`atb_page_size_problem`)."""
     from sglang_ascend_fia import ops
 
     if not fia_mode:
-        return None
+        problem = atb_page_size_problem(runner.page_size, _cache_head_dim(runner))
+        if problem is None:
+            return None
+        return f"{problem} (the model is handed to sglang's own backend in its ATB mode)"
     try:
         ops.check_page_size(runner.page_size, mla=runner.use_mla_backend)
     except ValueError as exc:

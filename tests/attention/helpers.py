@@ -114,7 +114,9 @@ def fake_runner(
 
 
 def make_runner(pool: Any, shape: Shape, page: int, max_reqs: int = 64, **overrides: Any) -> Any:
-    return fake_runner(pool, page, shape.q_heads, max_reqs, {}, **overrides)
+    return fake_runner(
+        pool, page, shape.q_heads, max_reqs, {"head_dim": shape.head_dim}, **overrides
+    )
 
 
 def make_layer(shape: Shape, layer_id: int, **kwargs: Any) -> Any:

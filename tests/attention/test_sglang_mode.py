@@ -94,7 +94,40 @@ def test_fia_mode_hand_off_checks_the_page_size(
     refusal = sglang_mode.page_size_refusal(runner, fia_mode=True)
     assert refusal is not None and "--page-size=16 is not allowed" in refusal
     assert "handed to sglang's own backend in its FIA mode" in refusal
-    assert sglang_mode.page_size_refusal(runner, fia_mode=False) is None
+    assert sglang_mode.page_size_refusal(runner, fia_mode=False) is None  # ATB: a multiple of 16
+
+
+@pytest.mark.parametrize(
+    ("page", "head_dim", "mla", "needle"),
+    [
+        (16, 128, False, None),
+        (8, 128, False, "a page size that is a multiple of 16"),
+        (24, 64, False, "a page size that is a multiple of 16"),
+        (512, 256, False, None),
+        (128, 576, True, None),
+        (256, 576, True, "at most 128 tokens per page for a head wider than 256"),
+        (100, 576, True, "a page size that is a multiple of 16"),
+    ],
+    ids=["16", "8", "24", "512-d256", "mla-128", "mla-256", "mla-100"],
+)
+def test_atb_mode_hand_off_checks_the_page_size(
+    page: int, head_dim: int, mla: bool, needle: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ATB mode's page sizes: those CANN ATB's PagedAttention documents (sglang_mode)."""
+    runner = _runner(monkeypatch)
+    runner.page_size = page
+    runner.use_mla_backend = mla
+    if mla:
+        runner.model_config.kv_lora_rank, runner.model_config.qk_rope_head_dim = 512, 64
+    else:
+        runner.model_config.head_dim = head_dim
+    refusal = sglang_mode.page_size_refusal(runner, fia_mode=False)
+    if needle is None:
+        assert refusal is None
+    else:
+        assert refusal is not None and needle in refusal, refusal
+        assert refusal.startswith(f"--page-size={page} is not allowed by sglang's ATB mode")
+        assert refusal.endswith("(the model is handed to sglang's own backend in its ATB mode)")
 
 
 def _nothing() -> Any:

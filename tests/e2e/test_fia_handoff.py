@@ -154,3 +154,22 @@ def test_transformers_backend_window_layers_are_seen_and_handed_off(tmp_path: Pa
     assert {f["backend_use_fia"] for f in forwards} == {False}
     assert {f["use_fia_env"] for f in forwards} == {"1"}
     assert "MIXED" not in {f["mode"] for f in forwards}
+
+
+def test_a_page_size_atb_mode_cannot_run_is_refused_at_start_up(tmp_path: Path) -> None:
+    """The windowed OLMo-3 is handed off to sglang's ATB mode; at ``--page-size 24`` (not a
+    multiple of 16, which ATB's PagedAttention needs) start-up is refused in one line, on the
+    stand-in where the hand-off itself would build."""
+    error = start_error(
+        build_olmo3(),
+        env=path_env("plugin", tmp_path / "probe.jsonl"),
+        attention_backend="ascend",
+        page_size=24,
+        chunked_prefill_size=240,  # sglang wants a multiple of the page size
+        log_level="warning",
+    )
+    assert error is not None, "started at a page size sglang's ATB mode cannot page"
+    refusal = [line for line in error.splitlines() if "is not allowed by sglang's ATB mode" in line]
+    assert refusal, error[-3000:]
+    assert "--page-size=24" in refusal[-1] and "a multiple of 16" in refusal[-1], refusal[-1]
+    assert "handed to sglang's own backend in its ATB mode" in refusal[-1]
