@@ -52,6 +52,22 @@ UPSTREAM_MIXED_TND_OUTSIDE_ITS_SET = Finding(
 
 FINDINGS = (UPSTREAM_FIA_MIXED_BLOCK_SIZE, UPSTREAM_MIXED_TND_OUTSIDE_ITS_SET)
 
+# Not a departure from HF but a limit of the test bed (tests/upstream/test_deepseek_standin.py):
+# stock DeepSeek's own NPU attention steps cannot run on the CPU stand-in at all.
+UPSTREAM_DEEPSEEK_NPU_STEPS_NEED_AN_NPU = Finding(
+    run="upstream",
+    mode="EXTEND",
+    error="name 'forward_mha_prepare_npu' is not defined",
+    cause=(
+        "models/deepseek_v2.py:255-263 imports the NPU attention steps "
+        "(hardware_backend/npu/modules/deepseek_v2_attention_mla_npu.py) only when is_npu() "
+        "holds at import, i.e. on a real NPU device; with --attention-backend ascend the "
+        "dispatch still picks AttnForwardMethod.MHA_NPU and calls forward_mha_prepare_npu "
+        "(deepseek_v2.py:2458), so on the CPU stand-in the first prefill raises NameError"
+    ),
+    head_dims=(192,),
+)
+
 
 def explains(run: str, error: str, head_dim: int) -> Finding | None:
     """The finding that explains ``error`` in ``run`` at ``head_dim``, if any."""
