@@ -11,7 +11,7 @@ TESTBED_PATH := $(CURDIR)/tests/support/pythonpath:$(CURDIR)/tests/support
 RUN := PYTHONPATH=$(TESTBED_PATH) SGLANG_USE_CPU_ENGINE=1 TORCHDYNAMO_DISABLE=1 \
        HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY)
 
-.PHONY: install test lint demo bench doctor clean
+.PHONY: install test lint demo bench doctor npu-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,5 +50,13 @@ bench: $(STAMP)
 doctor: $(STAMP)
 	$(RUN) -m sglang_ascend_fia.cli doctor
 
+# On an Ascend machine, with the Python that has sglang, torch_npu and this plugin installed (not
+# .venv's CPU test bed): verify-ops, then the GSM8K suite, then one JSON report to send back
+# (docs/npu-owner-guide.md, "The NPU acceptance check"). Exit status 2 where it cannot run.
+NPU_PYTHON ?= python3
+NPU_REPORT ?= npu-report.json
+npu-check:
+	$(NPU_PYTHON) tools/npu_check.py --report $(NPU_REPORT)
+
 clean:
-	rm -rf $(VENV) .cache dist build bench-results.json
+	rm -rf $(VENV) .cache dist build bench-results.json npu-report.json npu-report-files

@@ -30,6 +30,7 @@ from sglang_ascend_fia.attention import handoff
 from sglang_ascend_fia.attention.kv_write import LayerKV, kv_rows
 from sglang_ascend_fia.attention.metadata import FIAMetadata, padded_rows
 from sglang_ascend_fia.fia_backend.base import (
+    SERVED_LOG_PREFIX,
     FIABackendBase,
     UnsupportedConfiguration,
     causal_mask_template,
@@ -92,7 +93,7 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
         self._layer_keys: dict[int, LayerKey] = {}
         self._layer_views: dict[int, LayerKV] = {}
         logger.info(
-            "sglang-ascend-fia: FIA attention backend (page_size=%d, kv_heads=%d, head_dim=%d)",
+            SERVED_LOG_PREFIX["fia"] + "page_size=%d, kv_heads=%d, head_dim=%d)",
             self.page_size,
             self.kv_heads,
             self.head_dim,

@@ -11,8 +11,9 @@ its own FIA calls.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
 import torch
 from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
@@ -26,6 +27,17 @@ if TYPE_CHECKING:
     from sglang.srt.model_executor.model_runner import ModelRunner
 
     from sglang_ascend_fia.ops import PreparedCall
+
+
+# What each backend logs, once per model runner it serves, by the backend kind
+# ``handoff.Decision`` records: exact prefixes, so the NPU acceptance suite's served-by check
+# (tests/npu/acceptance.py) reads the very text the backends write and cannot match the other.
+SERVED_LOG_PREFIX: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "fia": "sglang-ascend-fia: FIA attention backend (",
+        "fia-mla": "sglang-ascend-fia: FIA MLA attention backend (",
+    }
+)
 
 
 class UnsupportedConfiguration(ValueError):

@@ -36,6 +36,7 @@ import torch
 
 from sglang_ascend_fia import ops
 from sglang_ascend_fia.fia_backend.base import (
+    SERVED_LOG_PREFIX,
     FIABackendBase,
     UnsupportedConfiguration,
     causal_mask_template,
@@ -100,8 +101,8 @@ class AscendFIAMLABackend(FIABackendBase[MLAMetadata]):
         self.prefill_max_requests = PREFILL_MAX_REQUESTS
         self.heads = HeadPadder()
         logger.info(
-            "sglang-ascend-fia: FIA MLA attention backend (page_size=%d, %d query heads per "
-            "rank, padded to %d for prefill and %d for decode)",
+            SERVED_LOG_PREFIX["fia-mla"] + "page_size=%d, %d query heads per rank, padded to "
+            "%d for prefill and %d for decode)",
             self.page_size,
             self.q_heads,
             self.prefill_heads,

@@ -41,10 +41,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def server_argv(model_path: Path | str, port: int, **server_args: Any) -> list[str]:
+def server_argv(
+    model_path: Path | str, port: int, *, testbed_defaults: bool = True, **server_args: Any
+) -> list[str]:
+    """The launch_server command line; ``testbed_defaults=False`` passes ``server_args`` alone
+    (the NPU suite: sglang's own defaults there, graph mode included)."""
     argv = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model_path)]
     argv += ["--host", "127.0.0.1", "--port", str(port)]
-    for key, value in {**CPU_SERVER_ARGS, **server_args}.items():
+    defaults = CPU_SERVER_ARGS if testbed_defaults else {}
+    for key, value in {**defaults, **server_args}.items():
         flag = "--" + key.replace("_", "-")
         if value is True:
             argv.append(flag)
@@ -54,7 +59,11 @@ def server_argv(model_path: Path | str, port: int, **server_args: Any) -> list[s
 
 
 class ServerProcess:
-    """One ``sglang.launch_server`` child; use as a context manager."""
+    """One ``sglang.launch_server`` child; use as a context manager.
+
+    ``testbed_defaults=False``: neither the CPU test bed's server flags nor its environment; the
+    child gets ``server_args`` and ``env`` (the caller's environment when None) as given.
+    """
 
     def __init__(
         self,
@@ -63,17 +72,20 @@ class ServerProcess:
         *,
         env: dict[str, str] | None = None,
         startup_timeout: float = 240.0,
+        testbed_defaults: bool = True,
         **server_args: Any,
     ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("w")
+        if env is None:
+            env = testbed_env() if testbed_defaults else dict(os.environ)
         self._proc = subprocess.Popen(
-            server_argv(model_path, self.port, **server_args),
+            server_argv(model_path, self.port, testbed_defaults=testbed_defaults, **server_args),
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=env if env is not None else testbed_env(),
+            env=env,
             start_new_session=True,
         )
         try:
