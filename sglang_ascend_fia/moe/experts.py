@@ -66,6 +66,26 @@ def init_routing(
     return permuted, expanded_row_idx, expert_tokens.to(torch.int64)
 
 
+def init_routing_int8(
+    x: torch.Tensor, topk_ids: torch.Tensor, num_experts: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(int8 x permuted by expert, expanded_row_idx, tokens per expert int64, per-row
+    scale)``, as ``NPUMoEInitRouting_v2(quant_mode=1)`` computes them for W8A8 experts: the
+    routing quantises each permuted row dynamically (init_routing.py:97-118)."""
+    num_tokens, top_k = topk_ids.shape
+    permuted, expanded_row_idx, expert_tokens, token_scale = ops.moe_init_routing_v2(
+        x,
+        topk_ids.to(torch.int32),
+        active_num=num_tokens * top_k,
+        expert_num=num_experts,
+        expert_tokens_num_type=1,
+        expert_tokens_num_flag=True,
+        active_expert_range=[0, num_experts],
+        quant_mode=1,
+    )
+    return permuted, expanded_row_idx, expert_tokens.to(torch.int64), token_scale
+
+
 def expert_mlp(
     permuted: torch.Tensor,
     expert_tokens: torch.Tensor,

@@ -7,15 +7,16 @@ that each call one torch_npu kernel: ``NPUMoEInitRouting_v2._init_routing``
 (``finalize_routing.py:34-54``). The hooks below run the same calls through ``ops``
 (:func:`sglang_ascend_fia.moe.experts.init_routing` / ``finalize_routing``), so with
 ``UnquantizedFusedMoEMethod.forward_npu`` and ``TopK.forward_npu`` hooked the whole MoE chain is
-counted and validated like the CPU one. Quantising dispatch modes (W8A8 ``quant_mode=1``, MXFP8
-``3``) and empty batches keep sglang's call, with one log line naming the reason.
+counted and validated like the CPU one. W8A8 dispatch (``quant_mode=1``, the int8 routing the
+modelslim W8A8 experts ask for, ``moe_methods.py:679-680``) goes through ``ops`` too; MXFP8 (``3``)
+and empty batches keep sglang's call, with one log line naming the reason.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sglang_ascend_fia.moe.experts import finalize_routing, init_routing
+from sglang_ascend_fia.moe.experts import finalize_routing, init_routing, init_routing_int8
 from sglang_ascend_fia.moe.fallback import fall_back_once
 
 __sglang_patches__ = ("moe-npu-init-routing", "moe-npu-finalize-routing")
@@ -30,18 +31,24 @@ def _argument(args: Any, kwargs: Any, index: int, name: str) -> Any:
 
 def init_routing_v2(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     """wrapt hook for ``NPUMoEInitRouting_v2._init_routing(hidden_states, topk_ids,
-    num_experts, top_k)`` -> ``(permuted, expanded_row_idx, expert_tokens int64, None)``."""
+    num_experts, top_k)`` -> ``(permuted, expanded_row_idx, expert_tokens int64, scale)``: the
+    per-row scale of the int8 rows for ``quant_mode=1``, None for ``-1``."""
     hidden_states = _argument(args, kwargs, 0, "hidden_states")
     topk_ids = _argument(args, kwargs, 1, "topk_ids")
     num_experts = _argument(args, kwargs, 2, "num_experts")
     reason = None
-    if instance.quant_mode != -1:
-        reason = f"quant_mode={instance.quant_mode} (the plugin routes unquantised tokens: -1)"
+    if instance.quant_mode not in (-1, 1):
+        reason = (
+            f"quant_mode={instance.quant_mode} (the plugin routes unquantised tokens, -1, and "
+            "W8A8 int8 tokens, 1)"
+        )
     elif hidden_states.shape[0] == 0:
         reason = "an empty batch"
     if reason is not None:
         fall_back_once(_INIT_HOOK, reason)
         return wrapped(*args, **kwargs)
+    if instance.quant_mode == 1:
+        return init_routing_int8(hidden_states, topk_ids, num_experts)
     permuted, expanded_row_idx, expert_tokens = init_routing(hidden_states, topk_ids, num_experts)
     return permuted, expanded_row_idx, expert_tokens, None
 

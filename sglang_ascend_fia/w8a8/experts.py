@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from sglang_ascend_fia import ops
-from sglang_ascend_fia.moe.experts import unsupported_reason
+from sglang_ascend_fia.moe.experts import finalize_routing, init_routing_int8, unsupported_reason
 from sglang_ascend_fia.moe.fallback import fall_back_once
 
 _HOOK = "moe experts (w8a8_int8)"
@@ -70,6 +70,45 @@ def lay_out_weights(layer: Any) -> None:
         setattr(layer, f"{prefix}_weight_scale", torch.nn.Parameter(scale, requires_grad=False))
 
 
+def expert_mlp_w8a8(
+    permuted: torch.Tensor,
+    token_scale: torch.Tensor,
+    expert_tokens: torch.Tensor,
+    w13: torch.Tensor,
+    w13_scale: torch.Tensor,
+    w2: torch.Tensor,
+    w2_scale: torch.Tensor,
+    output_dtype: torch.dtype,
+    *,
+    group_list_type: int = 1,
+) -> torch.Tensor:
+    """The expert MLP over int8 rows already permuted by expert (``token_scale`` their per-row
+    scales, ``expert_tokens`` the rows per expert): int8 ``grouped_matmul`` (w13) ->
+    ``dequant_swiglu_quant`` -> int8 ``grouped_matmul`` (w2), as ``AscendRunnerCore.run`` runs
+    ``NPUW8A8Int8MoEMethod`` (``moe_methods.py:688-714``) between the dispatcher's routing steps."""
+    scale_dtype = scale_dtype_for(output_dtype)
+
+    def int8_grouped_matmul(
+        rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, row_scale: torch.Tensor
+    ) -> torch.Tensor:
+        """One launch over every expert's rows: int8 x int8, dequantised by both scales."""
+        return ops.grouped_matmul(
+            [rows],
+            [weight],
+            scale=[scale.to(scale_dtype)],
+            per_token_scale=[row_scale],
+            split_item=2,
+            group_type=0,
+            group_list_type=group_list_type,
+            group_list=expert_tokens,
+            output_dtype=output_dtype,
+        )[0]
+
+    gate_up = int8_grouped_matmul(permuted, w13, w13_scale, token_scale)
+    hidden, hidden_scale = ops.dequant_swiglu_quant(gate_up, quant_mode=1, activate_left=True)
+    return int8_grouped_matmul(hidden, w2, w2_scale, hidden_scale)
+
+
 def routed_experts_w8a8(
     x: torch.Tensor,
     topk_weights: torch.Tensor,
@@ -84,48 +123,10 @@ def routed_experts_w8a8(
     ``w13`` int8 ``[E, H, 2I]`` (gate columns first) and ``w2`` int8 ``[E, I, H]`` with
     per-channel scales ``[E, 2I]`` and ``[E, H]``: the layout ``lay_out_weights`` leaves.
     """
-    num_tokens, top_k = topk_ids.shape
-    num_experts = w13.shape[0]
-    scale_dtype = scale_dtype_for(x.dtype)
-    ids = topk_ids.to(torch.int32)
-    permuted, expanded_row_idx, expert_tokens, token_scale = ops.moe_init_routing_v2(
-        x,
-        ids,
-        active_num=num_tokens * top_k,
-        expert_num=num_experts,
-        expert_tokens_num_type=1,
-        expert_tokens_num_flag=True,
-        active_expert_range=[0, num_experts],
-        quant_mode=1,
+    permuted, expanded_row_idx, expert_tokens, token_scale = init_routing_int8(
+        x, topk_ids, w13.shape[0]
     )
-    expert_tokens = expert_tokens.to(torch.int64)
-
-    def int8_grouped_matmul(
-        rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, row_scale: torch.Tensor
-    ) -> torch.Tensor:
-        """One launch over every expert's rows: int8 x int8, dequantised by both scales."""
-        return ops.grouped_matmul(
-            [rows],
-            [weight],
-            scale=[scale.to(scale_dtype)],
-            per_token_scale=[row_scale],
-            split_item=2,
-            group_type=0,
-            group_list_type=1,
-            group_list=expert_tokens,
-            output_dtype=x.dtype,
-        )[0]
-
-    gate_up = int8_grouped_matmul(permuted, w13, w13_scale, token_scale)
-    hidden, hidden_scale = ops.dequant_swiglu_quant(gate_up, quant_mode=1, activate_left=True)
-    down = int8_grouped_matmul(hidden, w2, w2_scale, hidden_scale)
-    return ops.moe_finalize_routing(
-        down,
-        None,
-        None,
-        None,
-        topk_weights.to(x.dtype),
-        expanded_row_idx,
-        ids,
-        drop_pad_mode=2,
+    down = expert_mlp_w8a8(
+        permuted, token_scale, expert_tokens, w13, w13_scale, w2, w2_scale, x.dtype
     )
+    return finalize_routing(down, topk_weights.to(x.dtype), expanded_row_idx, topk_ids)

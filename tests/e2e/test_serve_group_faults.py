@@ -9,10 +9,10 @@ sglang's own backend. A forward step is found missing before any member applies 
 build the pool, and the forward steps applied by then are restored. On this CPU host sglang's
 own backend cannot run (it imports torch_npu at top level), nor on the torch_npu stand-in,
 where stock DeepSeek's NPU steps are never imported (tests/upstream/test_deepseek_standin.py);
-stock sglang fails here with an ImportError traceback, and the plugin refuses instead, in one line that names the group, the
-missing member and the hand-off, and the sglang mode it would have run is the ATB mode. Never
-half the plugin: no FIA MLA backend serving without its
-forward steps or pool.
+stock sglang fails here with an ImportError traceback, and the plugin refuses instead, in one
+line that names the group, the missing member and the hand-off, and the sglang mode it would
+have run is the ATB mode. Never half the plugin: no FIA MLA backend serving without its forward
+steps or pool.
 """
 
 from __future__ import annotations

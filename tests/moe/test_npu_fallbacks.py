@@ -32,7 +32,7 @@ def _runner_config(**overrides: Any) -> SimpleNamespace:
     return SimpleNamespace(**{**values, **overrides})
 
 
-def test_init_routing_runs_ops_unquantised_and_hands_back_quantised_dispatch(
+def test_init_routing_runs_ops_unquantised_and_int8_and_hands_back_mxfp8(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from sglang.srt.hardware_backend.npu.moe.init_routing import NPUMoEInitRouting_v2
@@ -48,9 +48,17 @@ def test_init_routing_runs_ops_unquantised_and_hands_back_quantised_dispatch(
     assert ops.launch_counts() == {"moe_init_routing_v2": 1}
     assert expert_tokens.tolist() == [2, 1, 2, 1] and expert_tokens.dtype == torch.int64
     assert scale is None and torch.equal(permuted, x[[0, 2, 1, 0, 1, 2]])
+    # W8A8 dispatch (quant_mode=1): int8 rows and their per-row scales, through ops too.
+    ops.reset_launch_counts()
+    q, _, expert_tokens, scale = init_routing_v2(
+        _stock, NPUMoEInitRouting_v2(quant_mode=1), (x, ids, 4, 2), {}
+    )
+    assert ops.launch_counts() == {"moe_init_routing_v2": 1}
+    assert q.dtype == torch.int8 and scale is not None and scale.shape == (6,)
+    assert torch.allclose(q.float() * scale.unsqueeze(-1), x[[0, 2, 1, 0, 1, 2]], atol=0.02)
     with caplog.at_level(logging.INFO, logger="sglang_ascend_fia"):
-        assert init_routing_v2(_stock, NPUMoEInitRouting_v2(quant_mode=1), (x, ids, 4, 2), {})
-    assert "quant_mode=1" in caplog.text
+        assert init_routing_v2(_stock, NPUMoEInitRouting_v2(quant_mode=3), (x, ids, 4, 2), {})
+    assert "quant_mode=3" in caplog.text
 
 
 def test_experts_npu_hands_back_other_dispatchers_and_quantised_kernels(

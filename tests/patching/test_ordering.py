@@ -88,6 +88,36 @@ STOCK: dict[str, dict[str, Any]] = {
         "module": "sglang.srt.model_executor.model_runner",
         "qualname": "ModelRunner.init_attention_backends",
     },
+    "modelslim-w8a8-config": {
+        "type": "function",
+        "module": "sglang.srt.layers.quantization.modelslim.modelslim",
+        "qualname": "ModelSlimConfig.get_quant_method",
+    },
+    "modelslim-w8a8-moe-apply": {
+        "type": "function",
+        "module": "sglang.srt.layers.quantization.modelslim.modelslim",
+        "qualname": "ModelSlimFusedMoEMethod.apply",
+    },
+    "modelslim-w8a8-linear-weights": {
+        "type": "function",
+        "module": "sglang.srt.layers.quantization.modelslim.schemes.modelslim_w8a8_int8",
+        "qualname": "ModelSlimW8A8Int8.process_weights_after_loading",
+    },
+    "modelslim-w8a8-linear-apply": {
+        "type": "function",
+        "module": "sglang.srt.layers.quantization.modelslim.schemes.modelslim_w8a8_int8",
+        "qualname": "ModelSlimW8A8Int8.apply_weights",
+    },
+    "npu-moe-dynamic-quant-init": {
+        "type": "function",
+        "module": "sglang.srt.hardware_backend.npu.moe.quant",
+        "qualname": "HiddenStatesDynamicQuant.__init__",
+    },
+    "npu-moe-dynamic-quant-call": {
+        "type": "function",
+        "module": "sglang.srt.hardware_backend.npu.moe.quant",
+        "qualname": "HiddenStatesDynamicQuant.__call__",
+    },
     # The name memory_pool_npu imported (memory_pool_npu.py:17), defined in utils/common.py.
     "in-tree-flag-pool": {
         "type": "function",
@@ -111,6 +141,9 @@ MUST_IMPORT = {
     "sglang.srt.layers.quantization.w8a8_int8",
     "sglang.srt.hardware_backend.npu.moe.init_routing",
     "sglang.srt.hardware_backend.npu.moe.finalize_routing",
+    "sglang.srt.layers.quantization.modelslim.modelslim",
+    "sglang.srt.layers.quantization.modelslim.schemes.modelslim_w8a8_int8",
+    "sglang.srt.hardware_backend.npu.moe.quant",
 }
 
 
