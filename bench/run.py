@@ -24,6 +24,7 @@ BENCHMARKS = (
     "bench.mla_bench",
     "bench.moe_bench",
     "bench.serve_bench",
+    "bench.convert_bench",
 )
 RESULTS = Path(__file__).resolve().parents[1] / "bench-results.json"
 

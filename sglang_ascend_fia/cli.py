@@ -248,21 +248,34 @@ def doctor(as_json: bool) -> int:
     return 1 if bad else 0
 
 
-def quantize_w8a8(src: Path, dst: Path, dequantized: Path | None) -> int:
+def quantize_w8a8(args: argparse.Namespace) -> int:
     # Imported on demand: doctor and verify-ops need neither torch nor safetensors here.
     from sglang_ascend_fia.w8a8.convert import ConversionError, quantize_checkpoint
 
     try:
-        report = quantize_checkpoint(src, dst, dequantized=dequantized)
+        report = quantize_checkpoint(
+            args.src,
+            args.dst,
+            dequantized=args.dequantized,
+            fmt=args.format,
+            static=args.static,
+            floats=args.float,
+            calibration_tokens=args.calibration_tokens,
+            calibration_seqs=args.calibration_seqs,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
+        )
     except ConversionError as exc:
         print(f"sglang-ascend-fia quantize-w8a8: {exc}", file=sys.stderr)
         return 2
+    static = f", {len(report.static)} layers W8A8 static" if report.static else ""
     print(
-        f"{dst}: {len(report.quantized)} weights int8 (per-channel, max rounding error "
-        f"{report.max_error_in_steps:.3f} scale steps), {len(report.kept)} tensors kept float"
+        f"{args.dst} ({report.format}, {report.shards} shard{'s' * (report.shards != 1)}): "
+        f"{len(report.quantized)} weights "
+        f"int8 (per-channel, max rounding error {report.max_error_in_steps:.3f} scale "
+        f"steps{static}), {len(report.kept)} tensors kept float"
     )
-    if dequantized is not None:
-        print(f"{dequantized}: the dequantised float reference")
+    if args.dequantized is not None:
+        print(f"{args.dequantized}: the dequantised float reference")
     return 0
 
 
@@ -274,14 +287,48 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("verify-ops", help="compare every NPU op against its reference (needs an NPU)")
     quant = sub.add_parser(
         "quantize-w8a8",
-        help="write the w8a8_int8 checkpoint (int8 weights + per-channel scales) of a float one",
+        help="write the W8A8 checkpoint (int8 weights + per-channel scales) of a float one",
     )
     quant.add_argument("src", type=Path, help="float HF checkpoint directory (safetensors)")
-    quant.add_argument("dst", type=Path, help="new directory for the w8a8_int8 checkpoint")
+    quant.add_argument("dst", type=Path, help="new directory for the W8A8 checkpoint")
     quant.add_argument(
         "--dequantized",
         type=Path,
         help="also write the float model the int8 one stands for (q * scale), for parity checks",
+    )
+    quant.add_argument(
+        "--format",
+        choices=("w8a8_int8", "modelslim"),
+        default="w8a8_int8",
+        help="w8a8_int8 (quantization_config in config.json) or modelslim "
+        "(quant_model_description.json, what msModelSlim writes)",
+    )
+    quant.add_argument(
+        "--static",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="modelslim: make the linear layers whose module prefix matches (fnmatch) W8A8 "
+        "static, calibrated on random tokens (loads the float model); repeatable",
+    )
+    quant.add_argument(
+        "--float",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="modelslim: keep the matching linear layers FLOAT; repeatable",
+    )
+    quant.add_argument(
+        "--calibration-tokens",
+        type=int,
+        default=64,
+        help="tokens per calibration sequence for --static layers (default 64)",
+    )
+    quant.add_argument(
+        "--calibration-seqs",
+        type=int,
+        default=4,
+        help="seeded random calibration sequences for --static layers (default 4)",
     )
     args, rest = parser.parse_known_args(argv)
     if args.command in ("doctor", "quantize-w8a8") and rest:
@@ -289,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "doctor":
         return doctor(args.json)
     if args.command == "quantize-w8a8":
-        return quantize_w8a8(args.src, args.dst, args.dequantized)
+        return quantize_w8a8(args)
     # Imported on demand: doctor needs none of the case modules.
     from sglang_ascend_fia import verify
 

@@ -37,7 +37,12 @@ from sglang_ascend_fia.ops.moe import (
     moe_init_routing_v2,
     swiglu,
 )
-from sglang_ascend_fia.ops.quant import dequant_swiglu_quant, dynamic_quant, quant_matmul
+from sglang_ascend_fia.ops.quant import (
+    dequant_swiglu_quant,
+    dynamic_quant,
+    quant_matmul,
+    quantize,
+)
 
 __all__ = [
     "PreparedCall",
@@ -56,6 +61,7 @@ __all__ = [
     "moe_init_routing_v2",
     "npu_op",
     "quant_matmul",
+    "quantize",
     "reset_launch_counts",
     "reset_validation_counts",
     "scatter_nd_update_",

@@ -49,6 +49,7 @@ FEATURE_KERNELS: dict[str, tuple[str, ...]] = {
     ),
     "w8a8": (
         "npu_dynamic_quant",
+        "npu_quantize",
         "npu_quant_matmul",
         "npu_moe_init_routing_v2",
         "npu_grouped_matmul",

@@ -39,6 +39,7 @@ REFUSAL_TESTS = [
     "test_moe_routing.py",
     "test_prepared_call.py",
     "test_quant_matmul.py",
+    "test_quantize.py",
     "test_swiglu.py",
     "test_w8a8_moe_chain.py",
 ]

@@ -20,6 +20,7 @@ OPS = (
     "moe_finalize_routing",
     "swiglu",
     "dynamic_quant",
+    "quantize",
     "quant_matmul",
     "dequant_swiglu_quant",
 )

@@ -15,7 +15,8 @@ purpose, with the reason:
 - grouped_matmul split_item 0/1/3, group_type -1, act_type != 0, antiquant and int64 scales;
   moe_init_routing_v2 drop_pad_mode 1 and quant modes other than -1/1; moe_finalize_routing
   drop_pad_mode 1/3; quant_matmul int8/int32 output and int4; dequant_swiglu_quant quant_mode 0,
-  swiglu_mode 1, bias and quant_offset; dynamic_quant int4: the reference refuses them.
+  swiglu_mode 1, bias and quant_offset; dynamic_quant int4; quantize div_mode True, quint4x2 and
+  axis -2: the reference refuses them.
 - dequant_swiglu_quant fp16 x: the doc's dtype list names int32 and bf16 only.
 """
 
@@ -308,6 +309,21 @@ def _dynamic_quant(a: Args) -> Features:
     }
 
 
+def _quantize(a: Args) -> Features:
+    x, scales, axis = a["self"], a["scales"], a["axis"]
+    scale_shape = "(1,)" if scales.numel() == 1 else "(K,)"
+    return {
+        "dtype": _dt(x),
+        "rank": x.dim(),
+        "scales": "(1, K)" if scales.dim() > 1 else scale_shape,
+        "scales dtype": "self's" if scales.dtype == x.dtype else _dt(scales),
+        "zero_points": _given(a["zero_points"]),
+        "dtype argument": str(a["dtype"]),
+        "axis": str(axis),
+        "div_mode": bool(a["div_mode"]),
+    }
+
+
 def _quant_matmul(a: Args) -> Features:
     scale = a["scale"]
     return {
@@ -349,6 +365,7 @@ EXTRACTORS: dict[str, Callable[[Args], Features]] = {
     "moe_finalize_routing": _finalize,
     "swiglu": _swiglu,
     "dynamic_quant": _dynamic_quant,
+    "quantize": _quantize,
     "quant_matmul": _quant_matmul,
     "dequant_swiglu_quant": _dequant_swiglu_quant,
 }
@@ -507,6 +524,16 @@ REQUIRED: dict[str, dict[str, set[object]]] = {
         "rank": {2, 3},
         "smooth_scales": {"none", "one row", "per group (group_index)"},
         "dst_type": {"none", "int8"},
+    },
+    "quantize": {
+        "dtype": FLOATS,
+        "rank": {1, 2, 3},
+        "scales": {"(1,)", "(K,)", "(1, K)"},
+        "scales dtype": {"self's", "bf16"},
+        "zero_points": {"none", "given"},
+        "dtype argument": {"torch.qint8", "torch.int8"},
+        "axis": {"-1", "1"},
+        "div_mode": {False},
     },
     "quant_matmul": {
         "output_dtype": HALF,

@@ -1,4 +1,5 @@
-"""W8A8 quantisation ops: dynamic per-token quantisation, int8 matmul, fused dequant-SwiGLU-quant.
+"""W8A8 quantisation ops: dynamic per-token and static quantisation, int8 matmul, fused
+dequant-SwiGLU-quant.
 
 Each op mirrors ``torch_npu.npu_<name>`` (torch_npu 2.14 op-schema yaml for names and defaults,
 ``_op_plugin_docs.py`` for semantics). References compute in float32; int8 x int8 dot products
@@ -6,7 +7,8 @@ accumulate exactly in float64, which equals the NPU's int32 accumulator for ever
 
 sglang 0.5.23 calls: ``dynamic_quant(x)`` and ``quant_matmul(q, W^T, weight_scale,
 pertoken_scale=s, bias, output_dtype)`` in ``NPUW8A8Int8DynamicLinearMethod``;
-``quant_matmul(x, W^T, deq_scale, bias=quant_bias (int32), output_dtype)`` in the static
+``quantize(x, 1/input_scale, input_offset, torch.qint8, -1, False)`` then ``quant_matmul(x_q,
+W^T, deq_scale, bias=quant_bias (int32), output_dtype)`` in the static
 ``NPUW8A8Int8LinearMethod``; ``dequant_swiglu_quant(h, quant_mode=1, activate_left=True)`` as the
 W8A8 MoE activation (``hardware_backend/npu/moe/activation.py``).
 
@@ -17,6 +19,7 @@ implemented by the reference"); both worded by ``ops._checks``.
 
 from sglang_ascend_fia.ops.quant.dynamic import INT8_MAX, dynamic_int8_rows, dynamic_quant
 from sglang_ascend_fia.ops.quant.matmul import quant_matmul
+from sglang_ascend_fia.ops.quant.quantize import quantize
 from sglang_ascend_fia.ops.quant.swiglu import dequant_swiglu_quant
 
 __all__ = [
@@ -25,4 +28,5 @@ __all__ = [
     "dynamic_int8_rows",
     "dynamic_quant",
     "quant_matmul",
+    "quantize",
 ]

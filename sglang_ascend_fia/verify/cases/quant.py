@@ -1,14 +1,19 @@
-"""``verify-ops`` cases for the W8A8 ops: dynamic quant, int8 matmul, dequant-SwiGLU-quant.
+"""``verify-ops`` cases for the W8A8 ops: dynamic and static quant, int8 matmul,
+dequant-SwiGLU-quant.
 
 Protocol and helpers: :mod:`.common`. int8 results are returned
 dequantised (``y * scale``) next to their scale, and inputs are scaled so that one int8 step
 (``rowmax / 127``) stays below the case's absolute tolerance: a one-step rounding difference on
 the NPU is then within tolerance, anything larger is not. The first case of each op is sglang
-0.5.23's call (``NPUW8A8Int8*LinearMethod``, ``NPUSwigluQuant``).
+0.5.23's call (``NPUW8A8Int8*LinearMethod``, ``NPUSwigluQuant``). ``quantize`` is compared
+as the int8 it returns, exactly: the reference does the kernel's float32 steps in its order, so
+any difference is a finding; its ties case settles the rounding mode, an inferred rule.
 
 Covered per op (enforced by ``tests/verify/test_verify_coverage.py``): ``dynamic_quant`` in fp16 and
 bf16, 2-D and 3-D, without smooth scales, with one smooth row and with ``group_index`` groups,
-``dst_type`` None and int8; ``quant_matmul`` with bf16 and fp16 output, fp32 and bf16 scales of
+``dst_type`` None and int8; ``quantize`` (div_mode False) on fp16, bf16 and fp32, 1-D to 3-D,
+scales (1,), (K,) and (1, K), with and without zero points, dtype qint8 and int8, axis -1 and
+the default 1; ``quant_matmul`` with bf16 and fp16 output, fp32 and bf16 scales of
 shape (N,) and (1,), with and without per-token scales, no/int32/bf16/fp16/fp32 bias, 2-D and
 batched 3-D x1; ``dequant_swiglu_quant`` on bf16 and int32 input, activate_left True and False,
 with and without ``group_index`` (its counts summing to all rows and to fewer), fp32/fp16/bf16
@@ -99,6 +104,79 @@ def dynamic_quant_grouped_fp16() -> Case:
         return dequantised(y, s), s
 
     return "dynamic_quant fp16 3-D, group_index with 4 smooth rows, dst_type int8", run, FP16
+
+
+# ---- quantize --------------------------------------------------------------------------------
+
+
+def _quantize(
+    device: str,
+    x: torch.Tensor,
+    scales: torch.Tensor,
+    zero_points: torch.Tensor | None,
+    dtype: torch.dtype = torch.qint8,
+    axis: int = -1,
+) -> torch.Tensor:
+    out: torch.Tensor = call(ops.quantize, device, x, scales, zero_points, dtype, axis, False)
+    return out
+
+
+def quantize_w8a8_static_bf16() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(36)
+        k = 256
+        # sglang's static call: 1 / input_scale and input_offset repeated over K, in the model
+        # dtype; the tails (|x| > 2.5 sigma) saturate at both ends.
+        x = (torch.randn(32, k, generator=g) * 2).to(BF16)
+        reciprocal = 1 / torch.tensor([0.04]).to(BF16).repeat(k)
+        offset = torch.tensor([-5.0]).to(BF16).repeat(k)
+        static = _quantize(device, x, reciprocal, offset)
+        # Per channel, no zero points, 3-D.
+        x3 = (torch.randn(2, 8, 128, generator=g) * 4).to(BF16)
+        channel = (torch.rand(128, generator=g) * 20 + 1).to(BF16)
+        per_channel = _quantize(device, x3, channel, None)
+        return cpu(static, per_channel)
+
+    return (
+        "quantize bf16 (sglang's static call, K-repeated scale + offset; per-channel 3-D)",
+        run,
+        BF16,
+    )
+
+
+def quantize_fp16_fp32() -> Case:
+    def run(device: str) -> Outputs:
+        g = gen(37)
+        x = (torch.randn(16, 96, generator=g) * 3).to(FP16)
+        scale = torch.tensor([9.5]).to(FP16)
+        offset = torch.tensor([2.0]).to(FP16)
+        per_tensor = _quantize(device, x, scale, offset, torch.int8)
+        # A (1, K) scale and zero points, and torch_npu's default axis 1 (the last axis too).
+        scale_nd = (torch.rand(1, 96, generator=g) * 10 + 1).to(FP16)
+        offset_nd = torch.randint(-8, 9, (1, 96), generator=g).to(FP16)
+        nd = _quantize(device, x, scale_nd, offset_nd, axis=1)
+        x1 = torch.randn(64, generator=g) * 10  # fp32, 1-D, with a bf16 scale
+        flat = _quantize(device, x1, (torch.rand(64, generator=g) + 2).to(BF16), None)
+        return cpu(per_tensor, nd, flat)
+
+    return "quantize fp16 ((1,) and (1, K) scales, axis 1, int8) and fp32 1-D", run, FP16
+
+
+def quantize_ties() -> Case:
+    def run(device: str) -> Outputs:
+        # x * scale + offset is exactly k + 0.5: ties to even is inferred (see ops.quantize).
+        halves = torch.arange(-16, 16, dtype=torch.float32) + 0.5
+        x = halves.to(FP16).reshape(2, 16)
+        by_scale = _quantize(device, (halves / 2).to(FP16), torch.tensor([2.0]).to(FP16), None)
+        by_offset = _quantize(
+            device, x - 1, torch.tensor([1.0]).to(FP16), torch.tensor([1.0]).to(FP16)
+        )
+        plain = _quantize(device, x, torch.ones(1).to(FP16), None)
+        edges = torch.tensor([126.5, -127.5, 127.5, -128.5]).to(FP16)  # 126, -128, 127, -128
+        saturated = _quantize(device, edges, torch.ones(1).to(FP16), None)
+        return cpu(plain, by_scale, by_offset, saturated)
+
+    return "quantize fp16 ties (x*scale+offset = k+0.5: half to even, inferred)", run, FP16
 
 
 # ---- quant_matmul ----------------------------------------------------------------------------
@@ -200,6 +278,9 @@ def dequant_swiglu_quant_right() -> Case:
 CASES: list[CaseFactory] = [
     dynamic_quant_bf16,
     dynamic_quant_grouped_fp16,
+    quantize_w8a8_static_bf16,
+    quantize_fp16_fp32,
+    quantize_ties,
     quant_matmul_w8a8,
     quant_matmul_fp16,
     quant_matmul_batched_bf16,
