@@ -25,6 +25,14 @@ msModelSlim's exporter writes too. ``deq_scale`` is float32 for a bfloat16 model
 sglang creates it int64 and msModelSlim stores the float32 bit pattern read as int32, widened
 (``deqscale2int64``): the same here. The float ``bias`` is written unchanged as well (msModelSlim
 keeps it, ``FLOAT``); sglang's static kernel ignores it.
+
+DeepSeek's ``q_a_proj`` and ``kv_a_proj_with_mqa`` get a shapeless ``input_scale`` and
+``input_offset``: sglang's DeepSeek loader concatenates the two layers' tensors into the fused
+``fused_qkv_a_proj_with_mqa`` (``models/deepseek_common/deepseek_weight_loader.py:463-478``),
+whose one per-tensor scale would receive a ``[2]`` from two ``[1]`` and fail its size check;
+two shapeless ones it takes as one (``:463-466``), and ``ReplicatedLinear.weight_loader`` gives
+it its shape (``layers/linear.py:350-353``). Calibration gives the pair one range, so nothing is
+lost.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ import torch
 from sglang_ascend_fia.w8a8.convert_plan import ConversionError
 
 INT8_MAX = 127
+# Layers whose per-tensor input range is written shapeless (module doc: sglang's DeepSeek loader).
+SHAPELESS_INPUT_RANGE = ("q_a_proj", "kv_a_proj_with_mqa")
 _INT32 = 2**31 - 1
 # Rows per quantisation step are chosen so one float32 working copy stays near this many
 # elements: a large weight never needs several float32 copies of itself at once.
@@ -194,6 +204,8 @@ def modelslim_layer(
         floor = torch.tensor([max(input_absmax, 1e-12) / INT8_MAX], dtype=torch.float32)
         input_scale = round_up_to(floor, model_dtype)
         input_offset = torch.zeros(1, dtype=model_dtype)
+        if prefix.rsplit(".", 1)[-1] in SHAPELESS_INPUT_RANGE:
+            input_scale, input_offset = input_scale.reshape(()), input_offset.reshape(())
         quant_bias, deq = static_fold(q, scale, input_scale, input_offset, bias, name)
         out.tensors |= {
             f"{prefix}.input_scale": input_scale,

@@ -15,6 +15,9 @@ The hooks do what those NPU methods do, through ``ops``:
 
 - dense ``W8A8_DYNAMIC``: ``dynamic_quant`` -> ``quant_matmul`` with per-token and per-channel
   scales (sglang's own load-time layout, which is device-neutral, is kept);
+- dense ``W8A8`` (static): ``quantize`` with the per-tensor input scale and offset ->
+  ``quant_matmul`` with the checkpoint's ``deq_scale`` and int32 ``quant_bias`` (sglang's
+  load-time layout, made on the weight's device instead of ``"npu"``);
 - ``W8A8_DYNAMIC`` experts: the int8 routed-expert chain of ``w8a8.experts`` (the whole chain on
   the standard dispatcher, the expert MLP between the ``ascend_tp`` dispatcher's routing steps);
 - the MoE token quantiser sglang builds for those experts: resolved when called, int8 through
@@ -24,10 +27,11 @@ What sglang's own code keeps doing, as on an NPU: ``kv_b_proj`` absorption dequa
 ``kv_b_proj`` in bfloat16 before any of this (``deepseek_weight_loader.py:732-749``, from
 ``load_weights``, before ``process_weights_after_loading``); the MoE router (``MoEGate``) is a
 float parameter no scheme touches; shared experts are plain linear layers and get the dense
-scheme. Schemes the plugin does not implement (W4A8, W4A4, MXFP8, MXFP4, ...) keep sglang's code
-on an NPU, named once in the log; off an NPU their kernels do not exist, so start-up is refused
-in one line. So is a description with ``norm.bias`` entries (anti-outlier checkpoints) off an
-NPU: sglang applies that bias only in its NPU RMSNorm (``modelslim.py:131-142``).
+scheme. A description may mix the schemes per layer; each layer gets its own. Schemes the plugin
+does not implement (W4A8, W4A4, MXFP8, MXFP4, ...) keep sglang's code on an NPU, named once in
+the log; off an NPU their kernels do not exist, so start-up is refused in one line. So is a
+description with ``norm.bias`` entries (anti-outlier checkpoints) off an NPU: sglang applies that
+bias only in its NPU RMSNorm (``modelslim.py:131-142``).
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ __sglang_patches__ = (
 logger = logging.getLogger("sglang_ascend_fia")
 
 # The description's scheme names the plugin serves ("FLOAT": a layer left unquantised).
-IMPLEMENTED_SCHEMES = ("W8A8_DYNAMIC", "FLOAT")
+IMPLEMENTED_SCHEMES = ("W8A8_DYNAMIC", "W8A8", "FLOAT")
 _CHECKED = "sglang_ascend_fia_checked"
 _MOE_HOOK = "moe experts (modelslim W8A8_DYNAMIC)"
 _LINEAR_HOOK = "dense W8A8 (modelslim)"
@@ -145,21 +149,86 @@ def get_quant_method(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any
 
 
 # ------------------------------------------------------------------------- dense layers
+def lay_out_static(layer: Any) -> None:
+    """The NPU static method's load-time layout (``linear_method_npu.py:66-86``) on the weight's
+    own device: ``weight`` ``[in, out]`` (NZ on an NPU), scales flattened, and the per-tensor
+    input scale's reciprocal and offset repeated over the input width, the ``scales`` /
+    ``zero_points`` ``npu_quantize`` takes along the last axis.
+
+    sglang's method moves the last three to ``"npu"`` explicitly, which fails anywhere else; the
+    weight's device is ``"npu"`` on an NPU, so there the result is the same. A float16 model's
+    ``deq_scale`` is int64 (``modelslim_w8a8_int8.py:95-99``), the packed form only the NPU
+    kernel decodes (docs/ops-semantics.md, ``npu_quant_matmul``): off an NPU such a layer is
+    refused here, at load, rather than at its first forward."""
+    from sglang.srt.hardware_backend.npu.utils import npu_format_cast
+
+    weight = layer.weight.data
+    if layer.deq_scale.dtype == torch.int64 and weight.device.type != "npu":
+        raise ValueError(
+            f"sglang-ascend-fia: modelslim W8A8 (static) layer with deq_scale dtype int64 "
+            f"(a float16 model, modelslim_w8a8_int8.py:95-99) on {weight.device}; the packed "
+            "int64 scale is decoded only by the NPU kernel; accepted off an NPU: --dtype "
+            "bfloat16 (float32 deq_scale)"
+        )
+    layer.weight.data = npu_format_cast(weight.transpose(0, 1).contiguous())
+    layer.weight_scale.data = layer.weight_scale.data.flatten()
+    layer.weight_offset.data = layer.weight_offset.data.flatten()
+    width = layer.weight.data.shape[0]
+    scale = layer.input_scale.data.repeat(width)
+    offset = layer.input_offset.data.repeat(width)
+    layer.aclnn_input_scale = torch.nn.Parameter(scale, requires_grad=False)
+    layer.aclnn_input_scale_reciprocal = torch.nn.Parameter(1 / scale, requires_grad=False)
+    layer.aclnn_input_offset = torch.nn.Parameter(offset, requires_grad=False)
+
+
 def linear_weights(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     """wrapt hook for ``ModelSlimW8A8Int8.process_weights_after_loading(layer)``.
 
     Dynamic: sglang's own layout (``linear_method_npu.py:127-134``: weight ``[in, out]``, NZ on
     an NPU, scales flattened), with the per-channel scale kept in float32, which
     ``quant_matmul`` takes for either output dtype with a per-token scale (its dtype table;
-    sglang passes the model dtype, which that table lists for bfloat16 only). Static layers
-    keep sglang's method (on an NPU only: ``check_description`` refuses them elsewhere)."""
+    sglang passes the model dtype, which that table lists for bfloat16 only). Static:
+    ``lay_out_static``, sglang's layout on the weight's device."""
     layer = args[0] if args else kwargs["layer"]
+    if not instance.is_dynamic:
+        lay_out_static(layer)
+        return None
     wrapped(*args, **kwargs)
-    if instance.is_dynamic:
-        layer.weight_scale = torch.nn.Parameter(
-            layer.weight_scale.data.float(), requires_grad=False
-        )
+    layer.weight_scale = torch.nn.Parameter(layer.weight_scale.data.float(), requires_grad=False)
     return None
+
+
+def _static_bias(layer: Any) -> torch.Tensor | None:
+    """``quant_bias``, except on a row-parallel layer's ranks above 0: their partial products
+    are summed by the all-reduce, which must see the bias once
+    (``linear_method_npu.py:105-114``)."""
+    from sglang.srt.layers.linear import RowParallelLinear
+
+    group = getattr(layer, "tp_group", None)
+    if isinstance(layer, RowParallelLinear) and group is not None and group.rank_in_group > 0:
+        return None
+    return layer.quant_bias
+
+
+def static_linear(layer: Any, x: torch.Tensor) -> torch.Tensor:
+    """``NPUW8A8Int8LinearMethod.apply`` (``linear_method_npu.py:89-120``) through ``ops``:
+    ``npu_quantize(x, 1 / input_scale, input_offset, qint8, -1, div_mode=False)`` ->
+    ``npu_quant_matmul(q, W, deq_scale, bias=quant_bias, output_dtype=x.dtype)``. The float
+    ``bias`` sglang passes is not added, as there: the checkpoint folds it into ``quant_bias``.
+    Leading axes of ``x`` are flattened into rows and restored on the output."""
+    rows = x.reshape(-1, x.shape[-1])
+    q = ops.quantize(
+        rows,
+        layer.aclnn_input_scale_reciprocal,
+        layer.aclnn_input_offset,
+        torch.qint8,
+        -1,
+        False,
+    )
+    out = ops.quant_matmul(
+        q, layer.weight, layer.deq_scale, bias=_static_bias(layer), output_dtype=x.dtype
+    )
+    return out.reshape(*x.shape[:-1], layer.weight.shape[1])
 
 
 def linear_apply(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -171,8 +240,13 @@ def linear_apply(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         # sglang's fused MLA prolog hands an (int8, scale) pair (linear_method_npu.py:142-145).
         fall_back_once(_LINEAR_HOOK, "the input is already quantised (a (tensor, scale) pair)")
         return wrapped(*args, **kwargs)
+    if x.dtype == torch.int8:
+        # sglang's static method then skips the quantiser and asks for int8 output
+        # (linear_method_npu.py:96-104), which the reference does not implement.
+        fall_back_once(_LINEAR_HOOK, "the input is already int8")
+        return wrapped(*args, **kwargs)
     if not instance.is_dynamic:
-        return wrapped(*args, **kwargs)  # static W8A8: sglang's NPU method (check_description)
+        return static_linear(layer, x)
     return linear.quant_linear(x, layer.weight, layer.weight_scale, bias)
 
 

@@ -1,16 +1,19 @@
-"""msModelSlim W8A8 (``--quantization modelslim``, W8A8_DYNAMIC) end to end in ``sglang.Engine``.
+"""msModelSlim W8A8 (``--quantization modelslim``) end to end in ``sglang.Engine``.
 
-The tiny DeepSeek-V2-Lite-style MoE of ``test_w8a8_engine`` is quantised by the plugin's
-converter (per-channel symmetric int8, ``quantize-w8a8``), then laid out as msModelSlim writes
-it: per layer ``weight`` int8 ``[out, in]``, ``weight_scale`` and ``weight_offset`` ``[out, 1]``
-(the names ``ModelSlimW8A8Int8.create_weights`` and ``ModelSlimW8A8Int8MoE.create_weights``
-register), no ``quantization_config`` in ``config.json`` and a ``quant_model_description.json``
-naming every quantised weight ``W8A8_DYNAMIC``. Stock sglang cannot build this model off an NPU
-(its W8A8 MoE scheme resolves ``torch.ops.npu.npu_dynamic_quant`` in its constructor, and its
-fused layers find no scheme without the NPU-only packed-module map); with the plugin it loads and
-runs, every dense layer on ``dynamic_quant`` -> ``quant_matmul`` and every MoE layer on the int8
-chain, through ``ops``. The oracle is HF fp32 on the dequantised checkpoint, teacher-forced,
-with ``test_w8a8_engine``'s bounds (the same int8 numerics).
+The tiny DeepSeek-V2-Lite-style MoE of ``test_w8a8_engine`` is converted by the plugin's
+converter, ``quantize-w8a8 --format modelslim``: per layer ``weight`` int8 ``[out, in]``,
+``weight_scale`` and ``weight_offset`` (the names ``ModelSlimW8A8Int8.create_weights`` and
+``ModelSlimW8A8Int8MoE.create_weights`` register), ``quant_model_description.json`` naming each
+weight's scheme, no ``quantization_config``. Two descriptions are served: every layer
+``W8A8_DYNAMIC``, and the mix msModelSlim writes for DeepSeek, attention ``W8A8`` static
+(calibrated ``input_scale`` / ``input_offset``, ``deq_scale``, ``quant_bias``) with MLP, shared
+and routed experts ``W8A8_DYNAMIC``. Stock sglang cannot build this model off an NPU (its W8A8
+MoE scheme resolves ``torch.ops.npu.npu_dynamic_quant`` in its constructor, its fused layers find
+no scheme without the NPU-only packed-module map, and its static layout moves scales to
+``"npu"``); with the plugin it loads and runs, each layer on its own scheme's ops: dynamic
+``dynamic_quant`` -> ``quant_matmul``, static ``quantize`` -> ``quant_matmul``, every MoE layer on
+the int8 chain. The oracle is HF fp32 on the dequantised checkpoint, teacher-forced, with
+``test_w8a8_engine``'s bounds (static activations are quantised per tensor, not per token).
 """
 
 from __future__ import annotations
@@ -40,34 +43,24 @@ NEW_TOKENS = 24
 NUM_PROMPTS = 6
 
 
-def _as_modelslim(w8a8: Path, dst: Path, scheme: str = "W8A8_DYNAMIC") -> Path:
-    """The w8a8_int8 checkpoint re-laid as msModelSlim's W8A8_DYNAMIC format (module doc)."""
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(w8a8, dst)
-    config = json.loads((dst / "config.json").read_text())
-    config.pop("quantization_config")
-    (dst / "config.json").write_text(json.dumps(config, indent=2))
-    description: dict[str, str] = {"model_quant_type": scheme}
-    for shard in dst.glob("*.safetensors"):
-        tensors = load_file(shard)
-        out = dict(tensors)
-        for name, tensor in tensors.items():
-            if name.endswith(".weight_scale"):
-                out[name.replace(".weight_scale", ".weight_offset")] = torch.zeros_like(tensor)
-                description[name.removesuffix("_scale")] = scheme
-        for name in tensors:
-            description.setdefault(name, "FLOAT")
-        save_file(out, shard, metadata={"format": "pt"})
-    (dst / "quant_model_description.json").write_text(json.dumps(description, indent=2))
-    return dst
+# msModelSlim's DeepSeek W8A8 mix: attention projections static, MLP and experts dynamic.
+STATIC_ATTENTION = ("model.layers.*.self_attn.*",)
+# Per layer: q_a (fused with kv_a), q_b and o_proj in attention; the MLP's or shared experts'
+# gate_up and down (kv_b_proj is absorbed into w_kc / w_vc and not run as a linear layer).
+ATTENTION_LINEARS, MLP_LINEARS = 3, 2
 
 
-def test_modelslim_w8a8_dynamic_deepseek_tracks_the_dequantised_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("static", [(), STATIC_ATTENTION], ids=["dynamic", "static-attention"])
+def test_modelslim_w8a8_deepseek_tracks_the_dequantised_model(
+    tmp_path: Path, static: tuple[str, ...]
+) -> None:
     src = build_deepseek_v2_lite_moe()
-    quantised, dequantised = build_w8a8_pair(src)
-    model = _as_modelslim(quantised, tmp_path / "modelslim")
+    model, dequantised = build_w8a8_pair(src, fmt="modelslim", static=static)
     config = json.loads((model / "config.json").read_text())
+    assert "quantization_config" not in config
+    description = json.loads((model / "quant_model_description.json").read_text())
+    schemes = {v for k, v in description.items() if k.endswith("self_attn.o_proj.weight")}
+    assert schemes == {"W8A8" if static else "W8A8_DYNAMIC"}, schemes
     layers = config["num_hidden_layers"]
     moe_layers = layers - config["first_k_dense_replace"]
     prompts = encode_prompts(src)[:NUM_PROMPTS]
@@ -80,14 +73,14 @@ def test_modelslim_w8a8_dynamic_deepseek_tracks_the_dequantised_model(tmp_path: 
         out = engine.generate(prompts, NEW_TOKENS, return_logprob=True)
     tokens: list[list[int]] = out["output_ids"]
 
-    # As in test_w8a8_engine: q_a (fused with kv_a), q_b, o_proj, and the MLP's or shared
-    # experts' gate_up and down per layer; the routed experts on the int8 chain.
-    dense_linears = 5 * layers
+    static_linears = ATTENTION_LINEARS * layers if static else 0
+    dense_linears = (ATTENTION_LINEARS + MLP_LINEARS) * layers
     records = [json.loads(line) for line in forwards.read_text().splitlines() if line.strip()]
     assert {r["mode"] for r in records} >= {"EXTEND", "DECODE"}
     for record in records:
         launches = record["launches"]
-        assert launches.get("dynamic_quant") == dense_linears, launches
+        assert launches.get("quantize", 0) == static_linears, launches
+        assert launches.get("dynamic_quant") == dense_linears - static_linears, launches
         assert launches.get("quant_matmul") == dense_linears, launches
         for op in W8A8_MOE_CHAIN:
             assert launches.get(op) == moe_layers, (op, launches)
@@ -117,8 +110,9 @@ def test_modelslim_w8a8_dynamic_deepseek_tracks_the_dequantised_model(tmp_path: 
 
 
 def test_a_scheme_the_plugin_does_not_implement_is_refused_off_an_npu(tmp_path: Path) -> None:
-    quantised, _ = build_w8a8_pair(build_deepseek_v2_lite_moe())
-    model = _as_modelslim(quantised, tmp_path / "modelslim")
+    converted, _ = build_w8a8_pair(build_deepseek_v2_lite_moe(), fmt="modelslim")
+    model = tmp_path / "modelslim"
+    shutil.copytree(converted, model)
     description = json.loads((model / "quant_model_description.json").read_text())
     key = "model.layers.0.mlp.down_proj.weight"
     description[key] = "W4A8_DYNAMIC"
@@ -132,4 +126,4 @@ def test_a_scheme_the_plugin_does_not_implement_is_refused_off_an_npu(tmp_path: 
     )
     assert error is not None, "started with a scheme whose kernels exist only on an NPU"
     assert f"names scheme 'W4A8_DYNAMIC' ({key})" in error, error[-3000:]
-    assert "the plugin implements W8A8_DYNAMIC, FLOAT off an NPU" in error
+    assert "the plugin implements W8A8_DYNAMIC, W8A8, FLOAT off an NPU" in error
