@@ -24,6 +24,12 @@ import torch
 
 from sglang_ascend_fia import ops
 from sglang_ascend_fia.moe.fallback import fall_back_once
+from sglang_ascend_fia.moe.local_experts import (
+    combinable_row_idx,
+    expert_parallel,
+    standard_local_ids,
+    zero_uncomputed,
+)
 
 __sglang_patches__ = ("moe-routed-experts", "moe-routed-experts-npu")
 
@@ -48,10 +54,14 @@ def unsupported_reason(layer: Any, config: Any) -> str | None:
 
 
 def init_routing(
-    x: torch.Tensor, topk_ids: torch.Tensor, num_experts: int
+    x: torch.Tensor,
+    topk_ids: torch.Tensor,
+    num_experts: int,
+    active_expert_range: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x permuted by expert, expanded_row_idx, tokens per expert int64)``, as
-    ``NPUMoEInitRouting_v2(quant_mode=-1)`` computes them."""
+    ``NPUMoEInitRouting_v2(quant_mode=-1)`` computes them; ``active_expert_range`` (default
+    ``[0, num_experts]``) limits the routing to one EP rank's experts (``local_experts``)."""
     num_tokens, top_k = topk_ids.shape
     permuted, expanded_row_idx, expert_tokens, _ = ops.moe_init_routing_v2(
         x,
@@ -60,14 +70,17 @@ def init_routing(
         expert_num=num_experts,
         expert_tokens_num_type=1,
         expert_tokens_num_flag=True,
-        active_expert_range=[0, num_experts],
+        active_expert_range=active_expert_range or [0, num_experts],
         quant_mode=-1,
     )
     return permuted, expanded_row_idx, expert_tokens.to(torch.int64)
 
 
 def init_routing_int8(
-    x: torch.Tensor, topk_ids: torch.Tensor, num_experts: int
+    x: torch.Tensor,
+    topk_ids: torch.Tensor,
+    num_experts: int,
+    active_expert_range: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(int8 x permuted by expert, expanded_row_idx, tokens per expert int64, per-row
     scale)``, as ``NPUMoEInitRouting_v2(quant_mode=1)`` computes them for W8A8 experts: the
@@ -80,7 +93,7 @@ def init_routing_int8(
         expert_num=num_experts,
         expert_tokens_num_type=1,
         expert_tokens_num_flag=True,
-        active_expert_range=[0, num_experts],
+        active_expert_range=active_expert_range or [0, num_experts],
         quant_mode=1,
     )
     return permuted, expanded_row_idx, expert_tokens.to(torch.int64), token_scale
@@ -148,10 +161,15 @@ def routed_experts(
     w13: torch.Tensor,
     w2: torch.Tensor,
 ) -> torch.Tensor:
-    """``sum_k w[t, k] * W2_e(swiglu(W13_e x_t))`` for ``e = ids[t, k]``, via the NPU op chain."""
-    permuted, expanded_row_idx, expert_tokens = init_routing(x, topk_ids, w13.shape[0])
-    down = expert_mlp(permuted, expert_tokens, w13, w2)
-    return finalize_routing(down, topk_weights, expanded_row_idx, topk_ids)
+    """``sum_k w[t, k] * W2_e(swiglu(W13_e x_t))`` for ``e = ids[t, k]``, via the NPU op chain.
+
+    ``topk_ids`` are the StandardDispatcher's local ids: ``-1`` (another EP rank's expert, a
+    masked DP-padding row) contributes nothing (:mod:`sglang_ascend_fia.moe.local_experts`)."""
+    ids, expert_num, active = standard_local_ids(topk_ids, w13.shape[0])
+    permuted, expanded_row_idx, expert_tokens = init_routing(x, ids, expert_num, active)
+    down = zero_uncomputed(expert_mlp(permuted, expert_tokens, w13, w2), expert_tokens)
+    row_idx = combinable_row_idx(expanded_row_idx, down.shape[0])
+    return finalize_routing(down, topk_weights, row_idx, ids)
 
 
 def experts_forward_native(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -214,7 +232,7 @@ def experts_forward_npu(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> 
     reason = npu_unsupported_reason(layer, dispatch_output, instance.moe_runner_config)
     if reason is not None:
         fall_back_once(_NPU_HOOK, reason)
-        return wrapped(*args, **kwargs)
+        return zero_uncomputed_rows(wrapped(*args, **kwargs), dispatch_output)
     down = expert_mlp(
         dispatch_output.hidden_states,
         dispatch_output.expert_tokens,
@@ -222,4 +240,16 @@ def experts_forward_npu(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> 
         layer.w2_weight,
         group_list_type=dispatch_output.group_list_type,
     )
-    return AscendTPCombineInput(hidden_states=down)
+    return zero_uncomputed_rows(AscendTPCombineInput(hidden_states=down), dispatch_output)
+
+
+def zero_uncomputed_rows(combine_input: Any, dispatch_output: Any) -> Any:
+    """With ``--ep-size`` > 1 the ``ascend_tp`` routing (``npu_routing``) keeps this rank's
+    experts only; the expert rows past their total were never computed and become zeros before
+    the combine reads them (:mod:`sglang_ascend_fia.moe.local_experts`)."""
+    if expert_parallel()[1] == 1 or dispatch_output.hidden_states.shape[0] == 0:
+        return combine_input
+    down = zero_uncomputed(
+        combine_input.hidden_states, dispatch_output.expert_tokens, dispatch_output.group_list_type
+    )
+    return combine_input._replace(hidden_states=down)

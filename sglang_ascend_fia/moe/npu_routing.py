@@ -9,7 +9,9 @@ that each call one torch_npu kernel: ``NPUMoEInitRouting_v2._init_routing``
 ``UnquantizedFusedMoEMethod.forward_npu`` and ``TopK.forward_npu`` hooked the whole MoE chain is
 counted and validated like the CPU one. W8A8 dispatch (``quant_mode=1``, the int8 routing the
 modelslim W8A8 experts ask for, ``moe_methods.py:679-680``) goes through ``ops`` too; MXFP8 (``3``)
-and empty batches keep sglang's call, with one log line naming the reason.
+and empty batches keep sglang's call, with one log line naming the reason. With ``--ep-size`` > 1
+the routing keeps this rank's experts (``active_expert_range``) and the combine reads only the
+rows computed for them (:mod:`sglang_ascend_fia.moe.local_experts`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ from typing import Any
 
 from sglang_ascend_fia.moe.experts import finalize_routing, init_routing, init_routing_int8
 from sglang_ascend_fia.moe.fallback import fall_back_once
+from sglang_ascend_fia.moe.local_experts import (
+    ascend_tp_active_range,
+    combinable_row_idx,
+    expert_parallel,
+)
 
 __sglang_patches__ = ("moe-npu-init-routing", "moe-npu-finalize-routing")
 
@@ -47,9 +54,16 @@ def init_routing_v2(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     if reason is not None:
         fall_back_once(_INIT_HOOK, reason)
         return wrapped(*args, **kwargs)
+    active = None
+    ep_rank, ep_size = expert_parallel()
+    if ep_size > 1:
+        # Global ids, this rank's experts only: the counts then match its weights.
+        active = ascend_tp_active_range(num_experts, ep_rank, ep_size)
     if instance.quant_mode == 1:
-        return init_routing_int8(hidden_states, topk_ids, num_experts)
-    permuted, expanded_row_idx, expert_tokens = init_routing(hidden_states, topk_ids, num_experts)
+        return init_routing_int8(hidden_states, topk_ids, num_experts, active)
+    permuted, expanded_row_idx, expert_tokens = init_routing(
+        hidden_states, topk_ids, num_experts, active
+    )
     return permuted, expanded_row_idx, expert_tokens, None
 
 
@@ -60,10 +74,14 @@ def finalize_routing_hook(wrapped: Any, instance: Any, args: Any, kwargs: Any) -
     if hidden_states.shape[0] == 0:
         fall_back_once(_FINALIZE_HOOK, "an empty batch")
         return wrapped(*args, **kwargs)
+    expanded_row_idx = _argument(args, kwargs, 2, "expanded_row_idx")
+    if expert_parallel()[1] > 1:
+        # Pairs routed to another rank's experts: their index is undefined (local_experts).
+        expanded_row_idx = combinable_row_idx(expanded_row_idx, hidden_states.shape[0])
     return finalize_routing(
         hidden_states,
         _argument(args, kwargs, 1, "topk_weights"),
-        _argument(args, kwargs, 2, "expanded_row_idx"),
+        expanded_row_idx,
         _argument(args, kwargs, 3, "topk_ids"),
         drop_pad_mode=instance.drop_pad_mode,
     )

@@ -27,23 +27,28 @@ def create_ascend_fia_backend(
     # before sglang itself asks for a backend.
     from sglang_ascend_fia.fia_backend import handoff
     from sglang_ascend_fia.registry import rules_for
+    from sglang_ascend_fia.registry.rank_status import log_rank_status
 
     runner = args[0] if args else kwargs["runner"]
     _check_moe_kernels(runner)
     # The rules run once per runner; the backend built gets their verdict.
     verdict = handoff.Verdict(handoff.first_reason(rules_for(runner), runner))
     if verdict.reason is not None:
-        return _hand_off(runner, verdict.reason, lambda: wrapped(*args, **kwargs))
+        backend: Any = _hand_off(runner, verdict.reason, lambda: wrapped(*args, **kwargs))
+        log_rank_status(f"handed to sglang's AscendAttnBackend ({verdict.reason})")
+        return backend
     if runner.use_mla_backend:
         from sglang_ascend_fia.mla.backend import AscendFIAMLABackend
 
-        backend: Any = AscendFIAMLABackend(runner, verdict)
+        backend = AscendFIAMLABackend(runner, verdict)
         handoff.record(handoff.Decision("fia-mla", ""))
+        log_rank_status("FIA MLA backend")
         return backend
     from sglang_ascend_fia.attention.backend import AscendFIABackend
 
     backend = AscendFIABackend(runner, verdict)
     handoff.record(handoff.Decision("fia", ""))
+    log_rank_status("FIA backend")
     return backend
 
 

@@ -20,6 +20,11 @@ import torch
 from sglang_ascend_fia import ops
 from sglang_ascend_fia.moe.experts import finalize_routing, init_routing_int8, unsupported_reason
 from sglang_ascend_fia.moe.fallback import fall_back_once
+from sglang_ascend_fia.moe.local_experts import (
+    combinable_row_idx,
+    standard_local_ids,
+    zero_uncomputed,
+)
 
 _HOOK = "moe experts (w8a8_int8)"
 
@@ -122,11 +127,15 @@ def routed_experts_w8a8(
 
     ``w13`` int8 ``[E, H, 2I]`` (gate columns first) and ``w2`` int8 ``[E, I, H]`` with
     per-channel scales ``[E, 2I]`` and ``[E, H]``: the layout ``lay_out_weights`` leaves.
+    ``topk_ids`` are the StandardDispatcher's local ids (``-1``: not this rank's expert).
     """
+    ids, expert_num, active = standard_local_ids(topk_ids, w13.shape[0])
     permuted, expanded_row_idx, expert_tokens, token_scale = init_routing_int8(
-        x, topk_ids, w13.shape[0]
+        x, ids, expert_num, active
     )
     down = expert_mlp_w8a8(
         permuted, token_scale, expert_tokens, w13, w13_scale, w2, w2_scale, x.dtype
     )
-    return finalize_routing(down, topk_weights.to(x.dtype), expanded_row_idx, topk_ids)
+    down = zero_uncomputed(down, expert_tokens)
+    row_idx = combinable_row_idx(expanded_row_idx, down.shape[0])
+    return finalize_routing(down, topk_weights.to(x.dtype), row_idx, ids)

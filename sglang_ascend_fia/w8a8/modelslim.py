@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from sglang_ascend_fia import ops
+from sglang_ascend_fia.moe.experts import zero_uncomputed_rows
 from sglang_ascend_fia.moe.fallback import fall_back_once
 from sglang_ascend_fia.ops import kernels
 from sglang_ascend_fia.w8a8 import experts as experts_w8a8
@@ -281,7 +282,10 @@ def moe_apply(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         reason = f"the token dispatcher's output is {form.value!r}"
     if reason is not None:
         fall_back_once(_MOE_HOOK, reason)
-        return wrapped(*args, **kwargs)
+        combine_input = wrapped(*args, **kwargs)
+        if form.is_ascend_tp():
+            return zero_uncomputed_rows(combine_input, dispatch_output)
+        return combine_input
     x = dispatch_output.hidden_states
     if form.is_standard():
         if x.shape[0] == 0:
@@ -315,7 +319,7 @@ def moe_apply(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         out_dtype,
         group_list_type=dispatch_output.group_list_type,
     )
-    return AscendTPCombineInput(hidden_states=down)
+    return zero_uncomputed_rows(AscendTPCombineInput(hidden_states=down), dispatch_output)
 
 
 # -------------------------------------------------------- the MoE token quantiser sglang builds

@@ -17,6 +17,15 @@ import torch
 from sglang_ascend_fia import ops
 
 
+@pytest.fixture(autouse=True)
+def one_expert_parallel_rank() -> Any:
+    """sglang writes every rank's place before a layer runs; the hooks read the EP size."""
+    from sglang.srt.runtime_context import get_parallel
+
+    with get_parallel().override(moe_ep_rank=0, moe_ep_size=1):
+        yield
+
+
 def _stock(*args: Any, **kwargs: Any) -> str:
     return "stock"
 

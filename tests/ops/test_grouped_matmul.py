@@ -457,8 +457,8 @@ VALUE_CASES = [
         "gmm cumsum end",
         ops.grouped_matmul,
         (),
-        _gmm(group_list=torch.tensor([1, 3]), group_list_type=0),
-        r"group_list=\[1, 3\] is not allowed: must end at x's row count 4",
+        _gmm(group_list=torch.tensor([1, 5]), group_list_type=0),
+        r"group_list=\[1, 5\] is not allowed: must end at most at x's row count 4",
     ),
     (
         "gmm counts sign",
@@ -471,8 +471,8 @@ VALUE_CASES = [
         "gmm counts sum",
         ops.grouped_matmul,
         (),
-        _gmm(group_list=torch.tensor([1, 2])),
-        r"group_list=\[1, 2\] is not allowed: must sum to x's row count 4",
+        _gmm(group_list=torch.tensor([3, 2])),
+        r"group_list=\[3, 2\] is not allowed: must sum to at most x's row count 4",
     ),
 ]
 

@@ -235,13 +235,13 @@ def _gmm_counts(group_list: torch.Tensor, group_list_type: int, rows: int) -> li
     if group_list_type == 0:
         if any(v < 0 for v in values) or any(b < a for a, b in itertools.pairwise(values)):
             fail(_GMM, "group_list", values, "must be non-negative and non-decreasing")
-        if values[-1] != rows:
-            fail(_GMM, "group_list", values, f"must end at x's row count {rows}")
+        if values[-1] > rows:
+            fail(_GMM, "group_list", values, f"must end at most at x's row count {rows}")
         return [b - a for a, b in zip([0, *values[:-1]], values, strict=True)]
     if any(v < 0 for v in values):
         fail(_GMM, "group_list", values, "must be non-negative (counts)")
-    if sum(values) != rows:
-        fail(_GMM, "group_list", values, f"must sum to x's row count {rows}")
+    if sum(values) > rows:
+        fail(_GMM, "group_list", values, f"must sum to at most x's row count {rows}")
     return values
 
 
@@ -274,6 +274,11 @@ def grouped_matmul(
     """Row-grouped matmul: rows of ``x[0]`` in group g times ``W_g`` (``[K, N]``), one output.
 
     ``group_list`` gives the row groups: cumulative ends (group_list_type 0) or counts (1).
+    They may cover fewer rows than ``x[0]`` has: the rows past their total are left undefined
+    (NaN here). (Inferred: torch_npu's doc describes the groups as "group_list[0]=10: the first
+    10 rows take part in group 0" and states no equality with M; vllm-ascend's all-gather
+    expert-parallel dispatcher runs the grouped matmul on all of ``npu_moe_init_routing_v2``'s
+    rows with the counts of the local ``active_expert_range`` only, whose total is smaller.)
     ``weight`` is ``[W]`` with ``W`` of shape ``[E, K, N]`` or a list of E ``[K, N]`` tensors;
     either may be a transposed (non-contiguous) view, which the doc allows and sglang's BF16 path
     uses (``[w.transpose(1, 2)]`` of a stored ``[E, N, K]``).
@@ -316,7 +321,10 @@ def grouped_matmul(
         scales = list(scale[0]) if len(weight) == 1 else list(scale)
     n_dim = weights[0].shape[-1]
     out_dtype = output_dtype if output_dtype is not None else xs.dtype
-    out = torch.empty(rows, n_dim, dtype=out_dtype, device=xs.device)
+    # Rows past the groups' total are not computed: undefined, NaN here (or the integer minimum)
+    # so that a caller that reads them is caught.
+    fill = float("nan") if out_dtype.is_floating_point else torch.iinfo(out_dtype).min
+    out = torch.full((rows, n_dim), fill, dtype=out_dtype, device=xs.device)
     begin = 0
     for g, count in enumerate(counts):
         rows_g = slice(begin, begin + count)
