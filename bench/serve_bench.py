@@ -10,7 +10,10 @@ many plugin answers differ from the same request sent alone (must be 0) and from
 
 The tiny DeepSeek-V2-Lite-style model (real 512/64 MLA dims, a dense and a MoE layer: the FIA MLA
 backend and the NPU MoE chain on the reference ops) runs the first ``DSV2_REQUESTS`` of the same
-load, one round, under ``serve.dsv2_*``.
+load, one round, under ``serve.dsv2_*``. The tiny DeepSeek-V3-style model (32 heads, q_lora, the
+V3 router) runs ``DSV3_TP2_REQUESTS`` of it at ``--tp-size 2`` on both servers (one core per
+rank, gloo), alternating best of ``ROUNDS``, under ``serve.dsv3_tp2_*``: stock there is sglang's
+own torch_native attention and MoE at the same TP.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from __future__ import annotations
 from typing import Any
 
 from testbed.load_vs_stock import LoadComparison, compare_with_stock
-from testbed.models import build_deepseek_v2_lite, build_qwen2
+from testbed.models import build_deepseek_v2_lite, build_deepseek_v3_style_moe, build_qwen2
 
 REQUESTS = 256
 CONCURRENCY = 32
 ROUNDS = 2
 # The MLA model decodes ~10x slower on the reference ops here: 256 requests took 11 minutes.
 DSV2_REQUESTS = 128
+DSV3_TP2_REQUESTS = 64
 
 
 def _figures(name: str, result: LoadComparison) -> dict[str, Any]:
@@ -58,7 +62,16 @@ def run() -> dict[str, Any]:
         rounds=1,
         one_at_a_time=False,
     )
-    return {"serve": {**_figures("qwen2", qwen2), **_figures("dsv2", dsv2)}}
+    dsv3_tp2 = compare_with_stock(
+        build_deepseek_v3_style_moe(),
+        requests=DSV3_TP2_REQUESTS,
+        concurrency=16,
+        rounds=ROUNDS,
+        one_at_a_time=False,
+        parallel={"tp_size": 2},
+    )
+    figures = {**_figures("qwen2", qwen2), **_figures("dsv2", dsv2)}
+    return {"serve": {**figures, **_figures("dsv3_tp2", dsv3_tp2)}}
 
 
 if __name__ == "__main__":

@@ -351,7 +351,8 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
         cross, sliding window). The registry hook hands such models to sglang's own backend
         at start-up, and hands off a model with a layer id it found no layer for
         (``handoff.LAYER_COVERAGE``), so for a backend it built the refusal is never reached:
-        it guards a backend built directly, without a model to check."""
+        it guards a backend built directly, without a model to check. A layer whose KV heads
+        per rank are not the pool's is refused too: no backend can store its K/V."""
         key = self._layer_keys.get(layer.layer_id)
         if key is not None:
             return key
@@ -360,6 +361,17 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
             raise UnsupportedConfiguration(
                 f"sglang-ascend-fia: layer {layer.layer_id}: {reason}; the FIA backend would "
                 "compute it wrongly"
+            )
+        if layer.tp_k_head_num != self.kv_heads:
+            # The pool holds the attention-TP share of the KV heads (kv_cache_configurator.py:
+            # 2308-2310); a model that shards attention by --tp-size under
+            # --enable-dp-attention (sglang's dense Qwen2, qwen2.py:165-178) hands it K/V
+            # that do not fit. Said here once, not as a reshape error in the write.
+            raise UnsupportedConfiguration(
+                f"sglang-ascend-fia: layer {layer.layer_id} has {layer.tp_k_head_num} KV heads "
+                f"per rank, the KV pool {self.kv_heads}: the model shards attention other than "
+                "sglang sized its KV cache (a model without data-parallel attention support "
+                "run with --enable-dp-attention?)"
             )
         key = self._layer_keys[layer.layer_id] = (
             layer.tp_q_head_num,

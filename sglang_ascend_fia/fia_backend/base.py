@@ -187,6 +187,11 @@ class FIABackendBase(AttentionBackend, Generic[M]):
         # (npu_graph_runner.py:395-403).
         return 0
 
+    def get_cpu_graph_seq_len_fill_value(self) -> int:
+        # DP-attention padding asks this on CPU and the cuda-graph value elsewhere
+        # (forward_batch_info.py:2013-2017): the same padded rows either way, so the same 0.
+        return self.get_cuda_graph_seq_len_fill_value()
+
     def init_forward_metadata_out_graph(
         self, forward_batch: ForwardBatch, in_capture: bool = False
     ) -> None:

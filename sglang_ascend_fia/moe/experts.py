@@ -202,8 +202,9 @@ def npu_unsupported_reason(layer: Any, dispatch_output: Any, config: Any) -> str
     if not dispatch_output.format.is_ascend_tp():
         return (
             f"the token dispatcher's output is {dispatch_output.format.value!r} (the plugin "
-            "serves the ascend_tp dispatcher; DeepEP and other all-to-all dispatchers keep "
-            "sglang's runner)"
+            "serves the ascend_tp dispatcher; DeepEP and the other all-to-all dispatchers "
+            "exchange tokens through deep_ep's Buffer, token_dispatcher/deepep.py:52-54, not "
+            "through a torch_npu op the plugin could run: they keep sglang's runner)"
         )
     kernels = [getattr(layer, name, None) for name in ("w13_kernel", "w2_kernel")]
     if any(type(kernel) is not NPUUnquantMoEMethod for kernel in kernels):

@@ -27,12 +27,13 @@ def create_ascend_fia_backend(
     # before sglang itself asks for a backend.
     from sglang_ascend_fia.fia_backend import handoff
     from sglang_ascend_fia.registry import rules_for
+    from sglang_ascend_fia.registry.rank_agreement import agreed_reason
     from sglang_ascend_fia.registry.rank_status import log_rank_status
 
     runner = args[0] if args else kwargs["runner"]
     _check_moe_kernels(runner)
-    # The rules run once per runner; the backend built gets their verdict.
-    verdict = handoff.Verdict(handoff.first_reason(rules_for(runner), runner))
+    # The rules run once per runner, the ranks agree, and the backend built gets the verdict.
+    verdict = handoff.Verdict(agreed_reason(handoff.first_reason(rules_for(runner), runner)))
     if verdict.reason is not None:
         backend: Any = _hand_off(runner, verdict.reason, lambda: wrapped(*args, **kwargs))
         log_rank_status(f"handed to sglang's AscendAttnBackend ({verdict.reason})")

@@ -21,8 +21,9 @@ def layout() -> str:
     from sglang.srt.runtime_context import get_parallel
 
     parallel = get_parallel()
-    parts = []
-    for name in ("tp", "attn_dp", "moe_ep"):
+    group = parallel.tp_group  # the model's TP group spans every node's ranks
+    parts = [f"tp {group.rank_in_group}/{group.world_size}"]
+    for name in ("attn_dp", "moe_ep"):
         rank = getattr(parallel, f"{name}_rank")
         size = getattr(parallel, f"{name}_size")
         parts.append(f"{name.replace('_', '-').replace('moe-', '')} {rank}/{size}")

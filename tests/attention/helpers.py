@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 from op_spy import spying
+from sglang.srt.model_executor.forward_batch_info import ForwardBatch, ForwardMode
 
 from sglang_ascend_fia import ops
 
@@ -204,14 +205,59 @@ def forward_batch(
     )
 
 
+class _PaddableBatch(SimpleNamespace):
+    """A ``ForwardBatch`` stand-in sglang's own DP padding can run on: every field it pads that
+    a test did not set reads as None, as on a text-only batch without speculative decoding."""
+
+    _pad_tensor_to_size = ForwardBatch._pad_tensor_to_size
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return None
+
+
+def dp_pad(fb: Any, backend: Any, num_tokens: int, bs: int) -> Any:
+    """``fb`` padded by sglang's own ``ForwardBatch._pad_inputs_to_size``, as
+    ``prepare_mlp_sync_batch`` pads an attention-DP rank to the gathered width
+    (forward_batch_info.py:1941-1946, 1990-2032): ``num_tokens`` token rows (``out_cache_loc``
+    padded with slot 0), ``bs`` requests (``seq_lens`` padded with the backend's CPU fill value,
+    ``req_pool_indices`` with row 0)."""
+    batch = _PaddableBatch(**vars(fb))
+    tokens = fb.out_cache_loc.shape[0]
+    batch.input_ids = torch.zeros(tokens, dtype=torch.int64)
+    batch.positions = torch.zeros(tokens, dtype=torch.int64)
+    ForwardBatch._pad_inputs_to_size(batch, SimpleNamespace(attn_backend=backend), num_tokens, bs)
+    batch.batch_size = bs
+    return batch
+
+
+def idle_batch() -> Any:
+    """What an attention-DP rank with no request holds (ForwardMode.IDLE): nothing, until
+    ``dp_pad`` pads it to the gathered width."""
+    empty = torch.zeros(0, dtype=torch.int64)
+    return SimpleNamespace(
+        forward_mode=ForwardMode.IDLE,
+        batch_size=0,
+        seq_lens=empty,
+        seq_lens_cpu=empty.clone(),
+        req_pool_indices=empty.clone(),
+        extend_seq_lens_cpu=None,
+        extend_prefix_lens_cpu=None,
+        out_cache_loc=empty.clone(),
+    )
+
+
 def graph_decode_batch(reqs: Requests, lens: list[int], rows: list[int]) -> Any:
     """A decode batch as ``NPUGraphRunner`` hands it over: at capture every length 0 and every
     ``req_pool_indices`` 0 (npu_graph_runner.py:335-347 pads with those), at replay the real
     lengths and rows copied into the static buffers."""
-    from sglang.srt.model_executor.forward_batch_info import ForwardMode
-
     n = len(lens)
-    fb = forward_batch(ForwardMode.DECODE, reqs, [1] * n, torch.zeros(n, dtype=torch.long))
+    # Any n rows (a graph's batch size need not be the request count): the lengths and rows
+    # are set below.
+    fb = forward_batch(
+        ForwardMode.DECODE, reqs, [1] * n, torch.zeros(n, dtype=torch.long), which=[0] * n
+    )
     fb.seq_lens_cpu = torch.tensor(lens)
     fb.seq_lens = fb.seq_lens_cpu.clone()
     fb.req_pool_indices = torch.tensor(rows)
@@ -224,8 +270,17 @@ def parallel_context() -> Iterator[None]:
     conftest imports it: tests/attention and tests/mla)."""
     from sglang.srt.runtime_context import get_parallel
 
+    # One rank of one: the registry's start-up line and the ranks' agreement read these.
+    tp_group = SimpleNamespace(world_size=1, rank_in_group=0)
+    one_rank = {"attn_dp_rank": 0, "attn_dp_size": 1, "moe_ep_rank": 0, "moe_ep_size": 1}
     with get_parallel().override(
-        attn_tp_size=1, attn_cp_size=1, dcp_enabled=False, attn_dcp_size=1, attn_dcp_rank=0
+        attn_tp_size=1,
+        attn_cp_size=1,
+        dcp_enabled=False,
+        attn_dcp_size=1,
+        attn_dcp_rank=0,
+        tp_group=tp_group,
+        **one_rank,
     ):
         yield
 

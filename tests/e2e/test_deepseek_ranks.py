@@ -24,7 +24,12 @@ the standard dispatcher gives other ranks' experts (shown by ``test_stock_cpu_ep
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,9 +37,9 @@ from typing import Any
 
 import pytest
 from testbed.engine import EngineProcess, testbed_env
-from testbed.models import MLA_REAL_DIMS, build_deepseek_v2_lite, build_deepseek_v3_moe
+from testbed.models import build_deepseek_v2_lite, build_deepseek_v3_style_moe
 from testbed.oracle import hf_greedy
-from testbed.server import ServerProcess
+from testbed.server import NodeProcess, ServerProcess, free_port, start_refusal
 
 from e2e.fia_common import CHUNK, ENGINE_ARGS, PAGE_SIZE, workloads
 
@@ -46,6 +51,8 @@ ROUTED_CHAIN = ("moe_gating_top_k", "moe_init_routing_v2", "swiglu", "moe_finali
 # One core per rank: sglang's CPU thread binding needs it beyond one rank per NUMA node.
 RANK_ENV = {"SGLANG_CPU_OMP_THREADS_BIND": "0|1"}
 SERVE_ARGS: dict[str, Any] = {"attention_backend": "ascend", **ENGINE_ARGS}
+# A killed rank must end the server within this (sglang waits 5 s before its crash report).
+KILL_BOUND_S = 60.0
 
 
 def v2_lite() -> Path:
@@ -59,22 +66,7 @@ def v2_lite() -> Path:
 
 
 def v3_style() -> Path:
-    return build_deepseek_v3_moe(
-        **MLA_REAL_DIMS,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        q_lora_rank=96,
-        rope_scaling={
-            "type": "yarn",
-            "rope_type": "yarn",
-            "factor": 40.0,
-            "original_max_position_embeddings": 4096,
-            "beta_fast": 32,
-            "beta_slow": 1,
-            "mscale": 1.0,
-            "mscale_all_dim": 1.0,
-        },
-    )
+    return build_deepseek_v3_style_moe()
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
@@ -112,6 +104,37 @@ def _serve(model: Path, tmp: Path, name: str, **parallel: Any) -> dict[str, Any]
     return {"tokens": tokens, "cached": cached, "records": _records(log), "log": server_log}
 
 
+def _serve_two_nodes(model: Path, tmp: Path) -> dict[str, Any]:
+    """TP=2 over two nodes on this machine: ``--nnodes 2 --node-rank 0|1`` with one
+    ``--dist-init-addr``, one rank (and one core) per node, each node its own server process
+    that loads the plugin through the entry point."""
+    dist = {"nnodes": 2, "dist_init_addr": f"127.0.0.1:{free_port()}", "tp_size": 2}
+    logs = [tmp / f"node{rank}.jsonl" for rank in (0, 1)]
+    envs = [
+        testbed_env(
+            ASCEND_USE_FIA="1",
+            FIA_LAUNCH_LOG=str(logs[rank]),
+            SGLANG_CPU_OMP_THREADS_BIND=str(rank),
+        )
+        for rank in (0, 1)
+    ]
+    tokens: dict[str, list[list[int]]] = {}
+    cached: dict[str, list[int]] = {}
+    with (
+        NodeProcess(model, tmp / "node1.log", env=envs[1], node_rank=1, **SERVE_ARGS, **dist) as n1,
+        ServerProcess(
+            model, tmp / "node0.log", env=envs[0], node_rank=0, **SERVE_ARGS, **dist
+        ) as n0,
+    ):
+        for workload, batch in _workloads(model).items():
+            out = _generate(n0, batch)
+            tokens[workload] = [list(o["output_ids"]) for o in out]
+            cached[workload] = [o["meta_info"]["cached_tokens"] for o in out]
+        server_log = n0.log_text() + n1.log_text()
+    records = _records(logs[0]) + _records(logs[1])
+    return {"tokens": tokens, "cached": cached, "records": records, "log": server_log}
+
+
 def _workloads(model: Path) -> dict[str, list[list[int]]]:
     return {name: batch for name, batch in workloads(model).items() if name in WORKLOADS}
 
@@ -135,6 +158,7 @@ def v2_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         "tp1": _tp1(model, tmp),
         "tp2": _serve(model, tmp, "tp2", tp_size=2),
         "ep2": _serve(model, tmp, "ep2", tp_size=2, ep_size=2),
+        "nodes2": _serve_two_nodes(model, tmp),
     }
 
 
@@ -150,7 +174,7 @@ def _runs(request: pytest.FixtureRequest, model: str) -> dict[str, Any]:
     return runs
 
 
-CASES = [("v2", "tp2"), ("v2", "ep2"), ("v3", "tp2")]
+CASES = [("v2", "tp2"), ("v2", "ep2"), ("v2", "nodes2"), ("v3", "tp2")]
 
 
 @pytest.mark.parametrize("model", ["v2", "v3"])
@@ -204,7 +228,7 @@ def test_every_rank_runs_fia_mla_the_split_pool_and_the_moe_chain(
             assert launches.get(op) == moe_layers, (op, launches)
         assert launches.get("grouped_matmul") == 2 * moe_layers, launches
         assert not [p for p, state in record["patches"].items() if state == "failed"], record
-    assert len(by_rank) == 2, by_rank
+    assert len(by_rank) == 2, by_rank  # two processes: two ranks (on one node or two)
     for modes in by_rank.values():
         assert modes >= {"EXTEND", "DECODE"}, by_rank
 
@@ -235,3 +259,86 @@ def test_stock_cpu_ep_fails(tmp_path: Path) -> None:
         log = server.log_text()
     assert "index -1 is out of bounds" in log, log[-3000:]
     assert "moe_forward_native" in log
+
+
+def test_one_node_missing_a_patch_target_ends_both_nodes_alike(tmp_path: Path) -> None:
+    """Node 1's sglang lacks a member of the deepseek-mla patch group (its group is skipped, so
+    that rank alone would hand DeepSeek to sglang's backend); node 0's has it all. The ranks
+    agree (``registry/rank_agreement.py``): both hand off for rank 1's reason and, without
+    torch_npu here, both refuse start-up with the same line; neither hangs or serves half."""
+    model = v2_lite()
+    dist = {"nnodes": 2, "dist_init_addr": f"127.0.0.1:{free_port()}", "tp_size": 2}
+    missing = "sglang.srt.models.deepseek_v2:DeepseekV2AttentionMLA.forward_core"
+    env1 = testbed_env(
+        ASCEND_USE_FIA="1", SGLANG_CPU_OMP_THREADS_BIND="1", FIA_TESTBED_REMOVE_ATTRIBUTE=missing
+    )
+    env0 = testbed_env(ASCEND_USE_FIA="1", SGLANG_CPU_OMP_THREADS_BIND="0")
+    with NodeProcess(
+        model, tmp_path / "node1.log", env=env1, node_rank=1, **SERVE_ARGS, **dist
+    ) as n1:
+        code0, log0 = start_refusal(
+            model, tmp_path / "node0.log", env=env0, node_rank=0, **SERVE_ARGS, **dist
+        )
+        code1 = n1.wait(timeout=60)
+        log1 = n1.log_text()
+    assert code0 not in (None, 0), log0[-3000:]
+    assert code1 not in (None, 0), log1[-3000:]
+    agreed = "tp rank 1 of 2 hands off (patch group deepseek-mla is skipped: fia-mla-deepseek-core"
+    for log in (log0, log1):
+        refusal = [line for line in log.splitlines() if "which needs torch_npu" in line]
+        assert refusal and agreed in refusal[0], log[-3000:]
+        assert "FIA MLA attention backend" not in log
+
+
+def _scheduler_pid(server: ServerProcess, name: str) -> int:
+    """The pid of the server's process titled ``name`` (sglang titles its ranks
+    ``sglang::scheduler_TP<n>``)."""
+    for line in subprocess.run(
+        ["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True
+    ).stdout.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if args.strip() == name and os.getpgid(int(pid)) == server.pid:
+            return int(pid)
+    raise AssertionError(f"no {name} process in the server's group")
+
+
+def test_a_rank_killed_mid_request_ends_the_server_with_a_clear_error(tmp_path: Path) -> None:
+    """TP rank 1 is killed while a long generation is running: rank 0's next collective fails,
+    sglang's parent gets SIGQUIT and ends the whole server within ``KILL_BOUND_S``; the client
+    gets an error, not a hang."""
+    model = v2_lite()
+    env = testbed_env(ASCEND_USE_FIA="1", **RANK_ENV)
+    server = ServerProcess(model, tmp_path / "server.log", env=env, tp_size=2, **SERVE_ARGS)
+    failures: list[BaseException] = []
+
+    def long_request() -> None:
+        body = {
+            "input_ids": _workloads(model)["parity"][:2],
+            "sampling_params": {"temperature": 0.0, "max_new_tokens": 2000, "ignore_eos": True},
+        }
+        request = urllib.request.Request(
+            server.base_url + "/generate",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            urllib.request.urlopen(request, timeout=KILL_BOUND_S).read()
+        except BaseException as exc:  # the failure is what is checked
+            failures.append(exc)
+
+    try:
+        client = threading.Thread(target=long_request)
+        client.start()
+        time.sleep(3.0)  # well into the decode (2000 tokens take minutes here)
+        os.kill(_scheduler_pid(server, "sglang::scheduler_TP1"), signal.SIGKILL)
+        killed = time.monotonic()
+        while server.alive() and time.monotonic() - killed < KILL_BOUND_S:
+            time.sleep(0.5)
+        ended_after = time.monotonic() - killed
+        client.join(timeout=KILL_BOUND_S)
+        log = server.log_text()
+    finally:
+        server.close()
+    assert ended_after < KILL_BOUND_S, f"the server outlived its killed rank by {ended_after:.0f}s"
+    assert failures and isinstance(failures[0], OSError), failures
+    assert "It usually means one child failed" in log, log[-3000:]

@@ -215,3 +215,39 @@ def test_moe_method_hands_unsupported_layers_to_sglang_once(
     assert calls == [(layer, "dispatch")] * 2
     lines = [r.getMessage() for r in caplog.records if "w8a8_int8" in r.getMessage()]
     assert len(lines) == 1 and "activation='gelu'" in lines[0]
+
+
+def test_routed_experts_split_over_two_ep_ranks_sum_to_the_dense_loop() -> None:
+    """``--ep-size 2``: each rank holds 4 of the 8 experts and gets sglang's local ids (``-1``
+    for the other rank's experts, token_dispatcher/standard.py:95-103); each rank's output is
+    the dense loop over its own experts' slots (one rounding apart), so the ranks sum (sglang's
+    all-reduce) to the loop over every expert."""
+    from sglang.srt.layers.moe.token_dispatcher.standard import _map_topk_ids_to_local_experts
+
+    gen = torch.Generator().manual_seed(7)
+    num_experts, hidden, inter, top_k, dtype = 8, 64, 32, 3, torch.bfloat16
+    e = _experts(num_experts, hidden, inter, gen, dtype)
+    x = torch.randn(9, hidden, generator=gen).to(dtype)
+    ids = torch.stack([torch.randperm(num_experts, generator=gen)[:top_k] for _ in range(9)])
+    ids[0] = torch.tensor([5, 6, 7])  # a token wholly on rank 1
+    weights = torch.rand(9, top_k, generator=gen)
+    for rank in (0, 1):
+        part = slice(4 * rank, 4 * rank + 4)
+        layer = SimpleNamespace(
+            w13_weight=e["w13"][part], w13_weight_scale=e["w13_scale"][part],
+            w2_weight=e["w2"][part], w2_weight_scale=e["w2_scale"][part],
+        )  # fmt: skip
+        experts_w8a8.lay_out_weights(layer)
+        mapping = torch.full((num_experts,), -1, dtype=torch.int32)
+        mapping[part] = torch.arange(4, dtype=torch.int32)
+        local = _map_topk_ids_to_local_experts(ids.to(torch.int32), mapping)
+        out = routed_experts_w8a8(
+            x, weights, local, layer.w13_weight, layer.w13_weight_scale,
+            layer.w2_weight, layer.w2_weight_scale,
+        )  # fmt: skip
+        assert torch.isfinite(out).all()
+        if rank == 0:
+            assert torch.equal(out[0], torch.zeros_like(out[0]))
+        own_slots = ((ids >= part.start) & (ids < part.stop)).to(weights.dtype)
+        expected = _dense_loop(x, weights * own_slots, ids, e)
+        torch.testing.assert_close(out.double(), expected, rtol=2.0**-8, atol=1e-6)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from testbed.engine import testbed_env
 from testbed.load import (
@@ -68,24 +69,30 @@ def compare_with_stock(
     concurrency: int,
     rounds: int,
     one_at_a_time: bool,
+    parallel: dict[str, Any] | None = None,
 ) -> LoadComparison:
-    """The load's figures through both servers; ``one_at_a_time`` adds the sequential check."""
+    """The load's figures through both servers; ``one_at_a_time`` adds the sequential check.
+    ``parallel`` (e.g. ``{"tp_size": 2}``) is given to both servers, one core per rank."""
     workload = build_requests(model, requests, long_tokens=CHUNK)
-    flags = {**LOAD_SERVER_ARGS, "max_running_requests": concurrency}
+    flags = {**LOAD_SERVER_ARGS, "max_running_requests": concurrency, **(parallel or {})}
+    ranks = int((parallel or {}).get("tp_size", 1))
+    # sglang's CPU thread binding: one core per rank beyond one rank per NUMA node.
+    cores = "|".join(map(str, range(ranks)))
+    rank_env = {"SGLANG_CPU_OMP_THREADS_BIND": cores} if ranks > 1 else {}
     sides = {"plugin": ServedLoad(), "stock": ServedLoad()}
     with (
         tempfile.TemporaryDirectory() as tmp,
         ServerProcess(
             model,
             Path(tmp) / "plugin.log",
-            env=testbed_env(ASCEND_USE_FIA="1", **LOAD_SERVER_ENV),
+            env=testbed_env(ASCEND_USE_FIA="1", **LOAD_SERVER_ENV, **rank_env),
             attention_backend="ascend",
             **flags,
         ) as plugin,
         ServerProcess(
             model,
             Path(tmp) / "stock.log",
-            env=testbed_env(ASCEND_USE_FIA=None, **LOAD_SERVER_ENV),
+            env=testbed_env(ASCEND_USE_FIA=None, **LOAD_SERVER_ENV, **rank_env),
             attention_backend="torch_native",
             **flags,
         ) as stock,

@@ -378,3 +378,18 @@ def build_deepseek_v3_moe(seed: int = 0, bias_scale: float = 0.05, **overrides: 
     data.setdefault("ep_size", 1)
     path.write_text(json.dumps(data, indent=2))
     return directory
+
+
+def build_deepseek_v3_style_moe(seed: int = 0) -> Path:
+    """V3-style attention (32 heads, q_lora, the real 512/64 MLA dims, yarn factor 40) on the V3
+    MoE (sigmoid, grouped top-4 of 16 with correction bias): the FIA MLA backend and the MoE
+    chain together, as a DeepSeek-V3 deployment runs them."""
+    scaling = deepseek_v3_style_config()["rope_scaling"]
+    return build_deepseek_v3_moe(
+        seed,
+        **MLA_REAL_DIMS,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        q_lora_rank=96,
+        rope_scaling=scaling,
+    )

@@ -111,6 +111,11 @@ class ServerProcess:
     def alive(self) -> bool:
         return self._proc.poll() is None
 
+    @property
+    def pid(self) -> int:
+        """The launch_server process, also its process group's id (its own session)."""
+        return int(self._proc.pid)
+
     def post(self, path: str, timeout: float = 30.0) -> int:
         request = urllib.request.Request(self.base_url + path, data=b"", method="POST")
         with urllib.request.urlopen(request, timeout=timeout) as reply:
@@ -168,3 +173,45 @@ def start_refusal(
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     return code, log_path.read_text(errors="replace")
+
+
+class NodeProcess:
+    """A second node's ``launch_server`` (``--node-rank`` > 0): it runs its scheduler ranks and
+    serves no HTTP; use as a context manager beside the first node's :class:`ServerProcess`."""
+
+    def __init__(
+        self, model_path: Path | str, log_path: Path, *, env: dict[str, str], **server_args: Any
+    ) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self._proc = subprocess.Popen(
+            server_argv(model_path, free_port(), **server_args),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code, or None if still running after ``timeout`` seconds."""
+        try:
+            return self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def log_text(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout=20)
+        self._log.close()
+
+    def __enter__(self) -> NodeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
