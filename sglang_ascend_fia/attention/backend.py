@@ -86,6 +86,7 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
         self._validate_configuration(
             model_runner.model_config.get_num_attention_heads(get_parallel().attn_tp_size)
         )
+        self._refuse_layers_sharded_unlike_the_pool(getattr(model_runner, "model", None))
         self.mask_template = causal_mask_template(self.device)
         # Prefill takes one TND call where upstream proves it, else one padded BSND call.
         self._tnd_extend = ops.tnd_paged_supported(self.head_dim, self.v_head_dim)
@@ -98,6 +99,28 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
             self.kv_heads,
             self.head_dim,
         )
+
+    def _sharding_problem(self, layer: Any) -> str:
+        # The pool holds the attention-TP share of the KV heads (kv_cache_configurator.py:
+        # 2308-2310); a model that shards attention by --tp-size under --enable-dp-attention
+        # (sglang's dense Qwen2, qwen2.py:165-178) hands it K/V that do not fit.
+        return (
+            f"sglang-ascend-fia: layer {layer.layer_id} has {layer.tp_k_head_num} KV heads "
+            f"per rank, the KV pool {self.kv_heads}: the model shards attention other than "
+            "sglang sized its KV cache (a model without data-parallel attention support run "
+            "with --enable-dp-attention?)"
+        )
+
+    def _refuse_layers_sharded_unlike_the_pool(self, model: Any) -> None:
+        """At start-up, not in the first request: every attention layer the model holds must
+        write as many KV heads per rank as the pool stores (``_layer_key`` guards a backend
+        built without a model)."""
+        if model is None:
+            return
+        for module in model.modules():
+            heads = getattr(module, "tp_k_head_num", None)
+            if heads is not None and hasattr(module, "layer_id") and heads != self.kv_heads:
+                raise UnsupportedConfiguration(self._sharding_problem(module))
 
     def _validate_configuration(self, q_heads: int) -> None:
         """Refuse at startup what no backend can run: the FIA kernel's documented page-size,
@@ -363,16 +386,7 @@ class AscendFIABackend(FIABackendBase[FIAMetadata]):
                 "compute it wrongly"
             )
         if layer.tp_k_head_num != self.kv_heads:
-            # The pool holds the attention-TP share of the KV heads (kv_cache_configurator.py:
-            # 2308-2310); a model that shards attention by --tp-size under
-            # --enable-dp-attention (sglang's dense Qwen2, qwen2.py:165-178) hands it K/V
-            # that do not fit. Said here once, not as a reshape error in the write.
-            raise UnsupportedConfiguration(
-                f"sglang-ascend-fia: layer {layer.layer_id} has {layer.tp_k_head_num} KV heads "
-                f"per rank, the KV pool {self.kv_heads}: the model shards attention other than "
-                "sglang sized its KV cache (a model without data-parallel attention support "
-                "run with --enable-dp-attention?)"
-            )
+            raise UnsupportedConfiguration(self._sharding_problem(layer))
         key = self._layer_keys[layer.layer_id] = (
             layer.tp_q_head_num,
             layer.tp_k_head_num,

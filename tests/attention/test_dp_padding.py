@@ -27,9 +27,11 @@ from attention.helpers import (
     graph_decode_batch,
     idle_batch,
     make_layer,
+    make_pool,
+    make_runner,
 )
 from attention.test_backend import Harness, assert_close, oracle
-from sglang_ascend_fia.attention.backend import UnsupportedConfiguration
+from sglang_ascend_fia.attention.backend import AscendFIABackend, UnsupportedConfiguration
 
 PAGE = 128
 
@@ -180,3 +182,18 @@ def test_a_layer_sharded_unlike_the_pool_is_refused_by_name(
         UnsupportedConfiguration, match="layer 0 has 1 KV heads per rank, the KV pool 2"
     ):
         h.backend.forward(q, k, v, layer, fb)
+
+
+def test_a_model_sharded_unlike_the_pool_is_refused_at_start_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same mismatch found in the model's layers when the backend is built, before any
+    request: start-up fails with the layer named."""
+    sharded = Shape(TINY.q_heads // 2, TINY.kv_heads // 2, TINY.head_dim)
+    model = torch.nn.ModuleList([make_layer(TINY, 0), make_layer(sharded, 1)])
+    pool = make_pool("npu-fia", TINY, PAGE, 8, monkeypatch)
+    runner = make_runner(pool, TINY, PAGE, model=model)
+    with pytest.raises(
+        UnsupportedConfiguration, match="layer 1 has 1 KV heads per rank, the KV pool 2"
+    ):
+        AscendFIABackend(runner)

@@ -88,6 +88,25 @@ def _generate(server: ServerProcess, batch: list[list[int]]) -> list[dict[str, A
         return out
 
 
+def _openai_texts(server: ServerProcess, model: Path, batch: list[list[int]]) -> list[str]:
+    """The same greedy requests through the ``openai`` client's completions API (token-id
+    prompts), as a user's client sends them."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.base_url + "/v1", api_key="none", max_retries=0)
+    texts = []
+    for prompt in batch:
+        reply = client.completions.create(
+            model=str(model),
+            prompt=prompt,
+            max_tokens=NEW_TOKENS,
+            temperature=0.0,
+            extra_body={"ignore_eos": True},
+        )
+        texts.append(reply.choices[0].text)
+    return texts
+
+
 def _serve(model: Path, tmp: Path, name: str, **parallel: Any) -> dict[str, Any]:
     """Every workload, in order, through one multi-rank server: tokens, cached tokens, the
     per-rank launch records and the server log."""
@@ -95,13 +114,23 @@ def _serve(model: Path, tmp: Path, name: str, **parallel: Any) -> dict[str, Any]
     env = testbed_env(ASCEND_USE_FIA="1", FIA_LAUNCH_LOG=str(log), **RANK_ENV)
     tokens: dict[str, list[list[int]]] = {}
     cached: dict[str, list[int]] = {}
+    texts: dict[str, list[str]] = {}
     with ServerProcess(model, tmp / f"{name}.log", env=env, **SERVE_ARGS, **parallel) as server:
         for workload, batch in _workloads(model).items():
             out = _generate(server, batch)
             tokens[workload] = [list(o["output_ids"]) for o in out]
             cached[workload] = [o["meta_info"]["cached_tokens"] for o in out]
+            texts[workload] = [o["text"] for o in out]
+        openai_texts = _openai_texts(server, model, _workloads(model)["parity"])
         server_log = server.log_text()
-    return {"tokens": tokens, "cached": cached, "records": _records(log), "log": server_log}
+    return {
+        "tokens": tokens,
+        "cached": cached,
+        "texts": texts,
+        "openai": openai_texts,
+        "records": _records(log),
+        "log": server_log,
+    }
 
 
 def _serve_two_nodes(model: Path, tmp: Path) -> dict[str, Any]:
@@ -189,6 +218,16 @@ def test_ranks_give_tp1s_tokens(request: pytest.FixtureRequest, model: str, layo
     runs = _runs(request, model)
     for workload in WORKLOADS:
         assert runs[layout]["tokens"][workload] == runs["tp1"]["tokens"][workload], workload
+
+
+@pytest.mark.parametrize(("model", "layout"), [c for c in CASES if c[1] != "nodes2"])
+def test_openai_client_gets_the_same_answers(
+    request: pytest.FixtureRequest, model: str, layout: str
+) -> None:
+    """The parity prompts again, through the ``openai`` client's completions API: the same text
+    as ``/generate`` gave for TP=1's tokens on this server."""
+    runs = _runs(request, model)[layout]
+    assert runs["openai"] == runs["texts"]["parity"]
 
 
 @pytest.mark.parametrize(("model", "layout"), CASES)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -35,10 +36,26 @@ class ServerError(RuntimeError):
     pass
 
 
+# Below Linux's ephemeral range (32768-60999 by default, /proc/sys/net/ipv4/ip_local_port_range):
+# a port the kernel hands out for gloo's connections or an HTTP client of a server started on the
+# other test worker can be taken between picking it here and the server binding it (seen with a
+# two-node start, which binds its HTTP port tens of seconds after the pick).
+_PORTS = range(20000, 32000)
+# Not the seedable global generator: two test workers seeded alike would pick alike.
+_RANDOM = random.SystemRandom()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback TCP port that binds now, outside the ephemeral range."""
+    for _ in range(200):
+        port = _RANDOM.choice(_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
 def server_argv(
