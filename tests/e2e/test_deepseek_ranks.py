@@ -30,6 +30,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from testbed.models import build_deepseek_v2_lite, build_deepseek_v3_style_moe
 from testbed.oracle import hf_greedy
 from testbed.server import NodeProcess, ServerProcess, free_port, start_refusal
 
-from e2e.fia_common import CHUNK, ENGINE_ARGS, PAGE_SIZE, read_launch_log, workloads
+from e2e.fia_common import CHUNK, ENGINE_ARGS, PAGE_SIZE, workloads
 
 pytestmark = pytest.mark.engine
 
@@ -68,13 +69,23 @@ def v3_style() -> Path:
     return build_deepseek_v3_style_moe()
 
 
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _generate(server: ServerProcess, batch: list[list[int]]) -> list[dict[str, Any]]:
     body = {
         "input_ids": batch,
         "sampling_params": {"temperature": 0.0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True},
     }
-    out: list[dict[str, Any]] = server.post_json("/generate", body)
-    return out
+    request = urllib.request.Request(
+        server.base_url + "/generate",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=300) as reply:
+        out: list[dict[str, Any]] = json.loads(reply.read())
+        return out
 
 
 def _openai_texts(server: ServerProcess, model: Path, batch: list[list[int]]) -> list[str]:
@@ -117,7 +128,7 @@ def _serve(model: Path, tmp: Path, name: str, **parallel: Any) -> dict[str, Any]
         "cached": cached,
         "texts": texts,
         "openai": openai_texts,
-        "records": read_launch_log(log),
+        "records": _records(log),
         "log": server_log,
     }
 
@@ -149,7 +160,7 @@ def _serve_two_nodes(model: Path, tmp: Path) -> dict[str, Any]:
             tokens[workload] = [list(o["output_ids"]) for o in out]
             cached[workload] = [o["meta_info"]["cached_tokens"] for o in out]
         server_log = n0.log_text() + n1.log_text()
-    records = read_launch_log(logs[0]) + read_launch_log(logs[1])
+    records = _records(logs[0]) + _records(logs[1])
     return {"tokens": tokens, "cached": cached, "records": records, "log": server_log}
 
 
@@ -344,8 +355,13 @@ def test_a_rank_killed_mid_request_ends_the_server_with_a_clear_error(tmp_path: 
             "input_ids": _workloads(model)["parity"][:2],
             "sampling_params": {"temperature": 0.0, "max_new_tokens": 2000, "ignore_eos": True},
         }
+        request = urllib.request.Request(
+            server.base_url + "/generate",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         try:
-            server.post_json("/generate", body, timeout=KILL_BOUND_S)
+            urllib.request.urlopen(request, timeout=KILL_BOUND_S).read()
         except BaseException as exc:  # the failure is what is checked
             failures.append(exc)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,8 +98,14 @@ def _generate(server: ServerProcess, prompts: list[list[int]], rank: int) -> lis
         "return_logprob": True,
         "routed_dp_rank": rank,  # io_struct.py:298, routed by data_parallel_controller.py:865-878
     }
-    out: list[dict[str, Any]] = server.post_json("/generate", body)
-    return out
+    request = urllib.request.Request(
+        server.base_url + "/generate",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=300) as reply:
+        out: list[dict[str, Any]] = json.loads(reply.read())
+        return out
 
 
 def _run_step(server: ServerProcess, step: list[tuple[int, list[list[int]]]]) -> list[Any]:

@@ -15,6 +15,7 @@ backend with 8 of the 16 heads, and every layer runs its own scheme's int8 ops.
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from testbed.oracle import hf_logprobs_along
 from testbed.quantized import build_w8a8_pair
 from testbed.server import ServerProcess
 
-from e2e.fia_common import ENGINE_ARGS, read_launch_log
+from e2e.fia_common import ENGINE_ARGS
 from e2e.test_w8a8_engine import (
     LOGPROB_TOL,
     MEAN_LOGPROB_TOL,
@@ -60,6 +61,21 @@ def _model() -> Path:
     )
 
 
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _post(server: ServerProcess, body: dict[str, Any]) -> list[dict[str, Any]]:
+    request = urllib.request.Request(
+        server.base_url + "/generate",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=300) as reply:
+        out: list[dict[str, Any]] = json.loads(reply.read())
+        return out
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     src = _model()
@@ -81,11 +97,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     )
     greedy = {"temperature": 0.0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True}
     with ServerProcess(model, tmp / "server.log", env=env, tp_size=2, **args, **ENGINE_ARGS) as s:
-        tp2 = s.post_json(
-            "/generate", {"input_ids": prompts, "sampling_params": greedy, "return_logprob": True}
-        )
-        along = s.post_json(
-            "/generate",
+        tp2 = _post(s, {"input_ids": prompts, "sampling_params": greedy, "return_logprob": True})
+        along = _post(
             s,
             {
                 "input_ids": [p + t for p, t in zip(prompts, tp1_tokens, strict=True)],
@@ -105,7 +118,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             [o["meta_info"]["output_token_logprobs"] for o in tp2],
         ),
         "tp2_along_tp1": [o["meta_info"]["input_token_logprobs"] for o in along],
-        "records": {1: read_launch_log(tp1_log), 2: read_launch_log(tp2_log)},
+        "records": {1: _records(tp1_log), 2: _records(tp2_log)},
         "server_log": server_log,
     }
 

@@ -8,7 +8,6 @@ read for the plugin's lines or a refusal message.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
@@ -138,16 +137,6 @@ class ServerProcess:
         request = urllib.request.Request(self.base_url + path, data=b"", method="POST")
         with urllib.request.urlopen(request, timeout=timeout) as reply:
             return int(reply.status)
-
-    def post_json(self, path: str, body: dict[str, Any], timeout: float = 300.0) -> Any:
-        """POST ``body`` as JSON to ``path`` (``/generate``, ...) and return the decoded reply."""
-        request = urllib.request.Request(
-            self.base_url + path,
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=timeout) as reply:
-            return json.loads(reply.read())
 
     def log_text(self) -> str:
         self._log.flush()
